@@ -1,0 +1,678 @@
+"""cpool.Pool: the multiprocessing.Pool API over the machinery in cpool._cpool.
+
+This module is the public face and the per-call glue: argument checks,
+chunk sizes, and the result objects that the C collector thread fills in by
+calling ``job._set(index, status, value)`` once per task (a chunk of items
+for the map family).  Forking, queueing, running and collecting are C.
+"""
+import collections
+import itertools
+import os
+import pickle
+import sys
+import threading
+import traceback
+import warnings
+import weakref
+
+import multiprocessing
+
+from . import _cpool
+
+__all__ = [
+    "Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
+    "IMapUnorderedIterator", "TimeoutError", "WorkerLostError",
+    "InitializerError", "PoolTerminatedError",
+]
+
+# The same state names as multiprocessing.pool, so code (and CPython's tests)
+# comparing pool._state with multiprocessing.pool.RUN keeps working.
+RUN = "RUN"
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
+
+ST_OK, ST_ERR, ST_LOCAL = _cpool.ST_OK, _cpool.ST_ERR, _cpool.ST_LOCAL
+ST_LOST, ST_TERMINATED, ST_INITFAIL = (
+    _cpool.ST_LOST, _cpool.ST_TERMINATED, _cpool.ST_INITFAIL)
+
+# How many chunks an imap reads ahead of its consumer, per worker.
+IMAP_WINDOW_PER_WORKER = 4
+
+
+class TimeoutError(multiprocessing.TimeoutError):
+    """get() or next() ran out of time; the result may still arrive."""
+
+
+class WorkerLostError(RuntimeError):
+    """The worker running a task died before answering (killed, crashed,
+    os._exit).  Only the tasks that worker held fail; the pool replaces it."""
+
+    def __init__(self, message, pid=None, exitcode=None, signal=None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.pid, self.exitcode, self.signal))
+
+
+class InitializerError(RuntimeError):
+    """The pool's initializer raised in a worker: the pool is broken, and
+    every pending and later call fails with this error (its __cause__ is the
+    initializer's exception).  multiprocessing would respawn workers forever."""
+
+
+class PoolTerminatedError(RuntimeError):
+    """The pool was terminated (or its template process died) before the
+    task finished."""
+
+
+def _remote_traceback(text):
+    from multiprocessing.pool import RemoteTraceback
+    return RemoteTraceback(text)
+
+
+def _describe_status(wstatus):
+    """(exitcode, signal, words) for a waitpid status."""
+    if os.WIFSIGNALED(wstatus):
+        import signal
+        sig = os.WTERMSIG(wstatus)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return -sig, sig, f"killed by signal {name}"
+    code = os.WEXITSTATUS(wstatus)
+    return code, None, f"exited with code {code}"
+
+
+def _outcome(job, idx, status, value):
+    """(success, value or exception) of one task's outcome."""
+    if status == ST_OK:
+        return True, value
+    if status == ST_ERR:
+        exc, tb = value
+        if tb is not None:
+            exc.__cause__ = _remote_traceback(tb)
+        return False, exc
+    if status == ST_LOCAL:
+        return False, value
+    if status == ST_LOST:
+        pid, wstatus = value
+        exitcode, sig, words = _describe_status(wstatus)
+        return False, WorkerLostError(
+            f"worker {pid} {words} while running task {idx} of job {job}",
+            pid, exitcode, sig)
+    if status == ST_TERMINATED:
+        return False, PoolTerminatedError(
+            "the pool was terminated before this task finished")
+    if status == ST_INITFAIL:
+        return False, _initializer_error(value)
+    return False, SystemError(f"cpool: unknown status {status}")
+
+
+def _initializer_error(broken):
+    exc, tb = broken
+    if tb is not None:
+        exc.__cause__ = _remote_traceback(tb)
+    err = InitializerError("the pool's initializer raised in a worker; "
+                           "the pool is broken")
+    err.__cause__ = exc
+    return err
+
+
+def _call_back(fn, arg):
+    """Run a user callback; one that raises is reported, as threading
+    reports an uncaught exception, and never stops later results."""
+    try:
+        fn(arg)
+    except BaseException:
+        print(f"Exception in cpool callback {fn!r}:", file=sys.stderr)
+        traceback.print_exc()
+
+
+_job_counter = itertools.count(1)
+
+
+class ApplyResult:
+    """The result of apply_async (multiprocessing.pool.ApplyResult)."""
+
+    def __init__(self, cache, callback, error_callback):
+        self._event = threading.Event()
+        self._job = next(_job_counter)
+        self._cache = cache
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = None
+        self._value = None
+        cache[self._job] = self
+
+    def ready(self):
+        return self._event.is_set()
+
+    def successful(self):
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout=None):
+        self._event.wait(timeout)
+
+    def get(self, timeout=None):
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _abandon(self):
+        self._cache.pop(self._job, None)
+
+    def _finish(self):
+        if self._success:
+            if self._callback is not None:
+                _call_back(self._callback, self._value)
+        elif self._error_callback is not None:
+            _call_back(self._error_callback, self._value)
+        self._event.set()
+        self._cache.pop(self._job, None)
+
+    def _set(self, idx, status, value):
+        self._success, self._value = _outcome(self._job, idx, status, value)
+        self._finish()
+
+    __class_getitem__ = classmethod(lambda cls, item: cls)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """The result of map_async/starmap_async: one list, filled chunk by chunk;
+    the first failing chunk fails it (as multiprocessing does)."""
+
+    def __init__(self, cache, chunksize, length, callback, error_callback):
+        super().__init__(cache, callback, error_callback)
+        self._success = True
+        self._value = [None] * length
+        self._chunksize = chunksize
+        if chunksize <= 0:
+            self._number_left = 0
+            self._event.set()
+            del cache[self._job]
+        else:
+            self._number_left = length // chunksize + bool(length % chunksize)
+
+    def _set(self, idx, status, value):
+        self._number_left -= 1
+        if status == ST_OK:
+            if self._success:
+                lo = idx * self._chunksize
+                self._value[lo:lo + self._chunksize] = value
+                if self._number_left == 0:
+                    self._finish()
+            return
+        if self._success:
+            self._success, self._value = _outcome(self._job, idx, status, value)
+            self._finish()
+
+
+class IMapIterator:
+    """The iterator of imap: results in input order.  The input is read
+    lazily, a bounded window of chunks ahead of the consumer, so an endless
+    generator works (multiprocessing reads it all first)."""
+
+    _ordered = True
+
+    def __init__(self, pool, func, iterable, chunksize, star):
+        self._pool = weakref.ref(pool)
+        self._core = pool._core
+        self._cache = pool._cache
+        self._cond = threading.Condition(threading.Lock())
+        self._feed_lock = threading.Lock()
+        self._job = next(_job_counter)
+        self._chunksize = chunksize
+        self._star = star
+        self._window = max(2, IMAP_WINDOW_PER_WORKER * pool._processes)
+        self._blob = self._core.func_blob(func)
+        self._input = iter(iterable)
+        self._submitted = 0      # chunks read from the input and queued
+        self._delivered = 0      # chunks whose outcome arrived
+        self._consumed = 0       # chunks the consumer has taken
+        self._length = None      # total chunks, once the input is exhausted
+        self._ready = {} if self._ordered else collections.deque()
+        self._buf = collections.deque()
+        self._cache[self._job] = self
+        pool._lazy.add(self)
+        self._feed()
+
+    def __iter__(self):
+        return self
+
+    # -- feeding (the consumer's thread, or join()) --
+
+    def _feed(self, everything=False):
+        with self._feed_lock:
+            while self._length is None and (
+                    everything or self._submitted - self._consumed < self._window):
+                idx = self._submitted
+                try:
+                    chunk = list(itertools.islice(self._input, self._chunksize))
+                except BaseException as e:
+                    self._end_input(idx + 1)
+                    self._set(idx, ST_LOCAL, e)
+                    return
+                if not chunk:
+                    self._end_input(idx)
+                    return
+                self._submitted += 1
+                pool = self._pool()
+                if pool is None or pool._state == TERMINATE:
+                    self._set(idx, ST_TERMINATED, None)
+                    self._end_input(idx + 1)
+                    return
+                try:
+                    self._core.submit_chunks(self._job, self._blob, chunk,
+                                             len(chunk), self._star, idx)
+                except Exception as e:  # pickling: this chunk fails, as in mp
+                    self._set(idx, ST_LOCAL, e)
+
+    def _end_input(self, length):
+        with self._cond:
+            self._length = length
+            self._input = None
+            self._check_complete()
+            self._cond.notify_all()
+
+    def _stop(self):
+        """The pool is terminating: read no more input."""
+        with self._cond:
+            if self._length is None:
+                self._length = self._submitted
+                self._input = None
+                self._check_complete()
+                self._cond.notify_all()
+
+    def _check_complete(self):
+        if self._length is not None and self._delivered >= self._length:
+            if self._cache.pop(self._job, None) is not None:
+                self._core.kick()
+
+    # -- results (the collector's thread) --
+
+    def _set(self, idx, status, value):
+        ok, val = _outcome(self._job, idx, status, value)
+        with self._cond:
+            if self._ordered:
+                self._ready[idx] = (ok, val)
+            else:
+                self._ready.append((ok, val))
+            self._delivered += 1
+            self._check_complete()
+            self._cond.notify_all()
+
+    # -- consuming --
+
+    def _take(self):
+        """(True, value), (False, exception), or None; caller holds _cond."""
+        while True:
+            if self._buf:
+                return True, self._buf.popleft()
+            if self._ordered:
+                got = self._ready.pop(self._consumed, None)
+            else:
+                got = self._ready.popleft() if self._ready else None
+            if got is None:
+                return None
+            self._consumed += 1
+            ok, val = got
+            if not ok:
+                return got
+            self._buf.extend(val)
+
+    def next(self, timeout=None):
+        deadline = None if timeout is None else _monotonic() + timeout
+        while True:
+            with self._cond:
+                got = self._take()
+                if got is None and self._length is not None \
+                        and self._consumed >= self._length:
+                    raise StopIteration
+            if got is not None:
+                self._feed()
+                ok, val = got
+                if ok:
+                    return val
+                raise val
+            self._feed()
+            with self._cond:
+                if self._buf or self._has_ready() or (
+                        self._length is not None and self._consumed >= self._length):
+                    continue
+                left = None if deadline is None else deadline - _monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError
+                self._cond.wait(left)
+
+    __next__ = next
+
+    def _has_ready(self):
+        return (self._consumed in self._ready) if self._ordered else bool(self._ready)
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """The iterator of imap_unordered: results in completion order."""
+
+    _ordered = False
+
+
+def _monotonic():
+    import time
+    return time.monotonic()
+
+
+class _Worker:
+    """What pool._pool lists: a worker slot's process, as far as the
+    multiprocessing.Process attributes go (pid, is_alive, exitcode)."""
+
+    def __init__(self, core, slot, pid):
+        self._core = core
+        self._slot = slot
+        self.pid = pid or None
+
+    def _now(self):
+        return self._core.workers()[self._slot]
+
+    def is_alive(self):
+        pid, state, _ = self._now()
+        return self.pid is not None and pid == self.pid and state in (2, 3)
+
+    @property
+    def exitcode(self):
+        pid, state, wstatus = self._now()
+        if pid == self.pid and state != 4:
+            return None
+        return _describe_status(wstatus)[0] if state == 4 else None
+
+    def __repr__(self):
+        return f"<cpool worker slot={self._slot} pid={self.pid}>"
+
+
+def _default_processes():
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_context(context):
+    if context is None:
+        return
+    if isinstance(context, str):
+        method = context
+    else:
+        get = getattr(context, "get_start_method", None)
+        if get is None:
+            raise TypeError(f"context must be None, a start method name or a "
+                            f"multiprocessing context, not {context!r}")
+        method = get()
+    if method != "fork":
+        raise ValueError(
+            f"cpool.Pool supports the 'fork' start method for now; {method!r} "
+            f"is not supported yet (pass context=None or 'fork')")
+
+
+class Pool:
+    """A pool of worker processes: multiprocessing.Pool's API and semantics,
+    with the machinery in C.
+
+    Differences, all deliberate: a worker that dies mid-task fails exactly
+    its tasks with WorkerLostError instead of hanging the caller; a failing
+    initializer breaks the pool with InitializerError instead of respawning
+    forever; imap/imap_unordered read their input lazily; terminate() fails
+    unfinished results with PoolTerminatedError instead of leaving them
+    pending forever; a callback that raises is reported and later results
+    still arrive.
+    """
+
+    _wrap_exception = True
+
+    def __init__(self, processes=None, initializer=None, initargs=(),
+                 maxtasksperchild=None, context=None):
+        self._state = None      # __del__ must work if __init__ fails
+        self._core = None
+        _check_context(context)
+        if processes is None:
+            processes = _default_processes()
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._processes = processes
+        self._cache = {}
+        self._lazy = weakref.WeakSet()
+        self._owner = os.getpid()
+        self._core = _cpool.Core(processes, maxtasksperchild or 0, initializer,
+                                 tuple(initargs), self._cache, _worker_bootstrap,
+                                 _pack_error)
+        self._state = RUN
+        _live_pools.add(self)
+
+    # -- checks --
+
+    def _check_running(self):
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+        broken = self._core.broken
+        if broken is not None:
+            raise _initializer_error(broken)
+
+    @property
+    def _pool(self):
+        return [_Worker(self._core, i, pid)
+                for i, (pid, _, _) in enumerate(self._core.workers())]
+
+    def _repopulate_pool(self):
+        """Kept for compatibility: cpool replaces workers by itself."""
+
+    def __reduce__(self):
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled")
+
+    def __repr__(self):
+        return (f"<{type(self).__module__}.{type(self).__qualname__} "
+                f"state={self._state} pool_size={self._processes}>")
+
+    # -- apply --
+
+    def apply(self, func, args=(), kwds={}):
+        """Call func(*args, **kwds) in a worker and return its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func, args=(), kwds={}, callback=None,
+                    error_callback=None):
+        """Asynchronous apply: returns an AsyncResult."""
+        self._check_running()
+        result = ApplyResult(self._cache, callback, error_callback)
+        try:
+            self._core.submit_call(result._job, func, args,
+                                   kwds if type(kwds) is dict else dict(kwds))
+        except BaseException:
+            result._abandon()
+            raise
+        return result
+
+    # -- map family --
+
+    def map(self, func, iterable, chunksize=None):
+        """Apply func to each item, in chunks; returns the list of results."""
+        return self._map_async(func, iterable, False, chunksize).get()
+
+    def starmap(self, func, iterable, chunksize=None):
+        """Like map, but each item is unpacked as func's arguments."""
+        return self._map_async(func, iterable, True, chunksize).get()
+
+    def map_async(self, func, iterable, chunksize=None, callback=None,
+                  error_callback=None):
+        """Asynchronous map: returns a MapResult."""
+        return self._map_async(func, iterable, False, chunksize, callback,
+                               error_callback)
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None,
+                      error_callback=None):
+        """Asynchronous starmap: returns a MapResult."""
+        return self._map_async(func, iterable, True, chunksize, callback,
+                               error_callback)
+
+    def _map_async(self, func, iterable, star, chunksize=None, callback=None,
+                   error_callback=None):
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        n = len(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(n, self._processes * 4)
+            if extra:
+                chunksize += 1
+        if n == 0:
+            chunksize = 0
+        result = MapResult(self._cache, chunksize, n, callback, error_callback)
+        if n:
+            try:
+                blob = self._core.func_blob(func)
+                self._core.submit_chunks(result._job, blob, iterable, chunksize,
+                                         star, 0)
+            except BaseException:
+                result._abandon()
+                raise
+        return result
+
+    def imap(self, func, iterable, chunksize=1):
+        """Like map, but lazy: an iterator of results in input order."""
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        return IMapIterator(self, func, iterable, chunksize, False)
+
+    def imap_unordered(self, func, iterable, chunksize=1):
+        """Like imap, but results come in the order they complete."""
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        return IMapUnorderedIterator(self, func, iterable, chunksize, False)
+
+    # -- life cycle --
+
+    def close(self):
+        """Accept no more tasks; the workers exit once the queued work is done."""
+        if self._state == RUN:
+            self._state = CLOSE
+            self._core.close()
+
+    def terminate(self):
+        """Stop the workers now.  Unfinished results fail with
+        PoolTerminatedError."""
+        self._state = TERMINATE
+        if self._core is not None and self._owner == os.getpid():
+            for it in list(self._lazy):
+                it._stop()
+            self._core.terminate()
+
+    def join(self):
+        """Wait for the workers to exit; call close() or terminate() first."""
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state not in (CLOSE, TERMINATE):
+            raise ValueError("In unknown state")
+        # Lazy imap input not yet read is work the caller submitted: read it
+        # now, as multiprocessing would have at imap() time.
+        for it in list(self._lazy):
+            it._feed(everything=True)
+        self._core.join()
+
+    def __enter__(self):
+        self._check_running()
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        self.terminate()
+
+    def __del__(self, _warn=warnings.warn, RUN=RUN):
+        if self._state == RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}",
+                  ResourceWarning, source=self)
+        core = self._core
+        if core is not None and not core.done and self._owner == os.getpid():
+            core.terminate()
+
+
+_live_pools = weakref.WeakSet()
+
+
+@__import__("atexit").register
+def _terminate_live_pools():
+    # The collector threads must be gone before the interpreter finalizes.
+    for pool in list(_live_pools):
+        if pool._owner == os.getpid() and pool._core is not None \
+                and not pool._core.done:
+            pool.terminate()
+
+
+# -- run in the worker processes ------------------------------------------
+
+_NO_VALUE = object()
+
+
+def _worker_bootstrap(slot):
+    """A new worker's Python-side set-up, before the initializer."""
+    _live_pools.clear()     # the parent's pools are not ours to terminate
+    mpp = sys.modules.get("multiprocessing.process")
+    if mpp is not None:
+        proc = mpp.current_process()
+        proc._name = f"CPoolWorker-{slot + 1}"
+        proc._identity = (slot + 1,)
+        proc._parent_pid = os.getppid()
+        mpp._children = set()
+    mpu = sys.modules.get("multiprocessing.util")
+    if mpu is not None:
+        mpu._finalizer_registry.clear()
+        mpu._run_after_forkers()
+    try:
+        if sys.stdin is not None:
+            sys.stdin.close()
+            sys.stdin = open(os.devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _pack_error(exc, value=_NO_VALUE):
+    """Pickle (exception, remote traceback text) for the parent.  With
+    value: exc is why the result value could not be pickled."""
+    if value is _NO_VALUE:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        err, text = exc, '\n"""\n%s"""' % tb
+    else:
+        from multiprocessing.pool import MaybeEncodingError
+        err, text = MaybeEncodingError(exc, value), None
+    try:
+        return pickle.dumps((err, text), 5)
+    except Exception as e:
+        from multiprocessing.pool import MaybeEncodingError
+        return pickle.dumps((MaybeEncodingError(e, err), text), 5)
+
+
+def __getattr__(name):
+    # Names of multiprocessing.pool that cpool does not reimplement
+    # (ThreadPool, RemoteTraceback, MaybeEncodingError, ...).
+    import multiprocessing.pool as mpool
+    try:
+        return getattr(mpool, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

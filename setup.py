@@ -1,0 +1,51 @@
+"""Build of cpool's C extension, cpool._cpool.
+
+Switches, from the environment:
+  CPOOL_WERROR=1                       warnings are errors (CI and development)
+  CPOOL_DEBUG=1                        -O0 -g, asserts on
+  CPOOL_SANITIZE=address,undefined     build under the sanitizers
+"""
+import os
+import re
+
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "cpool", "__init__.py"), encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+SOURCES = [
+    "src/module.c",    # init, module state, pickling helpers
+    "src/pool.c",      # the parent: Core type, dispatch, the collector thread
+    "src/template.c",  # the template process: forks and reaps the workers
+    "src/worker.c",    # the worker loop: unpickle, call, pickle, post
+    "src/ring.c",      # single-producer single-consumer record rings
+    "src/sync.c",      # futex waits and wake-ups
+    "src/shm.c",       # the control segment and large-record segments
+]
+
+cflags = ["-std=c11", "-Wall", "-Wextra", "-fvisibility=hidden",
+          f'-DCPOOL_VERSION="{VERSION}"']
+ldflags = []
+if os.environ.get("CPOOL_WERROR") == "1":
+    cflags.append("-Werror")
+if os.environ.get("CPOOL_DEBUG") == "1":
+    cflags += ["-O0", "-g", "-UNDEBUG"]
+sanitize = os.environ.get("CPOOL_SANITIZE")
+if sanitize:
+    cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
+    ldflags += [f"-fsanitize={sanitize}"]
+
+setup(
+    version=VERSION,
+    ext_modules=[
+        Extension(
+            "cpool._cpool",
+            sources=SOURCES,
+            depends=["src/cpool.h"],
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+            libraries=["rt", "pthread"],
+        )
+    ],
+)

@@ -1,0 +1,333 @@
+/* cpool.h: the one internal header of cpool._cpool.
+ *
+ * Every C file includes it.  It declares the shared-memory layout (the control
+ * segment, its worker slots and rings), the record format that travels through
+ * the rings, and the cp_* functions that cross file boundaries.  Files that do
+ * not touch Python (shm.c, sync.c, ring.c) only need the part above the
+ * CP_NEED_PYTHON line.
+ */
+#ifndef CPOOL_H
+#define CPOOL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CP_HIDDEN __attribute__((visibility("hidden")))
+
+/* Debug trace, switched on by CPOOL_DEBUG=1 in the environment; free when off. */
+extern int cp_debug_enabled;
+#define CP_DEBUG(...)                                                          \
+    do {                                                                       \
+        if (cp_debug_enabled) cp_debug_print(__VA_ARGS__);                     \
+    } while (0)
+CP_HIDDEN void cp_debug_print(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+/* ---- sync.c: futex-backed wake-up channels ----------------------------- */
+
+/* A wake-up channel in shared memory.  `seq` is the futex word, bumped on
+ * every signal; `waiters` counts sleepers so a signal costs no system call
+ * when nobody sleeps.  Both are sequentially consistent: the waiter writes
+ * `waiters` then reads the condition, the signaller writes the condition then
+ * reads `waiters`, so one of them always sees the other (no lost wake-up). */
+typedef struct {
+    _Atomic uint32_t seq;
+    _Atomic uint32_t waiters;
+} cp_event;
+
+/* Monotonic clock in nanoseconds. */
+CP_HIDDEN int64_t cp_now_ns(void);
+/* Wake every sleeper of `e` (a system call only when someone sleeps). */
+CP_HIDDEN void cp_event_signal(cp_event *e);
+/* Register as a sleeper and return the sequence to sleep on.  The caller
+ * must re-check its condition after this and then call cp_event_sleep. */
+CP_HIDDEN uint32_t cp_event_prepare(cp_event *e);
+/* Sleep until `e` moves past `seen` or `timeout_ns` passes (<0: forever),
+ * then unregister.  Returns 0, or ETIMEDOUT, or EINTR (a signal arrived:
+ * the caller checks for Ctrl-C and loops). */
+CP_HIDDEN int cp_event_sleep(cp_event *e, uint32_t seen, int64_t timeout_ns);
+/* Undo cp_event_prepare when the condition became true. */
+CP_HIDDEN void cp_event_cancel(cp_event *e);
+/* Short spin before sleeping: calls pred(arg) up to a bound, 1 if it held. */
+CP_HIDDEN int cp_spin_until(int (*pred)(void *), void *arg);
+CP_HIDDEN void cp_cpu_relax(void);
+
+/* ---- ring.c: single-producer single-consumer record rings -------------- */
+
+/* Record kinds. */
+enum {
+    CP_K_WRAP = 1,   /* filler: the next record starts at offset 0 */
+    /* parent -> worker */
+    CP_K_FUNC,       /* pickled function of a job, cached by the worker */
+    CP_K_CALL,       /* pickled (func, args, kwds): apply */
+    CP_K_MAP,        /* pickled list of items: func(item) for each */
+    CP_K_STARMAP,    /* pickled list of items: func(*item) for each */
+    CP_K_STOP,       /* leave the loop and exit */
+    /* worker -> parent */
+    CP_K_OK,         /* pickled result (a list for MAP/STARMAP) */
+    CP_K_ERR,        /* pickled (exception, traceback text) */
+    CP_K_INITERR,    /* the initializer raised: pickled (exception, tb) */
+};
+#define CP_F_LARGE 1u /* payload is a cp_segref: the bytes are in a segment */
+
+typedef struct {
+    uint32_t len;   /* payload bytes that follow the header */
+    uint16_t kind;
+    uint16_t flags;
+    uint32_t idx;   /* chunk index within the job */
+    uint32_t pad;
+    uint64_t job;
+} cp_rechdr;        /* 24 bytes; records are 8-byte aligned */
+
+#define CP_SEGNAME_MAX 64
+typedef struct {
+    uint64_t size;
+    char name[CP_SEGNAME_MAX];
+} cp_segref;
+
+typedef struct {
+    _Atomic uint64_t head; /* bytes consumed; written by the consumer */
+    char pad0[56];
+    _Atomic uint64_t tail; /* bytes published; written by the producer */
+    char pad1[56];
+    cp_event data;         /* the consumer sleeps here for records */
+    cp_event space;        /* the producer sleeps here for room */
+    char pad2[48];
+    uint64_t cap;          /* power of two */
+    uint64_t data_off;     /* offset of the data area from the ring */
+} cp_ring;
+
+/* Initialise a ring of `cap` bytes whose data area lies right after it. */
+CP_HIDDEN void cp_ring_init(cp_ring *r, uint64_t cap);
+/* Forget every record (both ends must be quiescent: the other side dead). */
+CP_HIDDEN void cp_ring_reset(cp_ring *r);
+/* Largest payload a record may carry inline; bigger ones go in a segment. */
+CP_HIDDEN size_t cp_ring_inline_max(const cp_ring *r);
+/* Producer: append a record whose payload is p[0..n); 0, or -1 if full.
+ * Does not wake the consumer: call cp_event_signal(&r->data) after a batch. */
+CP_HIDDEN int cp_ring_try_put(cp_ring *r, const cp_rechdr *h, const void *p,
+                              size_t n);
+/* Producer: the ring position just past the last record put. */
+CP_HIDDEN uint64_t cp_ring_tail(const cp_ring *r);
+/* Consumer: the next record, or NULL if none (skips fillers). */
+CP_HIDDEN const cp_rechdr *cp_ring_peek(cp_ring *r);
+/* Consumer: drop the record peek returned and wake a waiting producer. */
+CP_HIDDEN void cp_ring_consume(cp_ring *r, const cp_rechdr *h);
+CP_HIDDEN uint64_t cp_ring_head(const cp_ring *r);
+/* 1 if a record is waiting. */
+CP_HIDDEN int cp_ring_has_data(cp_ring *r);
+/* 1 if a payload of n bytes fits now. */
+CP_HIDDEN int cp_ring_fits(cp_ring *r, size_t n);
+
+/* ---- shm.c: the control segment and large-record segments -------------- */
+
+/* Map `size` bytes of anonymous shared memory (a memfd: no name to leak),
+ * inherited by every child forked after.  NULL with errno on failure. */
+CP_HIDDEN void *cp_shared_map(size_t size);
+/* Create a named segment of `size` bytes (mode 0600) and map it writable.
+ * 0, or -1 with errno. */
+CP_HIDDEN int cp_seg_create(const char *name, size_t size, void **addr);
+/* Map an existing segment read-only; its size in *size.  0 or -1/errno. */
+CP_HIDDEN int cp_seg_open(const char *name, size_t *size, void **addr);
+CP_HIDDEN void cp_seg_unlink(const char *name);
+/* Unlink every segment whose name starts with `prefix`. */
+CP_HIDDEN void cp_seg_sweep(const char *prefix);
+/* Put a payload into a new segment named prefix+tag+seq and fill *ref. */
+CP_HIDDEN int cp_seg_put(const char *prefix, const char *tag, uint64_t seq,
+                         const void *p, size_t n, cp_segref *ref);
+
+/* ---- the control segment ----------------------------------------------- */
+
+/* Worker slot states.  The template writes SPAWNED/DEAD; the parent writes
+ * SPAWN_REQ/FREE; the worker writes READY. */
+enum {
+    CP_S_FREE = 0,   /* no worker, none wanted */
+    CP_S_SPAWN_REQ,  /* the parent asks the template for a worker */
+    CP_S_SPAWNED,    /* forked; running the initializer */
+    CP_S_READY,      /* in its loop */
+    CP_S_DEAD,       /* exited and reaped; status in wstatus */
+};
+
+/* wstatus of a slot whose fork failed: -errno. */
+#define CP_WS_FORKFAIL_BASE (-1000)
+
+typedef struct {
+    _Atomic int32_t pid;
+    _Atomic uint32_t state;
+    _Atomic int32_t wstatus;   /* waitpid status once DEAD */
+    _Atomic uint32_t spawn_count;
+    _Atomic uint64_t tasks_done;
+    _Atomic uint64_t current_job;
+    _Atomic uint32_t inited;   /* the worker's initializer succeeded */
+    uint32_t pad0;
+    uint64_t task_off, result_off; /* ring offsets from the segment start */
+    char pad[8];
+} cp_slot;
+
+#define CP_MAGIC 0x63706f6f6cu
+enum { CP_CMD_NONE = 0, CP_CMD_EXIT, CP_CMD_TERMINATE };
+
+typedef struct {
+    uint64_t magic;
+    uint32_t nslots;
+    uint32_t pad;
+    uint64_t size;
+    cp_event results;          /* workers signal; the collector sleeps */
+    _Atomic uint32_t tmpl_cmd; /* CP_CMD_* for the template */
+    _Atomic int32_t tmpl_pid;
+    int32_t parent_pid;
+    int32_t pad2;
+    char prefix[48];           /* segment name prefix of this pool */
+    cp_slot slots[];
+} cp_ctl;
+
+static inline cp_ring *cp_task_ring(cp_ctl *c, int i)
+{
+    return (cp_ring *)((char *)c + c->slots[i].task_off);
+}
+static inline cp_ring *cp_result_ring(cp_ctl *c, int i)
+{
+    return (cp_ring *)((char *)c + c->slots[i].result_off);
+}
+/* Lay out a control segment for n slots with rings of ring_cap bytes. */
+CP_HIDDEN cp_ctl *cp_ctl_create(uint32_t n, uint64_t ring_cap);
+CP_HIDDEN void cp_ctl_destroy(cp_ctl *c);
+
+/* ---- template.c --------------------------------------------------------- */
+
+/* How the template forks a worker for a slot: returns the child's pid, or -1
+ * with errno; the child never returns from it.  Lives on the Python side
+ * (pool.c), since a fork must run the interpreter's fork hooks. */
+typedef pid_t (*cp_spawn_fn)(void *arg, int slot);
+
+/* The template's loop: forks workers on request, reaps them, and goes (with
+ * its workers and the pool's segments) when the parent goes.  Never returns.
+ * cmd_fd is an eventfd the parent writes after setting a request. */
+CP_HIDDEN void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent,
+                                cp_spawn_fn spawn, void *arg)
+    __attribute__((noreturn));
+
+#ifdef CP_NEED_PYTHON
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#endif
+
+/* Module state. */
+typedef struct {
+    PyTypeObject *core_type;
+    PyObject *dumps;   /* pickle.dumps */
+    PyObject *loads;   /* pickle.loads */
+    PyObject *protocol;/* int 5 */
+} cpool_state;
+
+CP_HIDDEN cpool_state *cp_get_state(PyObject *module);
+
+/* The raised exception, normalised, with its traceback; clears it.  New
+ * reference, or NULL when none is set. */
+static inline PyObject *cp_fetch_exc(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (t == NULL) return NULL;
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb != NULL && v != NULL) PyException_SetTraceback(v, tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    return v;
+#endif
+}
+/* Set OSError from errno, naming the failing call; returns NULL. */
+CP_HIDDEN PyObject *cp_oserror(const char *what);
+/* Pickle obj (protocol 5): new bytes reference, or NULL. */
+CP_HIDDEN PyObject *cp_dumps(cpool_state *st, PyObject *obj);
+/* Unpickle a record's payload (inline, or from its segment, which is then
+ * unlinked): new reference, or NULL. */
+CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h);
+
+/* The parent's private bookkeeping of a task: its pickled payload stays here
+ * until the result arrives, so a task a dead worker never took can be sent
+ * again, and one it took can be failed by name. */
+typedef struct cp_blob {
+    _Atomic long refs;
+    size_t len;
+    char data[];
+} cp_blob;
+
+typedef struct cp_task {
+    struct cp_task *next;
+    uint64_t job;
+    uint32_t idx;
+    uint16_t kind;
+    uint16_t has_seg;  /* sent through a named segment (seg.name) */
+    cp_blob *func;     /* MAP/STARMAP: the job's pickled function (shared) */
+    uint64_t end_pos;  /* task-ring position just past this record */
+    int err;           /* errno when it could not be sent */
+    cp_segref seg;
+    size_t len;
+    char data[];
+} cp_task;
+
+typedef struct {
+    cp_task *head, *tail; /* in flight, in ring order */
+    int n;
+    int has_func;
+    uint64_t func_job;    /* the job whose function the worker holds */
+    uint64_t sent;        /* tasks sent to the current incarnation */
+} cp_wstate;
+
+enum { CP_RUN = 0, CP_CLOSE = 1, CP_TERMINATE = 2 };
+
+typedef struct CoreObject {
+    PyObject_HEAD
+    PyObject *module;
+    cpool_state *st;
+    cp_ctl *ctl;
+    int n;
+    uint64_t maxtasks;          /* 0: unlimited */
+    pid_t owner;                /* the process that made the pool */
+    pid_t tmpl;
+    int evfd;                   /* eventfd: requests to the template */
+    PyObject *initializer, *initargs, *cache, *bootstrap, *pack_error;
+    PyObject *broken;           /* (exc, tb) of a failed initializer */
+    pthread_mutex_t mu;         /* guards pending, ws, failed */
+    cp_task *pend_head, *pend_tail;
+    size_t npend;
+    cp_task *failed;            /* tasks that could not be sent */
+    cp_wstate *ws;
+    uint64_t seg_seq;
+    _Atomic int phase;
+    _Atomic int kicked;
+    _Atomic int done;
+    _Atomic int thread_started;
+    _Atomic int is_broken;
+    unsigned char *touched, *full; /* dispatch scratch, one per slot */
+    cp_event done_ev;
+    pthread_t thread;
+    int stopping;               /* collector: STOP records sent */
+} CoreObject;
+
+/* pool.c */
+CP_HIDDEN int cp_core_add_type(PyObject *module, cpool_state *st);
+
+/* worker.c: the worker's life after the template forks it.  Never returns. */
+CP_HIDDEN void cp_worker_main(CoreObject *core, int slot)
+    __attribute__((noreturn));
+#endif
+
+#endif

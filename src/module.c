@@ -1,0 +1,129 @@
+/* module.c: the cpool._cpool module: multi-phase init, module state, and the
+ * pickling helpers every other file uses.
+ *
+ * Module state holds the Core type and pickle's dumps/loads (the C
+ * accelerated ones, looked up once).  The package checks VERSION against its
+ * own at import, so a stale build fails loudly.
+ */
+#define CP_NEED_PYTHON
+#include "cpool.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#ifndef CPOOL_VERSION
+#error "setup.py defines CPOOL_VERSION"
+#endif
+
+cpool_state *cp_get_state(PyObject *module)
+{
+    void *st = PyModule_GetState(module);
+    assert(st != NULL);
+    return (cpool_state *)st;
+}
+
+PyObject *cp_oserror(const char *what)
+{
+    return PyErr_SetFromErrnoWithFilename(PyExc_OSError, what);
+}
+
+PyObject *cp_dumps(cpool_state *st, PyObject *obj)
+{
+    return PyObject_CallFunctionObjArgs(st->dumps, obj, st->protocol, NULL);
+}
+
+PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h)
+{
+    const char *p = (const char *)(h + 1);
+    if (!(h->flags & CP_F_LARGE)) {
+        PyObject *view = PyMemoryView_FromMemory((char *)p, h->len, PyBUF_READ);
+        if (view == NULL) return NULL;
+        PyObject *obj = PyObject_CallOneArg(st->loads, view);
+        Py_DECREF(view);
+        return obj;
+    }
+    cp_segref ref;
+    memcpy(&ref, p, sizeof ref);
+    void *addr;
+    size_t size;
+    if (cp_seg_open(ref.name, &size, &addr) != 0) return cp_oserror(ref.name);
+    cp_seg_unlink(ref.name); /* consumed: nobody else maps it */
+    PyObject *obj = NULL;
+    PyObject *view = PyMemoryView_FromMemory(addr, (Py_ssize_t)size, PyBUF_READ);
+    if (view != NULL) {
+        obj = PyObject_CallOneArg(st->loads, view);
+        /* In-band pickles copy out of the view; it must not outlive the
+         * mapping. */
+        PyObject *rel = PyObject_CallMethod(view, "release", NULL);
+        if (rel == NULL && obj != NULL) Py_CLEAR(obj);
+        Py_XDECREF(rel);
+        Py_DECREF(view);
+    }
+    munmap(addr, size ? size : 1);
+    return obj;
+}
+
+static int module_exec(PyObject *m)
+{
+    cpool_state *st = cp_get_state(m);
+    const char *dbg = getenv("CPOOL_DEBUG");
+    cp_debug_enabled = dbg != NULL && dbg[0] != '\0' && strcmp(dbg, "0") != 0;
+    PyObject *pickle = PyImport_ImportModule("pickle");
+    if (pickle == NULL) return -1;
+    st->dumps = PyObject_GetAttrString(pickle, "dumps");
+    st->loads = PyObject_GetAttrString(pickle, "loads");
+    Py_DECREF(pickle);
+    if (st->dumps == NULL || st->loads == NULL) return -1;
+    st->protocol = PyLong_FromLong(5);
+    if (st->protocol == NULL) return -1;
+    if (PyModule_AddStringConstant(m, "VERSION", CPOOL_VERSION) < 0) return -1;
+    if (PyModule_AddIntConstant(m, "ST_OK", 0) < 0 ||
+        PyModule_AddIntConstant(m, "ST_ERR", 1) < 0 ||
+        PyModule_AddIntConstant(m, "ST_LOCAL", 2) < 0 ||
+        PyModule_AddIntConstant(m, "ST_LOST", 3) < 0 ||
+        PyModule_AddIntConstant(m, "ST_TERMINATED", 4) < 0 ||
+        PyModule_AddIntConstant(m, "ST_INITFAIL", 5) < 0)
+        return -1;
+    return cp_core_add_type(m, st);
+}
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    cpool_state *st = cp_get_state(m);
+    Py_VISIT(st->core_type);
+    Py_VISIT(st->dumps);
+    Py_VISIT(st->loads);
+    return 0;
+}
+
+static int module_clear(PyObject *m)
+{
+    cpool_state *st = cp_get_state(m);
+    Py_CLEAR(st->core_type);
+    Py_CLEAR(st->dumps);
+    Py_CLEAR(st->loads);
+    Py_CLEAR(st->protocol);
+    return 0;
+}
+
+static void module_free(void *m) { module_clear((PyObject *)m); }
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef cpool_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "cpool._cpool",
+    .m_doc = "The machinery of cpool: template, workers, rings, collector.",
+    .m_size = sizeof(cpool_state),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__cpool(void) { return PyModuleDef_Init(&cpool_module); }

@@ -1,0 +1,1034 @@
+/* pool.c: the parent's side of a pool, the Core type.
+ *
+ * Core owns the control segment, forks the template at creation, and runs
+ * one collector thread, pure C, that sleeps on a futex without the GIL.  The
+ * collector drains the result rings, takes the GIL once per batch to unpickle
+ * results and hand them to the Python result objects (job._set), handles
+ * worker deaths (failing exactly the tasks the dead worker held, resending
+ * the ones it never took, asking the template for a replacement), and
+ * dispatches pending tasks.  Submitting threads pickle their tasks with the
+ * GIL, then dispatch directly into the worker rings without it.
+ *
+ * Locking: `mu` guards the pending queue and the per-worker in-flight lists.
+ * Nobody holding `mu` ever waits for the GIL, so a thread holding the GIL may
+ * wait for `mu` (released GIL first when the lock is contended).
+ */
+#define CP_NEED_PYTHON
+#include "cpool.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define RING_CAP (256u * 1024u) /* per ring; records over a quarter go by segment */
+#define DEPTH 2                 /* tasks in flight per worker */
+#define BATCH 64                /* results delivered per slot per GIL hold */
+#define WATCHDOG_NS 1000000000  /* template liveness check while busy */
+
+static _Atomic unsigned long pool_counter;
+
+/* ---- tasks --------------------------------------------------------------- */
+
+static void blob_decref(cp_blob *b)
+{
+    if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1) free(b);
+}
+
+static void task_free(cp_task *t)
+{
+    blob_decref(t->func);
+    free(t);
+}
+
+/* A task holding a copy of `payload` (bytes); NULL with MemoryError set. */
+static cp_task *task_new(uint64_t job, uint32_t idx, uint16_t kind, cp_blob *func,
+                         PyObject *payload)
+{
+    size_t n = (size_t)PyBytes_GET_SIZE(payload);
+    cp_task *t = malloc(sizeof *t + n);
+    if (t == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memset(t, 0, sizeof *t);
+    t->job = job;
+    t->idx = idx;
+    t->kind = kind;
+    t->len = n;
+    memcpy(t->data, PyBytes_AS_STRING(payload), n);
+    if (func != NULL) {
+        atomic_fetch_add(&func->refs, 1);
+        t->func = func;
+    }
+    return t;
+}
+
+/* Take `mu` while holding the GIL: drop the GIL only if we must wait. */
+static void lock_with_gil(CoreObject *c)
+{
+    if (pthread_mutex_trylock(&c->mu) == 0) return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&c->mu);
+    Py_END_ALLOW_THREADS
+}
+
+static void kick(CoreObject *c)
+{
+    atomic_store(&c->kicked, 1);
+    cp_event_signal(&c->ctl->results);
+}
+
+static void tell_template(CoreObject *c)
+{
+    uint64_t one = 1;
+    ssize_t w;
+    do {
+        w = write(c->evfd, &one, sizeof one);
+    } while (w < 0 && errno == EINTR);
+    /* EAGAIN means the counter is already non-zero: the template will look. */
+}
+
+/* ---- dispatch (mu held, no GIL) ----------------------------------------- */
+
+static int slot_accepts(CoreObject *c, int i)
+{
+    uint32_t s = atomic_load(&c->ctl->slots[i].state);
+    if (s != CP_S_SPAWN_REQ && s != CP_S_SPAWNED && s != CP_S_READY) return 0;
+    cp_wstate *w = &c->ws[i];
+    if (w->n >= DEPTH) return 0;
+    return c->maxtasks == 0 || w->sent < c->maxtasks;
+}
+
+/* Put one record, inline or through a segment: 0 sent, 1 ring full,
+ * -1 failed (errno). */
+static int put_record(CoreObject *c, cp_ring *r, cp_rechdr *h, const char *p,
+                      size_t n, cp_segref *seg, uint16_t *has_seg)
+{
+    if (n <= cp_ring_inline_max(r)) return cp_ring_try_put(r, h, p, n) ? 1 : 0;
+    if (!cp_ring_fits(r, sizeof *seg)) return 1;
+    if (cp_seg_put(c->ctl->prefix, "t", c->seg_seq++, p, n, seg) != 0) return -1;
+    h->flags = CP_F_LARGE;
+    if (cp_ring_try_put(r, h, seg, sizeof *seg) != 0) {
+        cp_seg_unlink(seg->name);
+        return 1;
+    }
+    if (has_seg) *has_seg = 1;
+    return 0;
+}
+
+static void dispatch_locked(CoreObject *c)
+{
+    if (atomic_load(&c->phase) == CP_TERMINATE || atomic_load(&c->is_broken))
+        return;
+    while (c->pend_head != NULL) {
+        cp_task *t = c->pend_head;
+        int best = -1;
+        for (int i = 0; i < c->n; i++) {
+            if (c->full[i] || !slot_accepts(c, i)) continue;
+            if (best < 0 || c->ws[i].n < c->ws[best].n) best = i;
+        }
+        if (best < 0) break;
+        cp_ring *r = cp_task_ring(c->ctl, best);
+        cp_wstate *w = &c->ws[best];
+        int rc = 0;
+        if (t->func != NULL && (!w->has_func || w->func_job != t->job)) {
+            /* The function travels once per job and worker, then is cached. */
+            cp_rechdr fh = {.kind = CP_K_FUNC, .job = t->job};
+            cp_segref fseg;
+            rc = put_record(c, r, &fh, t->func->data, t->func->len, &fseg, NULL);
+            if (rc == 0) {
+                w->has_func = 1;
+                w->func_job = t->job;
+                c->touched[best] = 1;
+            }
+        }
+        if (rc == 0) {
+            cp_rechdr h = {.kind = t->kind, .job = t->job, .idx = t->idx};
+            rc = put_record(c, r, &h, t->data, t->len, &t->seg, &t->has_seg);
+        }
+        if (rc > 0) {
+            c->full[best] = 1;
+            continue;
+        }
+        c->pend_head = t->next;
+        if (c->pend_head == NULL) c->pend_tail = NULL;
+        c->npend--;
+        t->next = NULL;
+        if (rc < 0) {
+            t->err = errno;
+            t->next = c->failed;
+            c->failed = t;
+            atomic_store(&c->kicked, 1);
+            continue;
+        }
+        t->end_pos = cp_ring_tail(r);
+        if (w->tail) w->tail->next = t;
+        else w->head = t;
+        w->tail = t;
+        w->n++;
+        w->sent++;
+        c->touched[best] = 1;
+    }
+    for (int i = 0; i < c->n; i++) {
+        if (c->touched[i]) cp_event_signal(&cp_task_ring(c->ctl, i)->data);
+        c->touched[i] = c->full[i] = 0;
+    }
+    if (atomic_load(&c->kicked)) cp_event_signal(&c->ctl->results);
+}
+
+/* Queue tasks first..last and dispatch what fits; called with the GIL. */
+static void enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&c->mu);
+    if (c->pend_tail) c->pend_tail->next = first;
+    else c->pend_head = first;
+    c->pend_tail = last;
+    c->npend += n;
+    dispatch_locked(c);
+    pthread_mutex_unlock(&c->mu);
+    Py_END_ALLOW_THREADS
+    if (atomic_load(&c->is_broken) || atomic_load(&c->phase) == CP_TERMINATE)
+        kick(c); /* the collector fails them */
+}
+
+/* ---- delivery (GIL held) -------------------------------------------------- */
+
+/* Hand one outcome to the job's result object: job._set(idx, status, value). */
+static void deliver(CoreObject *c, uint64_t job, uint32_t idx, int status,
+                    PyObject *value)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(job);
+    if (key == NULL) goto error;
+    PyObject *obj = PyDict_GetItemWithError(c->cache, key);
+    Py_DECREF(key);
+    if (obj == NULL) {
+        if (PyErr_Occurred()) goto error;
+        return; /* the job was abandoned */
+    }
+    Py_INCREF(obj);
+    PyObject *r = PyObject_CallMethod(obj, "_set", "IiO", idx, status,
+                                      value ? value : Py_None);
+    if (r == NULL) PyErr_WriteUnraisable(obj);
+    Py_XDECREF(r);
+    Py_DECREF(obj);
+    return;
+error:
+    PyErr_WriteUnraisable(c->cache);
+}
+
+/* Deliver `status` to every task of the list and free them. */
+static void fail_list(CoreObject *c, cp_task *t, int status, PyObject *value)
+{
+    while (t != NULL) {
+        cp_task *next = t->next;
+        if (t->has_seg) cp_seg_unlink(t->seg.name);
+        if (t->err) {
+            errno = t->err;
+            PyObject *e = PyErr_SetFromErrno(PyExc_OSError);
+            (void)e;
+            PyObject *exc = cp_fetch_exc();
+            deliver(c, t->job, t->idx, 2, exc);
+            Py_XDECREF(exc);
+        } else {
+            deliver(c, t->job, t->idx, status, value);
+        }
+        task_free(t);
+        t = next;
+    }
+}
+
+/* Take and fail the pending queue (and, if `inflight`, everything sent). */
+static void fail_all(CoreObject *c, int status, PyObject *value, int inflight)
+{
+    lock_with_gil(c);
+    cp_task *pend = c->pend_head, *failed = c->failed;
+    c->pend_head = c->pend_tail = NULL;
+    c->npend = 0;
+    c->failed = NULL;
+    cp_task *sent = NULL;
+    if (inflight) {
+        for (int i = 0; i < c->n; i++) {
+            cp_wstate *w = &c->ws[i];
+            if (w->tail) {
+                w->tail->next = sent;
+                sent = w->head;
+            }
+            w->head = w->tail = NULL;
+            w->n = 0;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    fail_list(c, failed, status, value);
+    fail_list(c, pend, status, value);
+    fail_list(c, sent, status, value);
+}
+
+static void set_broken(CoreObject *c, PyObject *exc, PyObject *tb)
+{
+    if (c->broken != NULL) return;
+    c->broken = PyTuple_Pack(2, exc, tb ? tb : Py_None);
+    if (c->broken == NULL) PyErr_WriteUnraisable(NULL);
+    atomic_store(&c->is_broken, 1);
+}
+
+/* Deliver up to BATCH results of slot i. */
+static void drain(CoreObject *c, int i)
+{
+    cp_ring *r = cp_result_ring(c->ctl, i);
+    for (int k = 0; k < BATCH; k++) {
+        const cp_rechdr *h = cp_ring_peek(r);
+        if (h == NULL) return;
+        cp_rechdr hh = *h;
+        PyObject *value = NULL;
+        int status;
+        if (hh.len == 0 && hh.kind != CP_K_OK) {
+            value = PyUnicode_FromString(
+                "the worker could not pickle or describe its error");
+            status = 2;
+            if (value != NULL) {
+                PyObject *exc = PyObject_CallOneArg(PyExc_RuntimeError, value);
+                Py_SETREF(value, exc);
+            }
+        } else {
+            value = cp_load_payload(c->st, h);
+            status = hh.kind == CP_K_OK ? 0 : 1;
+            if (value == NULL) {
+                value = cp_fetch_exc();
+                status = 2;
+            }
+        }
+        cp_ring_consume(r, h);
+        if (hh.kind == CP_K_INITERR) {
+            if (status == 1 && PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 2)
+                set_broken(c, PyTuple_GET_ITEM(value, 0), PyTuple_GET_ITEM(value, 1));
+            else
+                set_broken(c, value, NULL);
+            Py_XDECREF(value);
+            continue;
+        }
+        lock_with_gil(c);
+        cp_wstate *w = &c->ws[i];
+        cp_task *t = w->head;
+        if (t != NULL) {
+            w->head = t->next;
+            if (w->head == NULL) w->tail = NULL;
+            w->n--;
+        }
+        pthread_mutex_unlock(&c->mu);
+        if (t == NULL || t->job != hh.job || t->idx != hh.idx)
+            CP_DEBUG("result %llu/%u out of order on slot %d",
+                     (unsigned long long)hh.job, hh.idx, i);
+        if (t != NULL) task_free(t);
+        deliver(c, hh.job, hh.idx, status, value);
+        Py_XDECREF(value);
+    }
+}
+
+/* Slot i's worker is dead and its results drained: fail what it held,
+ * resend what it never took, and ask for a replacement if one is needed. */
+static void handle_death(CoreObject *c, int i)
+{
+    cp_slot *s = &c->ctl->slots[i];
+    pid_t pid = atomic_load(&s->pid);
+    int ws = atomic_load(&s->wstatus);
+    int inited = atomic_load(&s->inited);
+    cp_ring *tr = cp_task_ring(c->ctl, i);
+    uint64_t head = cp_ring_head(tr);
+    cp_task *held = NULL, **hp = &held, *again = NULL, **ap = &again, *alast = NULL;
+    size_t nagain = 0;
+
+    lock_with_gil(c);
+    cp_wstate *w = &c->ws[i];
+    for (cp_task *t = w->head, *next; t != NULL; t = next) {
+        next = t->next;
+        t->next = NULL;
+        if (t->has_seg) {
+            cp_seg_unlink(t->seg.name); /* resent tasks get a new segment */
+            t->has_seg = 0;
+        }
+        if (t->end_pos <= head) {
+            *hp = t;
+            hp = &t->next;
+        } else {
+            *ap = t;
+            ap = &t->next;
+            alast = t;
+            nagain++;
+        }
+    }
+    if (again != NULL) {
+        alast->next = c->pend_head;
+        c->pend_head = again;
+        if (c->pend_tail == NULL) c->pend_tail = alast;
+        c->npend += nagain;
+    }
+    w->head = w->tail = NULL;
+    w->n = 0;
+    w->has_func = 0;
+    w->sent = 0;
+    cp_ring_reset(tr);
+    cp_ring_reset(cp_result_ring(c->ctl, i));
+    pthread_mutex_unlock(&c->mu);
+
+    char prefix[CP_SEGNAME_MAX];
+    snprintf(prefix, sizeof prefix, "%sr%d.", c->ctl->prefix, (int)pid);
+    cp_seg_sweep(prefix); /* a result it was writing when it died */
+
+    int phase = atomic_load(&c->phase);
+    if (ws <= CP_WS_FORKFAIL_BASE && c->broken == NULL) {
+        errno = CP_WS_FORKFAIL_BASE - ws;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, "fork");
+        PyObject *exc = cp_fetch_exc();
+        set_broken(c, exc, NULL);
+        Py_XDECREF(exc);
+    } else if (!inited && c->initializer != Py_None && c->broken == NULL &&
+               phase != CP_TERMINATE) {
+        /* Died inside the initializer without a word (os._exit, a crash):
+         * respawning would loop. */
+        PyObject *exc = PyObject_CallFunction(
+            PyExc_RuntimeError, "sii",
+            "a worker died while running the pool's initializer (pid, wait status)",
+            (int)pid, ws);
+        if (exc == NULL) exc = cp_fetch_exc();
+        set_broken(c, exc, NULL);
+        Py_XDECREF(exc);
+    }
+    int respawn = c->broken == NULL && phase != CP_TERMINATE &&
+                  (phase == CP_RUN || c->npend > 0 || PyDict_GET_SIZE(c->cache) > 0);
+    CP_DEBUG("slot %d: worker %d died (status %#x), %s", i, (int)pid, ws,
+             respawn ? "respawning" : "not replaced");
+    atomic_store(&s->inited, 0);
+    atomic_store(&s->pid, 0);
+    atomic_store(&s->state, respawn ? CP_S_SPAWN_REQ : CP_S_FREE);
+    if (respawn) tell_template(c);
+
+    if (held != NULL) {
+        PyObject *info = Py_BuildValue("(ii)", (int)pid, ws);
+        if (info == NULL) PyErr_WriteUnraisable(NULL);
+        fail_list(c, held, 3, info);
+        Py_XDECREF(info);
+    }
+}
+
+/* ---- the collector ------------------------------------------------------- */
+
+static int any_news(CoreObject *c)
+{
+    if (atomic_load(&c->kicked) || atomic_load(&c->phase) == CP_TERMINATE) return 1;
+    for (int i = 0; i < c->n; i++) {
+        if (cp_ring_has_data(cp_result_ring(c->ctl, i))) return 1;
+        if (atomic_load(&c->ctl->slots[i].state) == CP_S_DEAD) return 1;
+    }
+    return 0;
+}
+
+static int any_news_pred(void *c) { return any_news((CoreObject *)c); }
+
+static int outstanding_locked(CoreObject *c)
+{
+    if (c->npend) return 1;
+    for (int i = 0; i < c->n; i++)
+        if (c->ws[i].n) return 1;
+    return 0;
+}
+
+static void wait_template(CoreObject *c)
+{
+    int st;
+    while (waitpid(c->tmpl, &st, 0) < 0 && errno == EINTR) {
+    }
+    cp_seg_sweep(c->ctl->prefix);
+}
+
+static void send_stops(CoreObject *c)
+{
+    for (int i = 0; i < c->n; i++) {
+        if (atomic_load(&c->ctl->slots[i].state) == CP_S_FREE) continue;
+        cp_ring *r = cp_task_ring(c->ctl, i);
+        cp_rechdr h = {.kind = CP_K_STOP};
+        if (cp_ring_try_put(r, &h, NULL, 0) != 0)
+            CP_DEBUG("slot %d: no room for STOP", i);
+        cp_event_signal(&r->data);
+    }
+}
+
+/* One round: 1 if it did something, 0 if idle, -1 when the pool is over. */
+static int collect_round(CoreObject *c)
+{
+    if (atomic_load(&c->phase) == CP_TERMINATE) {
+        atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
+        tell_template(c);
+        wait_template(c);
+        PyGILState_STATE g = PyGILState_Ensure();
+        for (int i = 0; i < c->n; i++) {
+            cp_ring *r = cp_result_ring(c->ctl, i);
+            while (cp_ring_has_data(r)) drain(c, i); /* never lose a result */
+        }
+        fail_all(c, 4, NULL, 1);
+        PyGILState_Release(g);
+        return -1;
+    }
+    if (!any_news(c)) return 0;
+    atomic_store(&c->kicked, 0);
+    int finished = 0;
+    PyGILState_STATE g = PyGILState_Ensure();
+    for (int i = 0; i < c->n; i++) {
+        int dead = atomic_load(&c->ctl->slots[i].state) == CP_S_DEAD;
+        drain(c, i);
+        if (dead) {
+            cp_ring *r = cp_result_ring(c->ctl, i);
+            while (cp_ring_has_data(r)) drain(c, i);
+            handle_death(c, i);
+        }
+    }
+    if (c->broken != NULL) fail_all(c, 5, c->broken, 0);
+    else if (c->failed != NULL) fail_all(c, 2, NULL, 0);
+    if (atomic_load(&c->phase) == CP_CLOSE) {
+        lock_with_gil(c);
+        int busy = outstanding_locked(c) || c->failed != NULL;
+        pthread_mutex_unlock(&c->mu);
+        if (!c->stopping && !busy && PyDict_GET_SIZE(c->cache) == 0) {
+            send_stops(c);
+            c->stopping = 1;
+        }
+        if (c->stopping) {
+            finished = 1;
+            for (int i = 0; i < c->n; i++)
+                if (atomic_load(&c->ctl->slots[i].state) != CP_S_FREE) finished = 0;
+        }
+    }
+    PyGILState_Release(g);
+    if (finished) {
+        atomic_store(&c->ctl->tmpl_cmd, CP_CMD_EXIT);
+        tell_template(c);
+        wait_template(c);
+        return -1;
+    }
+    pthread_mutex_lock(&c->mu);
+    dispatch_locked(c);
+    pthread_mutex_unlock(&c->mu);
+    return 1;
+}
+
+static void *collector_main(void *arg)
+{
+    CoreObject *c = arg;
+    for (;;) {
+        int r = collect_round(c);
+        if (r < 0) break;
+        if (r > 0 || cp_spin_until(any_news_pred, c)) continue;
+        uint32_t seen = cp_event_prepare(&c->ctl->results);
+        if (any_news(c)) {
+            cp_event_cancel(&c->ctl->results);
+            continue;
+        }
+        pthread_mutex_lock(&c->mu);
+        int busy = outstanding_locked(c);
+        pthread_mutex_unlock(&c->mu);
+        int rc = cp_event_sleep(&c->ctl->results, seen, busy ? WATCHDOG_NS : -1);
+        if (rc == ETIMEDOUT) {
+            /* The template reaps the workers and reports their deaths; if
+             * it is gone itself, nobody would: end the pool. */
+            int st;
+            pid_t p = waitpid(c->tmpl, &st, WNOHANG);
+            if (p == c->tmpl || (p < 0 && errno == ECHILD)) {
+                CP_DEBUG("the template %d is gone", (int)c->tmpl);
+                atomic_store(&c->phase, CP_TERMINATE);
+            }
+        }
+    }
+    atomic_store(&c->done, 1);
+    cp_event_signal(&c->done_ev);
+    PyGILState_STATE g = PyGILState_Ensure();
+    Py_DECREF(c);
+    PyGILState_Release(g);
+    return NULL;
+}
+
+/* ---- the template and the workers --------------------------------------- */
+
+/* The template's way to fork a worker (runs in the template). */
+static pid_t spawn_worker(void *arg, int slot)
+{
+    CoreObject *c = arg;
+    PyOS_BeforeFork();
+    pid_t pid = fork();
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        cp_worker_main(c, slot);
+    }
+    int saved = errno;
+    PyOS_AfterFork_Parent();
+    errno = saved;
+    return pid;
+}
+
+/* ---- the Python type -------------------------------------------------------- */
+
+static int check_owner(CoreObject *c)
+{
+    if (c->owner == getpid()) return 0;
+    PyErr_SetString(PyExc_RuntimeError,
+                    "this pool belongs to another process (inherited by fork)");
+    return -1;
+}
+
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"processes", "maxtasks", "initializer", "initargs",
+                             "cache", "bootstrap", "pack_error", NULL};
+    int n;
+    unsigned long long maxtasks;
+    PyObject *init, *initargs, *cache, *bootstrap, *pack_error;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOO!O!OO", kwlist, &n, &maxtasks,
+                                     &init, &PyTuple_Type, &initargs,
+                                     &PyDict_Type, &cache, &bootstrap, &pack_error))
+        return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "Number of processes must be at least 1");
+        return NULL;
+    }
+    PyObject *module = PyType_GetModule(type);
+    if (module == NULL) return NULL;
+    CoreObject *c = (CoreObject *)type->tp_alloc(type, 0);
+    if (c == NULL) return NULL;
+    c->evfd = -1;
+    c->module = Py_NewRef(module);
+    c->st = cp_get_state(module);
+    c->n = n;
+    c->maxtasks = maxtasks;
+    c->owner = getpid();
+    c->initializer = Py_NewRef(init);
+    c->initargs = Py_NewRef(initargs);
+    c->cache = Py_NewRef(cache);
+    c->bootstrap = Py_NewRef(bootstrap);
+    c->pack_error = Py_NewRef(pack_error);
+    pthread_mutex_init(&c->mu, NULL);
+    c->ws = calloc((size_t)n, sizeof *c->ws);
+    c->touched = calloc((size_t)n, 1);
+    c->full = calloc((size_t)n, 1);
+    if (c->ws == NULL || c->touched == NULL || c->full == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    c->ctl = cp_ctl_create((uint32_t)n, RING_CAP);
+    if (c->ctl == NULL) {
+        cp_oserror("memfd_create");
+        goto error;
+    }
+    snprintf(c->ctl->prefix, sizeof c->ctl->prefix, "/cpool.%d.%lu.",
+             (int)c->owner, atomic_fetch_add(&pool_counter, 1));
+    c->ctl->parent_pid = c->owner;
+    c->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->evfd < 0) {
+        cp_oserror("eventfd");
+        goto error;
+    }
+    for (int i = 0; i < n; i++) atomic_store(&c->ctl->slots[i].state, CP_S_SPAWN_REQ);
+
+    PyOS_BeforeFork();
+    pid_t pid = fork();
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        cp_template_main(c->ctl, c->evfd, c->owner, spawn_worker, c);
+    }
+    int saved = errno;
+    PyOS_AfterFork_Parent();
+    if (pid < 0) {
+        errno = saved;
+        cp_oserror("fork");
+        goto error;
+    }
+    c->tmpl = pid;
+    atomic_store(&c->ctl->tmpl_pid, pid);
+
+    /* The collector blocks every signal: Ctrl-C must reach the thread that
+     * waits for a result, never this one. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    Py_INCREF(c); /* the collector's reference */
+    int rc = pthread_create(&c->thread, NULL, collector_main, c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        Py_DECREF(c);
+        atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
+        tell_template(c);
+        wait_template(c);
+        errno = rc;
+        cp_oserror("pthread_create");
+        goto error;
+    }
+    pthread_detach(c->thread);
+    atomic_store(&c->thread_started, 1);
+    return (PyObject *)c;
+error:
+    Py_DECREF(c);
+    return NULL;
+}
+
+static int Core_traverse(CoreObject *c, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(c));
+    Py_VISIT(c->module);
+    Py_VISIT(c->initializer);
+    Py_VISIT(c->initargs);
+    Py_VISIT(c->cache);
+    Py_VISIT(c->bootstrap);
+    Py_VISIT(c->pack_error);
+    Py_VISIT(c->broken);
+    return 0;
+}
+
+static int Core_clear(CoreObject *c)
+{
+    /* Only reached when nothing else refers to us: the collector is over. */
+    Py_CLEAR(c->initializer);
+    Py_CLEAR(c->initargs);
+    Py_CLEAR(c->cache);
+    Py_CLEAR(c->bootstrap);
+    Py_CLEAR(c->pack_error);
+    Py_CLEAR(c->broken);
+    return 0;
+}
+
+static void free_list(cp_task *t)
+{
+    while (t) {
+        cp_task *next = t->next;
+        task_free(t);
+        t = next;
+    }
+}
+
+static void Core_dealloc(CoreObject *c)
+{
+    PyTypeObject *tp = Py_TYPE(c);
+    PyObject_GC_UnTrack(c);
+    Core_clear(c);
+    if (c->owner == getpid()) {
+        /* The collector held a reference, so it is done: nothing else runs. */
+        free_list(c->pend_head);
+        free_list(c->failed);
+        for (int i = 0; c->ws && i < c->n; i++) free_list(c->ws[i].head);
+        cp_ctl_destroy(c->ctl);
+        pthread_mutex_destroy(&c->mu);
+    }
+    if (c->evfd >= 0) close(c->evfd);
+    free(c->ws);
+    free(c->touched);
+    free(c->full);
+    Py_CLEAR(c->module);
+    tp->tp_free(c);
+    Py_DECREF(tp);
+}
+
+static uint64_t job_arg(PyObject *o)
+{
+    return PyLong_AsUnsignedLongLong(o);
+}
+
+PyDoc_STRVAR(submit_call_doc,
+"submit_call(job, func, args, kwds)\n--\n\n"
+"Pickle (func, args, kwds) and queue it as task 0 of `job`.  A pickling\n"
+"error is raised here, in the caller.");
+
+static PyObject *Core_submit_call(CoreObject *c, PyObject *args)
+{
+    PyObject *jobo, *func, *fargs, *kwds;
+    if (!PyArg_ParseTuple(args, "OOOO", &jobo, &func, &fargs, &kwds)) return NULL;
+    if (check_owner(c) < 0) return NULL;
+    uint64_t job = job_arg(jobo);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *t = PyTuple_Pack(3, func, fargs, kwds);
+    if (t == NULL) return NULL;
+    PyObject *payload = cp_dumps(c->st, t);
+    Py_DECREF(t);
+    if (payload == NULL) return NULL;
+    cp_task *task = task_new(job, 0, CP_K_CALL, NULL, payload);
+    Py_DECREF(payload);
+    if (task == NULL) return NULL;
+    enqueue(c, task, task, 1);
+    Py_RETURN_NONE;
+}
+
+static void blob_capsule_free(PyObject *cap)
+{
+    blob_decref(PyCapsule_GetPointer(cap, "cpool.func"));
+}
+
+PyDoc_STRVAR(func_blob_doc,
+"func_blob(func)\n--\n\n"
+"Pickle func once for a map-like job; the result is passed to submit_chunks.");
+
+static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
+{
+    PyObject *payload = cp_dumps(c->st, func);
+    if (payload == NULL) return NULL;
+    size_t n = (size_t)PyBytes_GET_SIZE(payload);
+    cp_blob *b = malloc(sizeof *b + n);
+    if (b == NULL) {
+        Py_DECREF(payload);
+        return PyErr_NoMemory();
+    }
+    atomic_init(&b->refs, 1);
+    b->len = n;
+    memcpy(b->data, PyBytes_AS_STRING(payload), n);
+    Py_DECREF(payload);
+    PyObject *cap = PyCapsule_New(b, "cpool.func", blob_capsule_free);
+    if (cap == NULL) free(b);
+    return cap;
+}
+
+PyDoc_STRVAR(submit_chunks_doc,
+"submit_chunks(job, func_blob, items, chunksize, star, first_idx)\n--\n\n"
+"Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
+"queue them as tasks first_idx, first_idx+1, ... of `job`.  Nothing is queued\n"
+"if any chunk fails to pickle; the error is raised here.  Returns the\n"
+"number of chunks.");
+
+static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
+{
+    PyObject *jobo, *cap, *items;
+    Py_ssize_t chunksize;
+    int star;
+    unsigned int first;
+    if (!PyArg_ParseTuple(args, "OOOnpI", &jobo, &cap, &items, &chunksize, &star,
+                          &first))
+        return NULL;
+    if (check_owner(c) < 0) return NULL;
+    uint64_t job = job_arg(jobo);
+    if (PyErr_Occurred()) return NULL;
+    cp_blob *func = PyCapsule_GetPointer(cap, "cpool.func");
+    if (func == NULL) return NULL;
+    if (chunksize < 1) {
+        PyErr_SetString(PyExc_ValueError, "chunksize must be at least 1");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(items, "items must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    cp_task *head = NULL, *tail = NULL;
+    size_t count = 0;
+    uint16_t kind = star ? CP_K_STARMAP : CP_K_MAP;
+    for (Py_ssize_t lo = 0; lo < n; lo += chunksize) {
+        Py_ssize_t hi = lo + chunksize < n ? lo + chunksize : n;
+        PyObject *chunk = PyList_New(hi - lo);
+        if (chunk == NULL) goto error;
+        for (Py_ssize_t k = lo; k < hi; k++) {
+            PyObject *x = PySequence_Fast_GET_ITEM(seq, k);
+            Py_INCREF(x);
+            PyList_SET_ITEM(chunk, k - lo, x);
+        }
+        PyObject *payload = cp_dumps(c->st, chunk);
+        Py_DECREF(chunk);
+        if (payload == NULL) goto error;
+        cp_task *t = task_new(job, first + (uint32_t)count, kind, func, payload);
+        Py_DECREF(payload);
+        if (t == NULL) goto error;
+        if (tail) tail->next = t;
+        else head = t;
+        tail = t;
+        count++;
+    }
+    Py_DECREF(seq);
+    if (head != NULL) enqueue(c, head, tail, count);
+    return PyLong_FromSize_t(count);
+error:
+    Py_DECREF(seq);
+    free_list(head);
+    return NULL;
+}
+
+PyDoc_STRVAR(close_doc, "close()\n--\n\nFinish the queued work, then stop.");
+
+static PyObject *Core_close(CoreObject *c, PyObject *Py_UNUSED(ignored))
+{
+    if (check_owner(c) < 0) return NULL;
+    int want = CP_RUN;
+    atomic_compare_exchange_strong(&c->phase, &want, CP_CLOSE);
+    kick(c);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(kick_doc, "kick()\n--\n\nWake the collector to re-examine the pool.");
+
+static PyObject *Core_kick(CoreObject *c, PyObject *Py_UNUSED(ignored))
+{
+    if (c->owner == getpid()) kick(c);
+    Py_RETURN_NONE;
+}
+
+/* Wait for the collector to finish, releasing the GIL; Ctrl-C gets through.
+ * 1 done, 0 timed out, -1 with an exception. */
+static int wait_done(CoreObject *c, double timeout)
+{
+    if (!atomic_load(&c->thread_started)) return 1;
+    if (pthread_equal(pthread_self(), c->thread)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot wait for the pool from its own callback");
+        return -1;
+    }
+    int64_t deadline = timeout < 0 ? -1 : cp_now_ns() + (int64_t)(timeout * 1e9);
+    while (!atomic_load(&c->done)) {
+        int64_t left = 100000000; /* slices, so signals are checked */
+        if (deadline >= 0) {
+            int64_t rem = deadline - cp_now_ns();
+            if (rem <= 0) return 0;
+            if (rem < left) left = rem;
+        }
+        uint32_t seen = cp_event_prepare(&c->done_ev);
+        if (atomic_load(&c->done)) {
+            cp_event_cancel(&c->done_ev);
+            break;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        cp_event_sleep(&c->done_ev, seen, left);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0) return -1;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(terminate_doc,
+"terminate()\n--\n\n"
+"Kill the workers now; fail what is unfinished.  Waits for the collector,\n"
+"unless called from a callback (then it returns at once).");
+
+static PyObject *Core_terminate(CoreObject *c, PyObject *Py_UNUSED(ignored))
+{
+    if (c->owner != getpid()) Py_RETURN_NONE;
+    atomic_store(&c->phase, CP_TERMINATE);
+    atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
+    tell_template(c);
+    kick(c);
+    if (atomic_load(&c->thread_started) && pthread_equal(pthread_self(), c->thread))
+        Py_RETURN_NONE;
+    if (wait_done(c, -1) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(join_doc,
+"join(timeout=None)\n--\n\n"
+"Wait until the pool is over (closed and drained, or terminated).\n"
+"Returns True when it is, False on timeout.");
+
+static PyObject *Core_join(CoreObject *c, PyObject *args)
+{
+    PyObject *to = Py_None;
+    if (!PyArg_ParseTuple(args, "|O", &to)) return NULL;
+    if (check_owner(c) < 0) return NULL;
+    double timeout = -1;
+    if (to != Py_None) {
+        timeout = PyFloat_AsDouble(to);
+        if (timeout == -1 && PyErr_Occurred()) return NULL;
+        if (timeout < 0) timeout = 0;
+    }
+    int rc = wait_done(c, timeout);
+    if (rc < 0) return NULL;
+    return PyBool_FromLong(rc);
+}
+
+PyDoc_STRVAR(workers_doc,
+"workers()\n--\n\n"
+"One (pid, state, wait_status) tuple per worker slot; pid 0 while a\n"
+"replacement is being forked.  States: 0 free, 1 spawn requested, 2 forked,\n"
+"3 ready, 4 dead.");
+
+static PyObject *Core_workers(CoreObject *c, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *l = PyList_New(c->n);
+    if (l == NULL) return NULL;
+    for (int i = 0; i < c->n; i++) {
+        cp_slot *s = &c->ctl->slots[i];
+        PyObject *t = Py_BuildValue("(iIi)", (int)atomic_load(&s->pid),
+                                    (unsigned)atomic_load(&s->state),
+                                    (int)atomic_load(&s->wstatus));
+        if (t == NULL) {
+            Py_DECREF(l);
+            return NULL;
+        }
+        PyList_SET_ITEM(l, i, t);
+    }
+    return l;
+}
+
+static PyObject *Core_get_broken(CoreObject *c, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(c->broken ? c->broken : Py_None);
+}
+
+static PyObject *Core_get_done(CoreObject *c, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(atomic_load(&c->done));
+}
+
+static PyObject *Core_get_template_pid(CoreObject *c, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong((long)c->tmpl);
+}
+
+static PyObject *Core_get_segment_prefix(CoreObject *c, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(c->ctl ? c->ctl->prefix : "");
+}
+
+static PyMethodDef Core_methods[] = {
+    {"submit_call", (PyCFunction)Core_submit_call, METH_VARARGS, submit_call_doc},
+    {"func_blob", (PyCFunction)Core_func_blob, METH_O, func_blob_doc},
+    {"submit_chunks", (PyCFunction)Core_submit_chunks, METH_VARARGS, submit_chunks_doc},
+    {"close", (PyCFunction)Core_close, METH_NOARGS, close_doc},
+    {"kick", (PyCFunction)Core_kick, METH_NOARGS, kick_doc},
+    {"terminate", (PyCFunction)Core_terminate, METH_NOARGS, terminate_doc},
+    {"join", (PyCFunction)Core_join, METH_VARARGS, join_doc},
+    {"workers", (PyCFunction)Core_workers, METH_NOARGS, workers_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"broken", (getter)Core_get_broken, NULL,
+     "(exception, traceback text) of a failed initializer, or None", NULL},
+    {"done", (getter)Core_get_done, NULL, "True once the pool is over", NULL},
+    {"template_pid", (getter)Core_get_template_pid, NULL,
+     "pid of the template process", NULL},
+    {"segment_prefix", (getter)Core_get_segment_prefix, NULL,
+     "name prefix of this pool's shared-memory segments", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(Core_doc,
+"Core(processes, maxtasks, initializer, initargs, cache, bootstrap, pack_error)\n"
+"--\n\n"
+"The machinery of one pool: its template process, its workers, its rings\n"
+"and its collector thread.  cpool.Pool is the public face.");
+
+static PyType_Slot Core_slots[] = {
+    {Py_tp_new, Core_new},
+    {Py_tp_dealloc, Core_dealloc},
+    {Py_tp_traverse, Core_traverse},
+    {Py_tp_clear, Core_clear},
+    {Py_tp_methods, Core_methods},
+    {Py_tp_getset, Core_getset},
+    {Py_tp_doc, (void *)Core_doc},
+    {0, NULL},
+};
+
+static PyType_Spec Core_spec = {
+    .name = "cpool._cpool.Core",
+    .basicsize = sizeof(CoreObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = Core_slots,
+};
+
+int cp_core_add_type(PyObject *module, cpool_state *st)
+{
+    st->core_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Core_spec, NULL);
+    if (st->core_type == NULL) return -1;
+    return PyModule_AddType(module, st->core_type);
+}

@@ -1,0 +1,288 @@
+/* worker.c: a worker's life, from the fork in the template to _exit().
+ *
+ * The loop is C: take a record from this slot's task ring, unpickle, call,
+ * pickle the result, post it on the result ring, wake the parent's
+ * collector.  Python is called only for what it must do: unpickling, the
+ * user's function, pickling, and (on errors only) formatting a traceback
+ * through the package's pack_error helper.  The GIL is released around every
+ * wait.  A worker leaves only through _exit(): after a STOP record, after
+ * maxtasksperchild tasks, or after its initializer failed.
+ */
+#define CP_NEED_PYTHON
+#include "cpool.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+typedef struct {
+    CoreObject *core;
+    cp_ctl *ctl;
+    cp_slot *slot;
+    cp_ring *tasks, *results;
+    char tag[32];          /* segment tag of this worker: "r<pid>." */
+    uint64_t seg_seq;
+    PyObject *func;        /* cached function of func_job */
+    PyObject *func_error;  /* or why it could not be unpickled */
+    uint64_t func_job;
+    char *buf;             /* the current task record, copied out */
+    size_t bufcap;
+} worker;
+
+static void __attribute__((noreturn)) leave(int code)
+{
+    /* Output a task printed must not be lost in a buffer. */
+    PyObject *r = PyObject_CallMethod(PySys_GetObject("stdout"), "flush", NULL);
+    Py_XDECREF(r);
+    PyErr_Clear();
+    r = PyObject_CallMethod(PySys_GetObject("stderr"), "flush", NULL);
+    Py_XDECREF(r);
+    PyErr_Clear();
+    _exit(code);
+}
+
+/* Append a record to the result ring, waiting (without the GIL) while it is
+ * full, and wake the collector. */
+static void post_raw(worker *w, const cp_rechdr *h, const void *p, size_t n)
+{
+    while (cp_ring_try_put(w->results, h, p, n) != 0) {
+        uint32_t seen = cp_event_prepare(&w->results->space);
+        if (cp_ring_fits(w->results, n)) {
+            cp_event_cancel(&w->results->space);
+            continue;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        cp_event_sleep(&w->results->space, seen, -1);
+        Py_END_ALLOW_THREADS
+    }
+    cp_event_signal(&w->ctl->results);
+}
+
+static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
+                       PyObject *value);
+
+/* Post a pickled payload (bytes); one larger than a ring record travels in
+ * a segment of its own. */
+static void post(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
+                 PyObject *payload)
+{
+    cp_rechdr h = {.kind = kind, .job = job, .idx = idx};
+    const char *p = PyBytes_AS_STRING(payload);
+    size_t n = (size_t)PyBytes_GET_SIZE(payload);
+    if (n <= cp_ring_inline_max(w->results)) {
+        post_raw(w, &h, p, n);
+        return;
+    }
+    cp_segref ref;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = cp_seg_put(w->ctl->prefix, w->tag, w->seg_seq++, p, n, &ref);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        if (kind == CP_K_OK) {
+            /* No room for the result: report why, in its place. */
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, ref.name);
+            post_error(w, CP_K_ERR, job, idx, NULL);
+        } else {
+            h.kind = kind;
+            post_raw(w, &h, NULL, 0); /* an error we cannot even describe */
+        }
+        return;
+    }
+    h.flags = CP_F_LARGE;
+    post_raw(w, &h, &ref, sizeof ref);
+}
+
+/* Post the raised exception as an error record.  With `value`, the raised
+ * exception is why value (a result) could not be pickled. */
+static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
+                       PyObject *value)
+{
+    PyObject *exc = cp_fetch_exc();
+    PyObject *payload;
+    if (exc == NULL) {
+        exc = PyObject_CallFunction(PyExc_SystemError, "s",
+                                    "error without an exception");
+        if (exc == NULL) exc = cp_fetch_exc();
+    }
+    if (value != NULL)
+        payload = PyObject_CallFunctionObjArgs(w->core->pack_error, exc, value,
+                                               NULL);
+    else
+        payload = PyObject_CallOneArg(w->core->pack_error, exc);
+    Py_XDECREF(exc);
+    if (payload == NULL || !PyBytes_Check(payload)) {
+        /* An empty error record: the parent reports that the worker could
+         * not describe its error. */
+        PyErr_Clear();
+        Py_XDECREF(payload);
+        cp_rechdr h = {.kind = kind, .job = job, .idx = idx};
+        post_raw(w, &h, NULL, 0);
+        return;
+    }
+    post(w, kind, job, idx, payload);
+    Py_DECREF(payload);
+}
+
+static int ring_has_data(void *r) { return cp_ring_has_data((cp_ring *)r); }
+
+/* Wait for the next task record and copy it out: once consumed, the task is
+ * held by this worker (the parent fails it, not resends it, if we die). */
+static const cp_rechdr *next_task(worker *w)
+{
+    const cp_rechdr *h;
+    for (;;) {
+        h = cp_ring_peek(w->tasks);
+        if (h != NULL) break;
+        if (cp_spin_until(ring_has_data, w->tasks)) continue;
+        uint32_t seen = cp_event_prepare(&w->tasks->data);
+        if (cp_ring_has_data(w->tasks)) {
+            cp_event_cancel(&w->tasks->data);
+            continue;
+        }
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = cp_event_sleep(&w->tasks->data, seen, -1);
+        Py_END_ALLOW_THREADS
+        if (rc == EINTR && PyErr_CheckSignals() < 0) PyErr_WriteUnraisable(NULL);
+    }
+    size_t need = sizeof *h + h->len;
+    if (need > w->bufcap) {
+        char *nb = realloc(w->buf, need);
+        if (nb == NULL) leave(70);
+        w->buf = nb;
+        w->bufcap = need;
+    }
+    memcpy(w->buf, h, need);
+    atomic_store(&w->slot->current_job, h->job);
+    cp_ring_consume(w->tasks, h);
+    return (const cp_rechdr *)w->buf;
+}
+
+/* Run one task record: a new reference to the result, or NULL with the
+ * task's exception set. */
+static PyObject *run(worker *w, const cp_rechdr *h)
+{
+    cpool_state *st = w->core->st;
+    if (h->kind == CP_K_CALL) {
+        PyObject *t = cp_load_payload(st, h);
+        if (t == NULL) return NULL;
+        PyObject *res = NULL;
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
+            PyErr_SetString(PyExc_TypeError, "malformed apply task");
+        } else {
+            PyObject *f = PyTuple_GET_ITEM(t, 0), *a = PyTuple_GET_ITEM(t, 1);
+            PyObject *k = PyTuple_GET_ITEM(t, 2);
+            PyObject *args = PySequence_Tuple(a);
+            if (args != NULL) {
+                res = PyObject_Call(f, args, PyDict_Check(k) && PyDict_GET_SIZE(k) ? k : NULL);
+                Py_DECREF(args);
+            }
+        }
+        Py_DECREF(t);
+        return res;
+    }
+    /* MAP / STARMAP: a chunk of items for the cached function. */
+    if (w->func_job != h->job || (w->func == NULL && w->func_error == NULL)) {
+        PyErr_SetString(PyExc_SystemError, "cpool: chunk before its function");
+        return NULL;
+    }
+    if (w->func_error != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(w->func_error), w->func_error);
+        return NULL;
+    }
+    PyObject *items = cp_load_payload(st, h);
+    if (items == NULL) return NULL;
+    PyObject *seq = PySequence_Fast(items, "chunk is not a sequence");
+    Py_DECREF(items);
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *x = PySequence_Fast_GET_ITEM(seq, i), *r;
+        if (h->kind == CP_K_STARMAP) {
+            PyObject *args = PySequence_Tuple(x);
+            r = args ? PyObject_Call(w->func, args, NULL) : NULL;
+            Py_XDECREF(args);
+        } else {
+            r = PyObject_CallOneArg(w->func, x);
+        }
+        if (r == NULL) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, i, r);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+static void set_func(worker *w, const cp_rechdr *h)
+{
+    Py_CLEAR(w->func);
+    Py_CLEAR(w->func_error);
+    w->func_job = h->job;
+    w->func = cp_load_payload(w->core->st, h);
+    if (w->func == NULL) w->func_error = cp_fetch_exc();
+}
+
+void cp_worker_main(CoreObject *core, int slot)
+{
+    worker w = {0};
+    w.core = core;
+    w.ctl = core->ctl;
+    w.slot = &core->ctl->slots[slot];
+    w.tasks = cp_task_ring(core->ctl, slot);
+    w.results = cp_result_ring(core->ctl, slot);
+    snprintf(w.tag, sizeof w.tag, "r%d.", (int)getpid());
+
+    /* Go with the template (which is single-threaded, so the death signal
+     * is tied to the right thread); the parent owns Ctrl-C. */
+    pid_t tmpl = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != tmpl) _exit(1);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGCHLD, SIG_DFL);
+    sigset_t all;
+    sigemptyset(&all);
+    sigaddset(&all, SIGCHLD);
+    sigprocmask(SIG_UNBLOCK, &all, NULL);
+
+    PyObject *r = PyObject_CallFunction(core->bootstrap, "i", slot);
+    if (r == NULL) PyErr_WriteUnraisable(core->bootstrap);
+    Py_XDECREF(r);
+    if (core->initializer != Py_None) {
+        r = PyObject_Call(core->initializer, core->initargs, NULL);
+        if (r == NULL) {
+            post_error(&w, CP_K_INITERR, 0, 0, NULL);
+            leave(1);
+        }
+        Py_DECREF(r);
+    }
+    atomic_store(&w.slot->inited, 1);
+    atomic_store(&w.slot->state, CP_S_READY);
+
+    uint64_t done = 0;
+    for (;;) {
+        const cp_rechdr *h = next_task(&w);
+        if (h->kind == CP_K_STOP) break;
+        if (h->kind == CP_K_FUNC) {
+            set_func(&w, h);
+            continue;
+        }
+        PyObject *res = run(&w, h);
+        if (res == NULL) {
+            post_error(&w, CP_K_ERR, h->job, h->idx, NULL);
+        } else {
+            PyObject *payload = cp_dumps(core->st, res);
+            if (payload == NULL) post_error(&w, CP_K_ERR, h->job, h->idx, res);
+            else post(&w, CP_K_OK, h->job, h->idx, payload);
+            Py_XDECREF(payload);
+            Py_DECREF(res);
+        }
+        atomic_store(&w.slot->current_job, 0);
+        atomic_fetch_add(&w.slot->tasks_done, 1);
+        if (core->maxtasks && ++done >= core->maxtasks) break;
+    }
+    leave(0);
+}
