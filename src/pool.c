@@ -571,6 +571,42 @@ static pid_t spawn_worker(void *arg, int slot)
 
 /* ---- the Python type -------------------------------------------------------- */
 
+static int spawn_pending(CoreObject *c)
+{
+    for (int i = 0; i < c->n; i++)
+        if (atomic_load(&c->ctl->slots[i].state) == CP_S_SPAWN_REQ) return 1;
+    return 0;
+}
+
+/* Wait (without the GIL) until the template has forked every first worker,
+ * so Pool() returns with their pids known, as multiprocessing's does.
+ * 0, or -1 with an exception (Ctrl-C, or the template died). */
+static int wait_first_workers(CoreObject *c)
+{
+    for (;;) {
+        if (!spawn_pending(c)) return 0;
+        uint32_t seen = cp_event_prepare(&c->ctl->results);
+        if (!spawn_pending(c)) {
+            cp_event_cancel(&c->ctl->results);
+            return 0;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        cp_event_sleep(&c->ctl->results, seen, 100000000);
+        Py_END_ALLOW_THREADS
+        int st;
+        if (waitpid(c->tmpl, &st, WNOHANG) == c->tmpl) {
+            PyErr_SetString(PyExc_RuntimeError, "cpool: the template process died");
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
+            tell_template(c);
+            wait_template(c);
+            return -1;
+        }
+    }
+}
+
 static int check_owner(CoreObject *c)
 {
     if (c->owner == getpid()) return 0;
@@ -647,6 +683,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     c->tmpl = pid;
     atomic_store(&c->ctl->tmpl_pid, pid);
+    if (wait_first_workers(c) < 0) goto error;
 
     /* The collector blocks every signal: Ctrl-C must reach the thread that
      * waits for a result, never this one. */

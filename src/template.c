@@ -65,6 +65,7 @@ static void spawn_requested(cp_ctl *ctl, cp_spawn_fn spawn, void *arg)
         /* The worker may have become READY already: only move forward. */
         uint32_t want = CP_S_SPAWN_REQ;
         atomic_compare_exchange_strong(&s->state, &want, CP_S_SPAWNED);
+        cp_event_signal(&ctl->results); /* Pool() waits for the first pids */
     }
 }
 
