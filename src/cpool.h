@@ -277,6 +277,7 @@ typedef struct cp_task {
     uint16_t has_seg;  /* sent through a named segment (seg.name) */
     cp_blob *func;     /* MAP/STARMAP: the job's pickled function (shared) */
     uint64_t end_pos;  /* task-ring position just past this record */
+    int64_t sent_ns;   /* when it went into a ring */
     int err;           /* errno when it could not be sent */
     cp_segref seg;
     size_t len;
@@ -311,6 +312,7 @@ typedef struct CoreObject {
     cp_task *failed;            /* tasks that could not be sent */
     cp_wstate *ws;
     uint64_t seg_seq;
+    int64_t task_ns;            /* moving average of a task's round trip; <0 unknown */
     _Atomic int phase;
     _Atomic int kicked;
     _Atomic int done;

@@ -26,7 +26,13 @@
 #include <unistd.h>
 
 #define RING_CAP (256u * 1024u) /* per ring; records over a quarter go by segment */
-#define DEPTH 2                 /* tasks in flight per worker */
+/* Tasks in flight per worker.  A second queued task only pays off when tasks
+ * are short enough that the collector's round trip would leave the worker
+ * idle; for long ones it would wait behind a busy worker while another sits
+ * idle (the imbalance a shared queue avoids).  So: one, until measured tasks
+ * prove short. */
+#define DEPTH_SHORT 4
+#define SHORT_TASK_NS 1000000   /* 1 ms */
 #define BATCH 64                /* results delivered per slot per GIL hold */
 #define WATCHDOG_NS 1000000000  /* template liveness check while busy */
 
@@ -100,7 +106,8 @@ static int slot_accepts(CoreObject *c, int i)
     uint32_t s = atomic_load(&c->ctl->slots[i].state);
     if (s != CP_S_SPAWN_REQ && s != CP_S_SPAWNED && s != CP_S_READY) return 0;
     cp_wstate *w = &c->ws[i];
-    if (w->n >= DEPTH) return 0;
+    int depth = (c->task_ns >= 0 && c->task_ns < SHORT_TASK_NS) ? DEPTH_SHORT : 1;
+    if (w->n >= depth) return 0;
     return c->maxtasks == 0 || w->sent < c->maxtasks;
 }
 
@@ -167,6 +174,7 @@ static void dispatch_locked(CoreObject *c)
             continue;
         }
         t->end_pos = cp_ring_tail(r);
+        t->sent_ns = cp_now_ns();
         if (w->tail) w->tail->next = t;
         else w->head = t;
         w->tail = t;
@@ -319,6 +327,8 @@ static void drain(CoreObject *c, int i)
             w->head = t->next;
             if (w->head == NULL) w->tail = NULL;
             w->n--;
+            int64_t took = cp_now_ns() - t->sent_ns;
+            c->task_ns = c->task_ns < 0 ? took : (7 * c->task_ns + took) / 8;
         }
         pthread_mutex_unlock(&c->mu);
         if (t == NULL || t->job != hh.job || t->idx != hh.idx)
@@ -635,6 +645,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     CoreObject *c = (CoreObject *)type->tp_alloc(type, 0);
     if (c == NULL) return NULL;
     c->evfd = -1;
+    c->task_ns = -1;
     c->module = Py_NewRef(module);
     c->st = cp_get_state(module);
     c->n = n;
