@@ -1,0 +1,233 @@
+"""Scenarios that could hang or leak, each in a fresh interpreter under a
+time limit: a hang fails the test, it is never skipped."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start(src):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(src)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run(src, timeout=60):
+    p = start(src)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"scenario hung for {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    return out
+
+
+def alive(pid):
+    """True if pid runs (a zombie has exited: it only waits to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids, within=5.0):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(alive(p) for p in pids):
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def segments(prefix=""):
+    return [n for n in os.listdir("/dev/shm") if n.startswith("cpool." + prefix)]
+
+
+def test_parent_killed_takes_template_and_workers_with_it():
+    p = start("""
+        import os, time, cpool
+        def slow(x):
+            time.sleep(60)
+        pool = cpool.Pool(3)
+        pool.map_async(slow, range(6))
+        print(pool._core.template_pid, *[w.pid for w in pool._pool], flush=True)
+        print(pool._core.segment_prefix, flush=True)
+        time.sleep(60)
+    """)
+    pids = [int(x) for x in p.stdout.readline().split()]
+    prefix = p.stdout.readline().strip().lstrip("/").split(".", 1)[1]
+    assert len(pids) == 4 and all(alive(x) for x in pids)
+    p.kill()
+    p.communicate(timeout=10)
+    assert wait_gone(pids, within=3) == []
+    assert segments(prefix) == []
+
+
+def test_pool_made_in_a_short_lived_thread_keeps_its_workers():
+    out = run("""
+        import threading, time, cpool
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault("p", cpool.Pool(2)))
+        t.start(); t.join()
+        time.sleep(0.5)              # PR_SET_PDEATHSIG would have fired by now
+        pool = box["p"]
+        print(all(w.is_alive() for w in pool._pool), pool.map(abs, [-1, -2, -3]))
+        pool.close(); pool.join()
+    """)
+    assert out.split() == ["True", "[1,", "2,", "3]"]
+
+
+def test_ctrl_c_during_map_raises_keyboardinterrupt_promptly():
+    p = start("""
+        import time, cpool
+        def slow(x):
+            time.sleep(30)
+        pool = cpool.Pool(2)
+        print("ready", flush=True)
+        try:
+            pool.map(slow, range(4))
+        except KeyboardInterrupt:
+            t = time.monotonic()
+            pool.terminate(); pool.join()
+            print("interrupted", round(time.monotonic() - t, 3), flush=True)
+    """)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    try:
+        out, err = p.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        pytest.fail("Ctrl-C did not interrupt map()")
+    elapsed = time.monotonic() - t0
+    assert out.startswith("interrupted"), (out, err)
+    assert elapsed < 5, elapsed
+    # Workers ignore SIGINT: no traceback from them.
+    assert "Traceback" not in err, err
+
+
+def test_no_process_fd_or_segment_left_after_many_pools():
+    out = run("""
+        import gc, os, cpool
+        def inc(x):
+            return x + 1
+        def children():
+            me, kids = str(os.getpid()), []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if st[1] == me and st[0] != "Z":
+                    kids.append(pid)
+            return kids
+        warm = cpool.Pool(2); warm.map(inc, range(4)); warm.close(); warm.join()
+        fds = len(os.listdir("/proc/self/fd"))
+        for i in range(30):
+            pool = cpool.Pool(2)
+            assert pool.map(inc, range(50)) == list(range(1, 51))
+            if i % 3 == 0:
+                pool.close()
+            else:
+                pool.terminate()
+            pool.join()
+        del pool; gc.collect()
+        print(len(os.listdir("/proc/self/fd")) - fds, len(children()))
+    """)
+    fd_growth, kids = map(int, out.split())
+    assert fd_growth <= 0 and kids == 0
+
+
+def test_unclosed_pool_is_cleaned_at_exit():
+    p = start("""
+        import cpool
+        pool = cpool.Pool(2)
+        print(pool._core.template_pid, *[w.pid for w in pool._pool], flush=True)
+        print(pool.map(abs, [-5]), flush=True)
+    """)
+    out, err = p.communicate(timeout=30)
+    lines = out.splitlines()
+    pids = [int(x) for x in lines[0].split()]
+    assert lines[1] == "[5]" and p.returncode == 0, err
+    assert wait_gone(pids, within=3) == []
+
+
+def test_large_payloads_both_ways_and_no_segment_left():
+    out = run("""
+        import os, cpool
+        def make(n):
+            return b"z" * n
+        def size(b):
+            return len(b)
+        with cpool.Pool(2) as pool:
+            big = pool.apply(make, (200 * 1024 * 1024,))
+            assert len(big) == 200 * 1024 * 1024 and big[:3] == b"zzz" and big[-1:] == b"z"
+            del big
+            sizes = pool.map(size, [bytes(4 << 20)] * 8, chunksize=1)
+            assert sizes == [4 << 20] * 8, sizes
+            prefix = pool._core.segment_prefix.lstrip("/")
+        pool.join()
+        print([n for n in os.listdir("/dev/shm") if n.startswith(prefix)])
+    """, timeout=120)
+    assert out.strip() == "[]"
+
+
+def test_initializer_failure_breaks_the_pool_without_respawning():
+    out = run("""
+        import time, cpool
+        def bad_init():
+            raise KeyError("no config")
+        pool = cpool.Pool(2, initializer=bad_init)
+        for attempt in range(2):
+            try:
+                pool.apply(abs, (1,))
+            except cpool.InitializerError as e:
+                assert isinstance(e.__cause__, KeyError), repr(e.__cause__)
+                print("InitializerError")
+        try:
+            pool.map_async(abs, range(10))
+        except cpool.InitializerError:
+            print("InitializerError")
+        time.sleep(0.5)
+        # No respawn loop: the workers stay gone.
+        print(sum(w.is_alive() for w in pool._pool))
+        pool.terminate(); pool.join()
+    """)
+    assert out.split() == ["InitializerError"] * 3 + ["0"]
+
+
+def test_worker_death_fails_only_its_chunk_and_pool_goes_on():
+    out = run("""
+        import os, cpool
+        def maybe_die(x):
+            if x == 13:
+                os._exit(7)
+            return x * 2
+        pool = cpool.Pool(2)
+        it = pool.imap(maybe_die, range(40), chunksize=4)
+        got, errors = [], []
+        while True:
+            try:
+                got.append(next(it, None))
+                if got[-1] is None:
+                    got.pop(); break
+            except cpool.WorkerLostError as e:
+                errors.append((e.exitcode, "task 3" in str(e)))
+        assert errors == [(7, True)], errors
+        expected = [x * 2 for x in range(40) if not 12 <= x < 16]
+        assert got == expected, got
+        assert pool.map(abs, range(-5, 5)) == [abs(x) for x in range(-5, 5)]
+        pool.close(); pool.join()
+        print("ok")
+    """)
+    assert out.strip() == "ok"
