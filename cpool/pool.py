@@ -316,51 +316,49 @@ class IMapIterator:
     # -- consuming --
 
     def _take(self):
-        """(True, value), (False, exception), or None; caller holds _cond."""
-        while True:
-            if self._buf:
-                return True, self._buf.popleft()
-            if self._ordered:
-                got = self._ready.pop(self._consumed, None)
-            else:
-                got = self._ready.popleft() if self._ready else None
-            if got is None:
-                return None
-            self._consumed += 1
-            ok, val = got
-            if not ok:
-                return got
-            self._buf.extend(val)
+        """(True, value), (False, exception), or None; caller holds _cond.
+        Taking a chunk moves its values to _buf."""
+        if self._ordered:
+            got = self._ready.pop(self._consumed, None)
+        else:
+            got = self._ready.popleft() if self._ready else None
+        if got is None:
+            return None
+        self._consumed += 1
+        ok, val = got
+        if not ok:
+            return got
+        self._buf.extend(val)
+        return True, _NO_VALUE
 
     def next(self, timeout=None):
-        deadline = None if timeout is None else _monotonic() + timeout
+        buf = self._buf
+        deadline = None
         while True:
+            if buf:  # the rest of a chunk already taken: no lock, no feeding
+                try:
+                    return buf.popleft()
+                except IndexError:  # another thread took it
+                    pass
+            if timeout is not None and deadline is None:
+                deadline = _monotonic() + timeout
             with self._cond:
                 got = self._take()
-                if got is None and self._length is not None \
-                        and self._consumed >= self._length:
-                    raise StopIteration
-            if got is not None:
-                self._feed()
-                ok, val = got
-                if ok:
-                    return val
-                raise val
-            self._feed()
-            with self._cond:
-                if self._buf or self._has_ready() or (
-                        self._length is not None and self._consumed >= self._length):
-                    continue
-                left = None if deadline is None else deadline - _monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError
-                self._cond.wait(left)
+                while got is None:
+                    if self._length is not None and self._consumed >= self._length:
+                        raise StopIteration
+                    if self._submitted == self._consumed and self._length is None:
+                        break  # nothing in flight: read more input first
+                    left = None if deadline is None else deadline - _monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError
+                    self._cond.wait(left)
+                    got = self._take()
+            self._feed()  # a chunk was taken (or none is in flight): top up
+            if got is not None and not got[0]:
+                raise got[1]
 
     __next__ = next
-
-    def _has_ready(self):
-        return (self._consumed in self._ready) if self._ordered else bool(self._ready)
-
 
 class IMapUnorderedIterator(IMapIterator):
     """The iterator of imap_unordered: results in completion order."""
