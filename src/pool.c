@@ -189,6 +189,8 @@ static void dispatch_locked(CoreObject *c)
     if (atomic_load(&c->kicked)) cp_event_signal(&c->ctl->results);
 }
 
+static void fail_all(CoreObject *c, int status, PyObject *value, int inflight);
+
 /* Queue tasks first..last and dispatch what fits; called with the GIL. */
 static void enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
 {
@@ -201,8 +203,10 @@ static void enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
     dispatch_locked(c);
     pthread_mutex_unlock(&c->mu);
     Py_END_ALLOW_THREADS
-    if (atomic_load(&c->is_broken) || atomic_load(&c->phase) == CP_TERMINATE)
-        kick(c); /* the collector fails them */
+    if (atomic_load(&c->done))
+        fail_all(c, 4, NULL, 1); /* raced with terminate(): nobody will run them */
+    else if (atomic_load(&c->is_broken) || atomic_load(&c->phase) == CP_TERMINATE)
+        kick(c);                 /* the collector fails them */
 }
 
 /* ---- delivery (GIL held) -------------------------------------------------- */
@@ -915,10 +919,17 @@ static PyObject *Core_kick(CoreObject *c, PyObject *Py_UNUSED(ignored))
 
 /* Wait for the collector to finish, releasing the GIL; Ctrl-C gets through.
  * 1 done, 0 timed out, -1 with an exception. */
+static int in_collector(CoreObject *c)
+{
+    /* The thread is detached: its id means something only while it runs. */
+    return atomic_load(&c->thread_started) && !atomic_load(&c->done) &&
+           pthread_equal(pthread_self(), c->thread);
+}
+
 static int wait_done(CoreObject *c, double timeout)
 {
     if (!atomic_load(&c->thread_started)) return 1;
-    if (pthread_equal(pthread_self(), c->thread)) {
+    if (in_collector(c)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot wait for the pool from its own callback");
         return -1;
@@ -956,8 +967,7 @@ static PyObject *Core_terminate(CoreObject *c, PyObject *Py_UNUSED(ignored))
     atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
     tell_template(c);
     kick(c);
-    if (atomic_load(&c->thread_started) && pthread_equal(pthread_self(), c->thread))
-        Py_RETURN_NONE;
+    if (in_collector(c)) Py_RETURN_NONE;
     if (wait_done(c, -1) < 0) return NULL;
     Py_RETURN_NONE;
 }
