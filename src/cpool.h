@@ -10,7 +10,7 @@
 #define CPOOL_H
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE
+#define _GNU_SOURCE 1 /* as pyconfig.h defines it: no redefinition */
 #endif
 #include <stdatomic.h>
 #include <stddef.h>
