@@ -354,9 +354,18 @@ class IMapIterator:
                         raise TimeoutError
                     self._cond.wait(left)
                     got = self._take()
-            self._feed()  # a chunk was taken (or none is in flight): top up
             if got is not None and not got[0]:
+                if self._chunksize > 1:
+                    # As multiprocessing's chunked imap (a generator over the
+                    # chunks): a failed chunk ends the iteration.
+                    self._stop()
+                    with self._cond:
+                        self._consumed = self._length = max(self._consumed,
+                                                            self._length)
+                        self._ready.clear()
+                        self._buf.clear()
                 raise got[1]
+            self._feed()  # a chunk was taken (or none is in flight): top up
 
     __next__ = next
 

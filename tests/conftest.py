@@ -1,0 +1,127 @@
+"""Shared fixtures and helpers of cpool's tests.
+
+* ``hang_guard`` (autouse): faulthandler dumps every thread's stack and exits
+  the test process if one test (with its fixtures) runs for over a minute, so
+  a hang is a loud failure, never a blocked run.
+* ``pool``: a running cpool.Pool(4) (or ``Pool(**request.param)`` when
+  parametrized indirectly), terminated and joined in teardown; a join that
+  does not finish within JOIN_TIMEOUT seconds fails the test.
+* ``run_python(source, timeout=60)``: run a Python snippet in a fresh
+  interpreter (PYTHONPATH = the repository root, so ``import cpool`` works from
+  any cwd) and return the CompletedProcess; a snippet that outlives its
+  timeout has its whole process group killed and fails the test.
+"""
+import faulthandler
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+
+import pytest
+
+import cpool
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HANG_TIMEOUT = 60
+JOIN_TIMEOUT = 30
+
+
+@pytest.fixture(autouse=True)
+def hang_guard():
+    faulthandler.dump_traceback_later(HANG_TIMEOUT, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+class _JoinTimeout(BaseException):
+    pass
+
+
+def join_within(pool, timeout=JOIN_TIMEOUT):
+    """pool.join() in the calling (main) thread: True if it returned within
+    `timeout` seconds.  A timer thread interrupts a join that takes longer
+    with SIGUSR2, whose handler raises in the main thread (cpool's join
+    checks for signals while it waits; one that does not is caught by the
+    hang guard).  SIGALRM is left alone: pytest-timeout may be using it."""
+    joining = [True]
+
+    def on_signal(signum, frame):
+        if joining[0]:
+            raise _JoinTimeout
+
+    main = threading.get_ident()
+    old = signal.signal(signal.SIGUSR2, on_signal)
+    timer = threading.Timer(timeout, signal.pthread_kill, (main, signal.SIGUSR2))
+    timer.daemon = True
+    timer.start()
+    try:
+        pool.join()
+        joining[0] = False
+    except _JoinTimeout:
+        return False
+    finally:
+        joining[0] = False
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGUSR2, old)
+    return True
+
+
+def shutdown(pool, timeout=JOIN_TIMEOUT):
+    """terminate() then join(); fail the test if join hangs."""
+    pool.terminate()
+    if not join_within(pool, timeout):
+        pytest.fail(f"{pool!r}.join() did not return within {timeout} s "
+                    f"after terminate()")
+
+
+@pytest.fixture
+def pool(request):
+    kwargs = getattr(request, "param", None) or {"processes": 4}
+    p = cpool.Pool(**kwargs)
+    try:
+        yield p
+    finally:
+        shutdown(p)
+
+
+def python_env():
+    env = dict(os.environ)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + old if old else "")
+    env.pop("CPOOL_DEBUG", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def run_python(source, timeout=60, cwd=None, args=()):
+    """Run `source` (dedented) with a fresh interpreter; CompletedProcess
+    with text stdout/stderr.  Fails the test on timeout, after killing the
+    snippet's process group (its pool workers included)."""
+    source = textwrap.dedent(source)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", source, *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=python_env(), cwd=cwd or tempfile.gettempdir(),
+        start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, err = proc.communicate()
+        pytest.fail(f"snippet did not finish within {timeout} s\n"
+                    f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture
+def run_snippet():
+    return run_python
