@@ -19,6 +19,8 @@ SOURCES = [
     "src/pool.c",      # the parent: Core type, dispatch, the collector thread
     "src/template.c",  # the template process: forks and reaps the workers
     "src/worker.c",    # the worker loop: unpickle, call, pickle, post
+    "src/value.c",     # shared arenas, the Synchronized wrapper of Value/Array
+    "src/lock.c",      # Lock/RLock: robust process-shared mutexes
     "src/ring.c",      # single-producer single-consumer record rings
     "src/sync.c",      # futex waits and wake-ups
     "src/shm.c",       # the control segment and large-record segments

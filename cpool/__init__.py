@@ -23,8 +23,18 @@ from .pool import (  # noqa: E402
     WorkerLostError,
 )
 
+from .sharedctypes import (  # noqa: E402
+    Array,
+    Lock,
+    RawArray,
+    RawValue,
+    RLock,
+    Value,
+)
+
 __all__ = ["Pool", "TimeoutError", "WorkerLostError", "InitializerError",
-           "PoolTerminatedError"]
+           "PoolTerminatedError", "Value", "Array", "RawValue", "RawArray",
+           "Lock", "RLock"]
 
 
 def __getattr__(name):

@@ -228,6 +228,9 @@ static inline PyObject *Py_NewRef(PyObject *o)
 /* Module state. */
 typedef struct {
     PyTypeObject *core_type;
+    PyTypeObject *lock_type;
+    PyTypeObject *arena_type;
+    PyTypeObject *sync_type;
     PyObject *dumps;   /* pickle.dumps */
     PyObject *loads;   /* pickle.loads */
     PyObject *protocol;/* int 5 */
@@ -324,8 +327,43 @@ typedef struct CoreObject {
     int stopping;               /* collector: STOP records sent */
 } CoreObject;
 
+/* Set `exc` (a reference stolen) as the raised exception. */
+static inline void cp_restore_exc(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
 /* pool.c */
 CP_HIDDEN int cp_core_add_type(PyObject *module, cpool_state *st);
+
+/* lock.c: robust process-shared mutexes in an arena. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *arena;
+    pthread_mutex_t *m;
+    Py_ssize_t offset;
+    int recursive;
+    int owner_died;   /* the last acquire took over from a dead holder */
+} LockObject;
+CP_HIDDEN int cp_lock_add_type(PyObject *module, cpool_state *st);
+/* 1 if o is a cpool lock (not a subclass). */
+CP_HIDDEN int cp_is_shared_lock(PyObject *o);
+/* 1 acquired, 0 not (non-blocking or timed out), -1 with an exception.
+ * timeout < 0: no limit.  Releases the GIL while it waits. */
+CP_HIDDEN int cp_lock_acquire(LockObject *l, int block, double timeout);
+CP_HIDDEN int cp_lock_release(LockObject *l);
+/* Parse acquire's (block=True, timeout=None); 0 or -1. */
+CP_HIDDEN int cp_parse_acquire(PyObject *args, PyObject *kwds, int *block,
+                               double *timeout);
+
+/* value.c: arenas and the Synchronized wrapper. */
+CP_HIDDEN int cp_value_add_types(PyObject *module, cpool_state *st);
+/* Pointer to n bytes at offset of an arena, or NULL with an exception. */
+CP_HIDDEN char *cp_arena_at(PyObject *arena, Py_ssize_t offset, size_t n);
 
 /* worker.c: the worker's life after the template forks it.  Never returns. */
 CP_HIDDEN void cp_worker_main(CoreObject *core, int slot)

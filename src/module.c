@@ -86,13 +86,17 @@ static int module_exec(PyObject *m)
         PyModule_AddIntConstant(m, "ST_TERMINATED", 4) < 0 ||
         PyModule_AddIntConstant(m, "ST_INITFAIL", 5) < 0)
         return -1;
-    return cp_core_add_type(m, st);
+    if (cp_core_add_type(m, st) < 0 || cp_lock_add_type(m, st) < 0) return -1;
+    return cp_value_add_types(m, st);
 }
 
 static int module_traverse(PyObject *m, visitproc visit, void *arg)
 {
     cpool_state *st = cp_get_state(m);
     Py_VISIT(st->core_type);
+    Py_VISIT(st->lock_type);
+    Py_VISIT(st->arena_type);
+    Py_VISIT(st->sync_type);
     Py_VISIT(st->dumps);
     Py_VISIT(st->loads);
     return 0;
@@ -102,6 +106,9 @@ static int module_clear(PyObject *m)
 {
     cpool_state *st = cp_get_state(m);
     Py_CLEAR(st->core_type);
+    Py_CLEAR(st->lock_type);
+    Py_CLEAR(st->arena_type);
+    Py_CLEAR(st->sync_type);
     Py_CLEAR(st->dumps);
     Py_CLEAR(st->loads);
     Py_CLEAR(st->protocol);

@@ -872,7 +872,7 @@ def test_worker_lost_error_pickles():
 # -- the module as a drop-in for multiprocessing -------------------------------------
 
 @pytest.mark.parametrize("name", ["Process", "Queue", "cpu_count", "current_process",
-                                  "Manager", "Lock", "Event", "get_context",
+                                  "Manager", "Semaphore", "Event", "get_context",
                                   "active_children", "SimpleQueue"])
 def test_module_reexports_multiprocessing(name):
     import cpool as mp
@@ -882,7 +882,10 @@ def test_module_reexports_multiprocessing(name):
 
 def test_module_names():
     import cpool as mp
+    import cpool.sharedctypes as sc
     assert mp.Pool is cpool_pool.Pool
+    for name in ("Value", "Array", "RawValue", "RawArray", "Lock", "RLock"):
+        assert getattr(mp, name) is getattr(sc, name)
     assert issubclass(mp.TimeoutError, multiprocessing.TimeoutError)
     assert cpool_pool.MaybeEncodingError is multiprocessing.pool.MaybeEncodingError
     assert cpool_pool.ThreadPool is multiprocessing.pool.ThreadPool
