@@ -231,6 +231,7 @@ typedef struct {
     PyTypeObject *lock_type;
     PyTypeObject *arena_type;
     PyTypeObject *sync_type;
+    PyObject *str_value;   /* interned "value" */
     PyObject *dumps;   /* pickle.dumps */
     PyObject *loads;   /* pickle.loads */
     PyObject *protocol;/* int 5 */
@@ -350,8 +351,6 @@ typedef struct {
     int owner_died;   /* the last acquire took over from a dead holder */
 } LockObject;
 CP_HIDDEN int cp_lock_add_type(PyObject *module, cpool_state *st);
-/* 1 if o is a cpool lock (not a subclass). */
-CP_HIDDEN int cp_is_shared_lock(PyObject *o);
 /* 1 acquired, 0 not (non-blocking or timed out), -1 with an exception.
  * timeout < 0: no limit.  Releases the GIL while it waits. */
 CP_HIDDEN int cp_lock_acquire(LockObject *l, int block, double timeout);

@@ -17,12 +17,6 @@
 
 #define SLICE_NS 50000000 /* Ctrl-C latency while blocked on a lock */
 
-static void Lock_dealloc(LockObject *l);
-
-int cp_is_shared_lock(PyObject *o)
-{
-    return Py_TYPE(o)->tp_dealloc == (destructor)Lock_dealloc;
-}
 
 static void after_acquire(LockObject *l, int rc)
 {
@@ -140,8 +134,10 @@ int cp_parse_acquire(PyObject *args, PyObject *kwds, int *block, double *timeout
     static char *kwlist[] = {"block", "timeout", NULL};
     PyObject *to = Py_None;
     *block = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pO", kwlist, block, &to)) return -1;
     *timeout = -1;
+    if (PyTuple_GET_SIZE(args) == 0 && (kwds == NULL || PyDict_GET_SIZE(kwds) == 0))
+        return 0; /* the common acquire(): no parsing */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pO", kwlist, block, &to)) return -1;
     if (to != Py_None) {
         *timeout = PyFloat_AsDouble(to);
         if (*timeout == -1 && PyErr_Occurred()) return -1;

@@ -78,6 +78,8 @@ static int module_exec(PyObject *m)
     if (st->dumps == NULL || st->loads == NULL) return -1;
     st->protocol = PyLong_FromLong(5);
     if (st->protocol == NULL) return -1;
+    st->str_value = PyUnicode_InternFromString("value");
+    if (st->str_value == NULL) return -1;
     if (PyModule_AddStringConstant(m, "VERSION", CPOOL_VERSION) < 0) return -1;
     if (PyModule_AddIntConstant(m, "ST_OK", 0) < 0 ||
         PyModule_AddIntConstant(m, "ST_ERR", 1) < 0 ||
@@ -112,6 +114,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->dumps);
     Py_CLEAR(st->loads);
     Py_CLEAR(st->protocol);
+    Py_CLEAR(st->str_value);
     return 0;
 }
 

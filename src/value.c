@@ -231,14 +231,15 @@ typedef struct {
     PyObject_HEAD
     PyObject *obj;
     PyObject *lock;
+    LockObject *fast;  /* lock, when it is a cpool lock: taken directly */
+    cpool_state *st;
 } SyncObject;
 
 /* Acquire the wrapper's lock: a cpool lock directly, another through its
  * acquire() method.  0, or -1 with an exception. */
 static int sync_enter(SyncObject *s)
 {
-    if (cp_is_shared_lock(s->lock))
-        return cp_lock_acquire((LockObject *)s->lock, 1, -1) < 0 ? -1 : 0;
+    if (s->fast != NULL) return cp_lock_acquire(s->fast, 1, -1) < 0 ? -1 : 0;
     PyObject *r = PyObject_CallMethod(s->lock, "acquire", NULL);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
@@ -249,8 +250,8 @@ static int sync_exit(SyncObject *s)
 {
     PyObject *pending = cp_fetch_exc();
     int rc;
-    if (cp_is_shared_lock(s->lock)) {
-        rc = cp_lock_release((LockObject *)s->lock);
+    if (s->fast != NULL) {
+        rc = cp_lock_release(s->fast);
     } else {
         PyObject *r = PyObject_CallMethod(s->lock, "release", NULL);
         rc = r == NULL ? -1 : 0;
@@ -264,15 +265,26 @@ static int sync_exit(SyncObject *s)
     return rc;
 }
 
+static void Sync_dealloc(SyncObject *s);
+
 static PyObject *Sync_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"obj", "lock", NULL};
     PyObject *obj, *lock;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO", kwlist, &obj, &lock)) return NULL;
+    /* Our own type in the chain of (possibly Python) subclasses holds the
+     * module, hence the lock type to recognise. */
+    PyTypeObject *base = type;
+    while (base != NULL && base->tp_dealloc != (destructor)Sync_dealloc)
+        base = base->tp_base;
+    PyObject *module = base ? PyType_GetModule(base) : NULL;
+    if (module == NULL) return NULL;
     SyncObject *s = (SyncObject *)type->tp_alloc(type, 0);
     if (s == NULL) return NULL;
+    s->st = cp_get_state(module);
     s->obj = Py_NewRef(obj);
     s->lock = Py_NewRef(lock);
+    if (PyObject_TypeCheck(lock, s->st->lock_type)) s->fast = (LockObject *)lock;
     return (PyObject *)s;
 }
 
@@ -286,6 +298,7 @@ static int Sync_traverse(SyncObject *s, visitproc visit, void *arg)
 
 static int Sync_clear(SyncObject *s)
 {
+    s->fast = NULL;
     Py_CLEAR(s->obj);
     Py_CLEAR(s->lock);
     return 0;
@@ -303,7 +316,7 @@ static void Sync_dealloc(SyncObject *s)
 static PyObject *Sync_get_value(SyncObject *s, void *Py_UNUSED(c))
 {
     if (sync_enter(s) < 0) return NULL;
-    PyObject *v = PyObject_GetAttrString(s->obj, "value");
+    PyObject *v = PyObject_GetAttr(s->obj, s->st->str_value);
     if (sync_exit(s) < 0) Py_CLEAR(v);
     return v;
 }
@@ -315,7 +328,7 @@ static int Sync_set_value(SyncObject *s, PyObject *v, void *Py_UNUSED(c))
         return -1;
     }
     if (sync_enter(s) < 0) return -1;
-    int rc = PyObject_SetAttrString(s->obj, "value", v);
+    int rc = PyObject_SetAttr(s->obj, s->st->str_value, v);
     if (sync_exit(s) < 0) rc = -1;
     return rc;
 }
@@ -332,11 +345,11 @@ static PyObject *Sync_get_lock(SyncObject *s, PyObject *Py_UNUSED(ignored))
 
 static PyObject *Sync_acquire(SyncObject *s, PyObject *args, PyObject *kwds)
 {
-    if (cp_is_shared_lock(s->lock)) {
+    if (s->fast != NULL) {
         int block;
         double timeout;
         if (cp_parse_acquire(args, kwds, &block, &timeout) < 0) return NULL;
-        int rc = cp_lock_acquire((LockObject *)s->lock, block, timeout);
+        int rc = cp_lock_acquire(s->fast, block, timeout);
         return rc < 0 ? NULL : PyBool_FromLong(rc);
     }
     PyObject *m = PyObject_GetAttrString(s->lock, "acquire");
