@@ -16,6 +16,7 @@ if _cpool.VERSION != __version__:  # a stale build must fail loudly
         f"rebuild it (pip install .)")
 
 from .pool import (  # noqa: E402
+    BrokenPoolError,
     InitializerError,
     Pool,
     PoolTerminatedError,
@@ -32,7 +33,7 @@ from .sharedctypes import (  # noqa: E402
     Value,
 )
 
-__all__ = ["Pool", "TimeoutError", "WorkerLostError", "InitializerError",
+__all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError", "InitializerError",
            "PoolTerminatedError", "Value", "Array", "RawValue", "RawArray",
            "Lock", "RLock"]
 

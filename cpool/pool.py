@@ -22,7 +22,7 @@ from . import _cpool
 __all__ = [
     "Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "IMapUnorderedIterator", "TimeoutError", "WorkerLostError",
-    "InitializerError", "PoolTerminatedError",
+    "BrokenPoolError", "InitializerError", "PoolTerminatedError",
 ]
 
 # The same state names as multiprocessing.pool, so code (and CPython's tests)
@@ -57,7 +57,13 @@ class WorkerLostError(RuntimeError):
         return (type(self), (self.args[0], self.pid, self.exitcode, self.signal))
 
 
-class InitializerError(RuntimeError):
+class BrokenPoolError(RuntimeError):
+    """The pool cannot run tasks any more (a worker could not be started):
+    every pending and later call fails with this error; its __cause__ says
+    why."""
+
+
+class InitializerError(BrokenPoolError):
     """The pool's initializer raised in a worker: the pool is broken, and
     every pending and later call fails with this error (its __cause__ is the
     initializer's exception).  multiprocessing would respawn workers forever."""
@@ -113,11 +119,15 @@ def _outcome(job, idx, status, value):
 
 
 def _initializer_error(broken):
-    exc, tb = broken
+    exc, tb, initializer = broken
     if tb is not None:
         exc.__cause__ = _remote_traceback(tb)
-    err = InitializerError("the pool's initializer raised in a worker; "
-                           "the pool is broken")
+    if initializer:
+        err = InitializerError("the pool's initializer raised in a worker; "
+                               "the pool is broken")
+    else:
+        err = BrokenPoolError("cpool could not start a worker process; "
+                              "the pool is broken")
     err.__cause__ = exc
     return err
 

@@ -293,6 +293,9 @@ typedef struct {
     int n;
     int has_func;
     uint64_t func_job;    /* the job whose function the worker holds */
+    uint64_t func_end;    /* task-ring position just past that FUNC record */
+    uint16_t func_has_seg;
+    cp_segref func_seg;   /* the FUNC record's segment, if it had one */
     uint64_t sent;        /* tasks sent to the current incarnation */
 } cp_wstate;
 
@@ -326,6 +329,7 @@ typedef struct CoreObject {
     cp_event done_ev;
     pthread_t thread;
     int stopping;               /* collector: STOP records sent */
+    int sealed;                 /* (mu) no more tasks: the pool is ending */
 } CoreObject;
 
 /* Set `exc` (a reference stolen) as the raised exception. */

@@ -48,18 +48,28 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h)
     memcpy(&ref, p, sizeof ref);
     void *addr;
     size_t size;
-    if (cp_seg_open(ref.name, &size, &addr) != 0) return cp_oserror(ref.name);
-    cp_seg_unlink(ref.name); /* consumed: nobody else maps it */
+    int rc = cp_seg_open(ref.name, &size, &addr);
+    int saved = errno;
+    cp_seg_unlink(ref.name); /* consumed (or unreadable): nobody else wants it */
+    if (rc != 0) {
+        errno = saved;
+        return cp_oserror(ref.name);
+    }
     PyObject *obj = NULL;
     PyObject *view = PyMemoryView_FromMemory(addr, (Py_ssize_t)size, PyBUF_READ);
     if (view != NULL) {
         obj = PyObject_CallOneArg(st->loads, view);
         /* In-band pickles copy out of the view; it must not outlive the
-         * mapping. */
+         * mapping.  An unpickling error stays the error. */
+        PyObject *pending = obj == NULL ? cp_fetch_exc() : NULL;
         PyObject *rel = PyObject_CallMethod(view, "release", NULL);
         if (rel == NULL && obj != NULL) Py_CLEAR(obj);
         Py_XDECREF(rel);
         Py_DECREF(view);
+        if (pending != NULL) {
+            PyErr_Clear();
+            cp_restore_exc(pending);
+        }
     }
     munmap(addr, size ? size : 1);
     return obj;

@@ -146,11 +146,14 @@ static void dispatch_locked(CoreObject *c)
         if (t->func != NULL && (!w->has_func || w->func_job != t->job)) {
             /* The function travels once per job and worker, then is cached. */
             cp_rechdr fh = {.kind = CP_K_FUNC, .job = t->job};
-            cp_segref fseg;
-            rc = put_record(c, r, &fh, t->func->data, t->func->len, &fseg, NULL);
+            if (w->func_has_seg) cp_seg_unlink(w->func_seg.name); /* consumed or stale */
+            w->func_has_seg = 0;
+            rc = put_record(c, r, &fh, t->func->data, t->func->len, &w->func_seg,
+                            &w->func_has_seg);
             if (rc == 0) {
                 w->has_func = 1;
                 w->func_job = t->job;
+                w->func_end = cp_ring_tail(r);
                 c->touched[best] = 1;
             }
         }
@@ -191,22 +194,43 @@ static void dispatch_locked(CoreObject *c)
 
 static void fail_all(CoreObject *c, int status, PyObject *value, int inflight);
 
-/* Queue tasks first..last and dispatch what fits; called with the GIL. */
-static void enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
+static void free_list(cp_task *t);
+
+/* Queue tasks first..last and dispatch what fits; called with the GIL.
+ * 0, or -1 with ValueError when the pool no longer takes tasks (the caller
+ * lost a race with close() or terminate()); the tasks are freed then. */
+static int enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
 {
+    int sealed;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&c->mu);
-    if (c->pend_tail) c->pend_tail->next = first;
-    else c->pend_head = first;
-    c->pend_tail = last;
-    c->npend += n;
-    dispatch_locked(c);
+    sealed = c->sealed;
+    if (!sealed) {
+        if (c->pend_tail) c->pend_tail->next = first;
+        else c->pend_head = first;
+        c->pend_tail = last;
+        c->npend += n;
+        dispatch_locked(c);
+    }
     pthread_mutex_unlock(&c->mu);
     Py_END_ALLOW_THREADS
-    if (atomic_load(&c->done))
-        fail_all(c, 4, NULL, 1); /* raced with terminate(): nobody will run them */
-    else if (atomic_load(&c->is_broken) || atomic_load(&c->phase) == CP_TERMINATE)
-        kick(c);                 /* the collector fails them */
+    if (sealed) {
+        free_list(first);
+        PyErr_SetString(PyExc_ValueError, "Pool not running");
+        return -1;
+    }
+    if (atomic_load(&c->is_broken) || atomic_load(&c->phase) == CP_TERMINATE)
+        kick(c); /* the collector fails them */
+    return 0;
+}
+
+/* No task gets in from now on: enqueue refuses under mu. */
+static void seal(CoreObject *c, int gil)
+{
+    if (gil) lock_with_gil(c);
+    else pthread_mutex_lock(&c->mu);
+    c->sealed = 1;
+    pthread_mutex_unlock(&c->mu);
 }
 
 /* ---- delivery (GIL held) -------------------------------------------------- */
@@ -281,10 +305,11 @@ static void fail_all(CoreObject *c, int status, PyObject *value, int inflight)
     fail_list(c, sent, status, value);
 }
 
-static void set_broken(CoreObject *c, PyObject *exc, PyObject *tb)
+/* Break the pool: (exc, traceback text, 1 if the initializer raised). */
+static void set_broken(CoreObject *c, PyObject *exc, PyObject *tb, int init)
 {
     if (c->broken != NULL) return;
-    c->broken = PyTuple_Pack(2, exc, tb ? tb : Py_None);
+    c->broken = Py_BuildValue("(OOO)", exc, tb ? tb : Py_None, init ? Py_True : Py_False);
     if (c->broken == NULL) PyErr_WriteUnraisable(NULL);
     atomic_store(&c->is_broken, 1);
 }
@@ -318,9 +343,9 @@ static void drain(CoreObject *c, int i)
         cp_ring_consume(r, h);
         if (hh.kind == CP_K_INITERR) {
             if (status == 1 && PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 2)
-                set_broken(c, PyTuple_GET_ITEM(value, 0), PyTuple_GET_ITEM(value, 1));
+                set_broken(c, PyTuple_GET_ITEM(value, 0), PyTuple_GET_ITEM(value, 1), 1);
             else
-                set_broken(c, value, NULL);
+                set_broken(c, value, NULL, 1);
             Py_XDECREF(value);
             continue;
         }
@@ -359,6 +384,18 @@ static void handle_death(CoreObject *c, int i)
 
     lock_with_gil(c);
     cp_wstate *w = &c->ws[i];
+    /* A FUNC record it consumed belongs to the task after it: a function
+     * whose unpickling kills the worker fails that task instead of being
+     * resent to kill the next worker, and the next. */
+    uint64_t held_upto = head;
+    int func_taken = w->has_func && w->func_end <= head;
+    for (cp_task *t = w->head; func_taken && t != NULL; t = t->next) {
+        if (t->job != w->func_job) continue;
+        if (t->end_pos > held_upto) held_upto = t->end_pos;
+        break;
+    }
+    if (w->func_has_seg) cp_seg_unlink(w->func_seg.name);
+    w->func_has_seg = 0;
     for (cp_task *t = w->head, *next; t != NULL; t = next) {
         next = t->next;
         t->next = NULL;
@@ -366,7 +403,7 @@ static void handle_death(CoreObject *c, int i)
             cp_seg_unlink(t->seg.name); /* resent tasks get a new segment */
             t->has_seg = 0;
         }
-        if (t->end_pos <= head) {
+        if (t->end_pos <= held_upto) {
             *hp = t;
             hp = &t->next;
         } else {
@@ -375,6 +412,39 @@ static void handle_death(CoreObject *c, int i)
             alast = t;
             nagain++;
         }
+    }
+    if (func_taken && held_upto > head) {
+        /* Its function killed the worker: the job's queued tasks would kill
+         * the next ones the same way.  They fail with this death. */
+        cp_task **pp = &c->pend_head, *prev = NULL;
+        while (*pp != NULL) {
+            cp_task *t = *pp;
+            if (t->job != w->func_job) {
+                prev = t;
+                pp = &t->next;
+                continue;
+            }
+            *pp = t->next;
+            if (c->pend_tail == t) c->pend_tail = prev;
+            c->npend--;
+            t->next = NULL;
+            *hp = t;
+            hp = &t->next;
+        }
+        for (cp_task **ap2 = &again; *ap2 != NULL;) {
+            cp_task *t = *ap2;
+            if (t->job != w->func_job) {
+                ap2 = &t->next;
+                continue;
+            }
+            *ap2 = t->next;
+            nagain--;
+            t->next = NULL;
+            *hp = t;
+            hp = &t->next;
+        }
+        alast = NULL;
+        for (cp_task *t = again; t != NULL; t = t->next) alast = t;
     }
     if (again != NULL) {
         alast->next = c->pend_head;
@@ -388,10 +458,12 @@ static void handle_death(CoreObject *c, int i)
     w->sent = 0;
     cp_ring_reset(tr);
     cp_ring_reset(cp_result_ring(c->ctl, i));
+    int sealed = c->sealed;
     pthread_mutex_unlock(&c->mu);
 
     char prefix[CP_SEGNAME_MAX];
-    snprintf(prefix, sizeof prefix, "%sr%d.", c->ctl->prefix, (int)pid);
+    snprintf(prefix, sizeof prefix, "%sr%d.%u.", c->ctl->prefix, i,
+             (unsigned)atomic_load(&s->spawn_count));
     cp_seg_sweep(prefix); /* a result it was writing when it died */
 
     int phase = atomic_load(&c->phase);
@@ -399,7 +471,7 @@ static void handle_death(CoreObject *c, int i)
         errno = CP_WS_FORKFAIL_BASE - ws;
         PyErr_SetFromErrnoWithFilename(PyExc_OSError, "fork");
         PyObject *exc = cp_fetch_exc();
-        set_broken(c, exc, NULL);
+        set_broken(c, exc, NULL, 0);
         Py_XDECREF(exc);
     } else if (!inited && c->initializer != Py_None && c->broken == NULL &&
                phase != CP_TERMINATE) {
@@ -410,10 +482,10 @@ static void handle_death(CoreObject *c, int i)
             "a worker died while running the pool's initializer (pid, wait status)",
             (int)pid, ws);
         if (exc == NULL) exc = cp_fetch_exc();
-        set_broken(c, exc, NULL);
+        set_broken(c, exc, NULL, 1);
         Py_XDECREF(exc);
     }
-    int respawn = c->broken == NULL && phase != CP_TERMINATE &&
+    int respawn = c->broken == NULL && phase != CP_TERMINATE && !sealed &&
                   (phase == CP_RUN || c->npend > 0 || PyDict_GET_SIZE(c->cache) > 0);
     CP_DEBUG("slot %d: worker %d died (status %#x), %s", i, (int)pid, ws,
              respawn ? "respawning" : "not replaced");
@@ -452,12 +524,12 @@ static int outstanding_locked(CoreObject *c)
     return 0;
 }
 
+/* Wait for the template to exit (it reaps the workers first). */
 static void wait_template(CoreObject *c)
 {
     int st;
     while (waitpid(c->tmpl, &st, 0) < 0 && errno == EINTR) {
     }
-    cp_seg_sweep(c->ctl->prefix);
 }
 
 static void send_stops(CoreObject *c)
@@ -476,6 +548,7 @@ static void send_stops(CoreObject *c)
 static int collect_round(CoreObject *c)
 {
     if (atomic_load(&c->phase) == CP_TERMINATE) {
+        seal(c, 0);
         atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
         tell_template(c);
         wait_template(c);
@@ -486,6 +559,7 @@ static int collect_round(CoreObject *c)
         }
         fail_all(c, 4, NULL, 1);
         PyGILState_Release(g);
+        cp_seg_sweep(c->ctl->prefix); /* after the drain: results live there */
         return -1;
     }
     if (!any_news(c)) return 0;
@@ -505,12 +579,13 @@ static int collect_round(CoreObject *c)
     else if (c->failed != NULL) fail_all(c, 2, NULL, 0);
     if (atomic_load(&c->phase) == CP_CLOSE) {
         lock_with_gil(c);
-        int busy = outstanding_locked(c) || c->failed != NULL;
+        /* Idle and sealed in one step under mu: a task submitted now is
+         * refused (enqueue), never queued behind the STOP records. */
+        int stop_now = !c->stopping && !outstanding_locked(c) && c->failed == NULL &&
+                       PyDict_GET_SIZE(c->cache) == 0;
+        if (stop_now) c->sealed = c->stopping = 1;
         pthread_mutex_unlock(&c->mu);
-        if (!c->stopping && !busy && PyDict_GET_SIZE(c->cache) == 0) {
-            send_stops(c);
-            c->stopping = 1;
-        }
+        if (stop_now) send_stops(c);
         if (c->stopping) {
             finished = 1;
             for (int i = 0; i < c->n; i++)
@@ -522,6 +597,7 @@ static int collect_round(CoreObject *c)
         atomic_store(&c->ctl->tmpl_cmd, CP_CMD_EXIT);
         tell_template(c);
         wait_template(c);
+        cp_seg_sweep(c->ctl->prefix);
         return -1;
     }
     pthread_mutex_lock(&c->mu);
@@ -542,13 +618,15 @@ static void *collector_main(void *arg)
             cp_event_cancel(&c->ctl->results);
             continue;
         }
-        pthread_mutex_lock(&c->mu);
-        int busy = outstanding_locked(c);
-        pthread_mutex_unlock(&c->mu);
-        int rc = cp_event_sleep(&c->ctl->results, seen, busy ? WATCHDOG_NS : -1);
+        /* While the pool has workers, wake once a second to check that the
+         * template lives: it reports worker deaths, and if it is gone (with
+         * its workers) nobody would report anything.  A pool whose slots
+         * are all free has nothing to lose. */
+        int alive = 0;
+        for (int i = 0; i < c->n; i++)
+            if (atomic_load(&c->ctl->slots[i].state) != CP_S_FREE) alive = 1;
+        int rc = cp_event_sleep(&c->ctl->results, seen, alive ? WATCHDOG_NS : -1);
         if (rc == ETIMEDOUT) {
-            /* The template reaps the workers and reports their deaths; if
-             * it is gone itself, nobody would: end the pool. */
             int st;
             pid_t p = waitpid(c->tmpl, &st, WNOHANG);
             if (p == c->tmpl || (p < 0 && errno == ECHILD)) {
@@ -806,7 +884,7 @@ static PyObject *Core_submit_call(CoreObject *c, PyObject *args)
     cp_task *task = task_new(job, 0, CP_K_CALL, NULL, payload);
     Py_DECREF(payload);
     if (task == NULL) return NULL;
-    enqueue(c, task, task, 1);
+    if (enqueue(c, task, task, 1) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -890,7 +968,7 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
         count++;
     }
     Py_DECREF(seq);
-    if (head != NULL) enqueue(c, head, tail, count);
+    if (head != NULL && enqueue(c, head, tail, count) < 0) return NULL;
     return PyLong_FromSize_t(count);
 error:
     Py_DECREF(seq);
@@ -1051,7 +1129,7 @@ static PyMethodDef Core_methods[] = {
 
 static PyGetSetDef Core_getset[] = {
     {"broken", (getter)Core_get_broken, NULL,
-     "(exception, traceback text) of a failed initializer, or None", NULL},
+     "(exception, traceback text, raised by the initializer?) of a broken pool, or None", NULL},
     {"done", (getter)Core_get_done, NULL, "True once the pool is over", NULL},
     {"template_pid", (getter)Core_get_template_pid, NULL,
      "pid of the template process", NULL},

@@ -39,10 +39,13 @@ int cp_seg_create(const char *name, size_t size, void **addr)
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) return -1;
     int rc = -1;
+    /* Reserve the space now: tmpfs grants any ftruncate and raises SIGBUS
+     * on the write that finds /dev/shm full.  posix_fallocate says ENOSPC. */
     int err;
     do {
-        err = ftruncate(fd, (off_t)(size ? size : 1));
-    } while (err != 0 && errno == EINTR);
+        err = posix_fallocate(fd, 0, (off_t)(size ? size : 1));
+    } while (err == EINTR);
+    if (err != 0) errno = err;
     if (err == 0) {
         void *p = mmap(NULL, size ? size : 1, PROT_READ | PROT_WRITE,
                        MAP_SHARED, fd, 0);

@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
@@ -52,7 +53,17 @@ static void spawn_requested(cp_ctl *ctl, cp_spawn_fn spawn, void *arg)
     for (uint32_t i = 0; i < ctl->nslots; i++) {
         cp_slot *s = &ctl->slots[i];
         if (atomic_load(&s->state) != CP_S_SPAWN_REQ) continue;
-        pid_t pid = spawn(arg, (int)i);
+        /* Counted before the fork: the worker names its segments by it. */
+        atomic_fetch_add(&s->spawn_count, 1);
+        pid_t pid;
+        for (int attempt = 0;; attempt++) {
+            pid = spawn(arg, (int)i);
+            if (pid >= 0 || errno != EAGAIN || attempt == 5) break;
+            /* A process limit: exited workers may still be unreaped. */
+            reap(ctl, 0);
+            struct timespec ts = {0, 10000000L << attempt};
+            nanosleep(&ts, NULL);
+        }
         if (pid < 0) {
             atomic_store(&s->pid, 0);
             atomic_store(&s->wstatus, CP_WS_FORKFAIL_BASE - errno);
@@ -61,7 +72,6 @@ static void spawn_requested(cp_ctl *ctl, cp_spawn_fn spawn, void *arg)
             continue;
         }
         atomic_store(&s->pid, pid);
-        atomic_fetch_add(&s->spawn_count, 1);
         /* The worker may have become READY already: only move forward. */
         uint32_t want = CP_S_SPAWN_REQ;
         atomic_compare_exchange_strong(&s->state, &want, CP_S_SPAWNED);
@@ -69,8 +79,10 @@ static void spawn_requested(cp_ctl *ctl, cp_spawn_fn spawn, void *arg)
     }
 }
 
-/* Kill every worker, reap them all, remove the pool's segments, leave. */
-static void __attribute__((noreturn)) finish(cp_ctl *ctl, int kill_them)
+/* Kill every worker (or not: they are stopping), reap them all, and leave.
+ * The pool's segments are the parent's to remove once it has drained the
+ * results they carry; only when the parent is gone does the template. */
+static void __attribute__((noreturn)) finish(cp_ctl *ctl, int kill_them, int sweep)
 {
     if (kill_them) {
         for (uint32_t i = 0; i < ctl->nslots; i++) {
@@ -81,15 +93,18 @@ static void __attribute__((noreturn)) finish(cp_ctl *ctl, int kill_them)
         }
     }
     reap(ctl, 1);
-    cp_seg_sweep(ctl->prefix);
+    if (sweep) cp_seg_sweep(ctl->prefix);
     _exit(0);
 }
 
 void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent, cp_spawn_fn spawn,
                       void *arg)
 {
-    /* The parent owns Ctrl-C; a SIGINT to the process group is not ours. */
+    /* The parent owns Ctrl-C; a SIGINT to the process group is not ours.
+     * SIGCHLD must not be ignored (inherited from a parent that ignores
+     * it): the kernel would reap the workers and their deaths go unseen. */
     signal(SIGINT, SIG_IGN);
+    signal(SIGCHLD, SIG_DFL);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
@@ -101,14 +116,14 @@ void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent, cp_spawn_fn spawn,
          * applies there), checked once against a race with the parent. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
     }
-    if (getppid() != parent || sfd < 0) finish(ctl, 1);
+    if (getppid() != parent || sfd < 0) finish(ctl, 1, 1);
 
     for (;;) {
         uint32_t cmd = atomic_load(&ctl->tmpl_cmd);
-        if (cmd == CP_CMD_TERMINATE) finish(ctl, 1);
-        if (cmd == CP_CMD_EXIT) finish(ctl, 0);
+        if (cmd == CP_CMD_TERMINATE) finish(ctl, 1, 0);
+        if (cmd == CP_CMD_EXIT) finish(ctl, 0, 0);
+        reap(ctl, 0); /* first: zombies count against the process limit */
         spawn_requested(ctl, spawn, arg);
-        reap(ctl, 0);
 
         struct pollfd fds[3] = {
             {.fd = cmd_fd, .events = POLLIN},
@@ -118,11 +133,11 @@ void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent, cp_spawn_fn spawn,
         int rc = poll(fds, pfd >= 0 ? 3 : 2, -1);
         if (rc < 0) {
             if (errno == EINTR) continue;
-            finish(ctl, 1);
+            finish(ctl, 1, 1);
         }
         if (pfd >= 0 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
             CP_DEBUG("template: parent %d is gone", (int)parent);
-            finish(ctl, 1);
+            finish(ctl, 1, 1);
         }
         if (fds[0].revents & POLLIN) {
             uint64_t v;

@@ -23,7 +23,7 @@ typedef struct {
     cp_ctl *ctl;
     cp_slot *slot;
     cp_ring *tasks, *results;
-    char tag[32];          /* segment tag of this worker: "r<pid>." */
+    char tag[32];          /* segment tag: "r<slot>.<incarnation>." */
     uint64_t seg_seq;
     PyObject *func;        /* cached function of func_job */
     PyObject *func_error;  /* or why it could not be unpickled */
@@ -234,7 +234,7 @@ void cp_worker_main(CoreObject *core, int slot)
     w.slot = &core->ctl->slots[slot];
     w.tasks = cp_task_ring(core->ctl, slot);
     w.results = cp_result_ring(core->ctl, slot);
-    snprintf(w.tag, sizeof w.tag, "r%d.", (int)getpid());
+    snprintf(w.tag, sizeof w.tag, "r%d.%u.", slot, (unsigned)atomic_load(&w.slot->spawn_count));
 
     /* Go with the template (which is single-threaded, so the death signal
      * is tied to the right thread); the parent owns Ctrl-C. */

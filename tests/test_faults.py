@@ -231,3 +231,123 @@ def test_worker_death_fails_only_its_task_and_pool_goes_on():
         print("ok")
     """)
     assert out.strip() == "ok"
+
+
+# -- regressions found in review: each once hung, crashed or lost a result -----
+
+def test_worker_death_is_seen_when_the_parent_ignores_sigchld():
+    out = run("""
+        import os, signal, cpool
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # as daemons often do
+        pool = cpool.Pool(2)
+        try:
+            pool.apply_async(os._exit, (3,)).get(timeout=20)
+        except cpool.WorkerLostError as e:
+            print("lost", e.exitcode)
+        print(sum(pool.map_async(abs, range(100)).get(timeout=20)))
+        pool.terminate(); pool.join()
+    """)
+    assert out.split() == ["lost", "3", "4950"]
+
+
+def test_template_killed_while_idle_fails_calls_instead_of_hanging():
+    out = run("""
+        import os, signal, time, cpool
+        pool = cpool.Pool(2)
+        pool.apply(abs, (-3,))
+        os.kill(pool._core.template_pid, signal.SIGKILL)
+        time.sleep(0.3)
+        try:
+            pool.apply_async(abs, (-4,)).get(timeout=20)
+        except (cpool.PoolTerminatedError, ValueError) as e:
+            print("failed", type(e).__name__)
+        pool.close()
+        print("joined", pool._core.join(20))
+    """)
+    assert out.split()[0] == "failed" and out.split()[-2:] == ["joined", "True"]
+
+
+def test_a_function_that_kills_its_worker_when_unpickled_does_not_loop():
+    out = run("""
+        import os, cpool
+        class Evil:
+            def __reduce__(self):
+                return (os._exit, (3,))
+        pool = cpool.Pool(2)
+        try:
+            pool.map_async(Evil(), range(40), chunksize=1).get(timeout=20)
+        except cpool.WorkerLostError:
+            print("lost")
+        assert pool.map(abs, range(-5, 5)) == [abs(x) for x in range(-5, 5)]
+        # No respawn loop: the workers stay the same ones while idle.
+        import time
+        before = [w.pid for w in pool._pool]
+        time.sleep(0.5)
+        print("stable", before == [w.pid for w in pool._pool] and None not in before)
+        pool.terminate(); pool.join()
+    """)
+    assert out.split() == ["lost", "stable", "True"]
+
+
+def test_terminate_keeps_a_large_result_already_posted():
+    out = run("""
+        import threading, time, cpool
+        def small(x):
+            return x
+        def big(n):
+            time.sleep(0.2)
+            return b"y" * n
+        pool = cpool.Pool(2)
+        pool.apply(abs, (1,))
+        started = threading.Event()
+        def slow_callback(v):
+            started.set()
+            time.sleep(1.0)     # the collector is busy while big's result is posted
+        pool.apply_async(small, (1,), callback=slow_callback)
+        r = pool.apply_async(big, (1 << 20,))   # goes back through a segment
+        started.wait(); time.sleep(0.5)
+        pool.terminate()
+        print(len(r.get(timeout=10)))
+    """)
+    assert out.strip() == str(1 << 20)
+
+
+def test_large_argument_that_fails_to_unpickle_keeps_its_error():
+    out = run("""
+        import cpool
+        class Bad:
+            def __init__(self, pad):
+                self.pad = pad
+            def __reduce__(self):
+                return (int, ("not-an-int",))
+        pool = cpool.Pool(1)
+        for size in (10, 1 << 20):
+            try:
+                pool.apply(len, (Bad(b"x" * size),))
+            except ValueError as e:
+                print("ValueError")
+        pool.terminate(); pool.join()
+    """)
+    assert out.split() == ["ValueError", "ValueError"]
+
+
+def test_a_submission_racing_close_is_refused_not_lost():
+    out = run("""
+        import threading, cpool
+        from cpool.pool import ApplyResult
+        for delay in (0, 0.001, 0.002, 0.005):
+            pool = cpool.Pool(2)
+            pool.apply(abs, (1,))
+            pool.close()
+            threading.Event().wait(delay)
+            r = ApplyResult(pool._cache, None, None)
+            try:   # what apply_async does after its check, late
+                pool._core.submit_call(r._job, abs, (-7,), {})
+                print(r.get(timeout=20))
+            except ValueError:
+                r._abandon()
+                print("refused")
+            print(pool._core.join(20))
+    """)
+    lines = out.split()
+    assert all(x in ("7", "refused", "True") for x in lines) and lines.count("True") == 4
