@@ -20,6 +20,8 @@ from .pool import (  # noqa: E402
     InitializerError,
     Pool,
     PoolTerminatedError,
+    ResultUnpicklingError,
+    TaskAbortedError,
     TimeoutError,
     WorkerLostError,
 )
@@ -33,8 +35,9 @@ from .sharedctypes import (  # noqa: E402
     Value,
 )
 
-__all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError", "InitializerError",
-           "PoolTerminatedError", "Value", "Array", "RawValue", "RawArray",
+__all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
+           "InitializerError", "PoolTerminatedError", "TaskAbortedError",
+           "ResultUnpicklingError", "Value", "Array", "RawValue", "RawArray",
            "Lock", "RLock"]
 
 

@@ -8,6 +8,7 @@ ST_LOCAL: int
 ST_LOST: int
 ST_TERMINATED: int
 ST_INITFAIL: int
+ST_UNPICKLE: int
 
 class Core:
     def __new__(

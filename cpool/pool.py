@@ -23,6 +23,7 @@ __all__ = [
     "Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "IMapUnorderedIterator", "TimeoutError", "WorkerLostError",
     "BrokenPoolError", "InitializerError", "PoolTerminatedError",
+    "TaskAbortedError", "ResultUnpicklingError",
 ]
 
 # The same state names as multiprocessing.pool, so code (and CPython's tests)
@@ -32,8 +33,8 @@ CLOSE = "CLOSE"
 TERMINATE = "TERMINATE"
 
 ST_OK, ST_ERR, ST_LOCAL = _cpool.ST_OK, _cpool.ST_ERR, _cpool.ST_LOCAL
-ST_LOST, ST_TERMINATED, ST_INITFAIL = (
-    _cpool.ST_LOST, _cpool.ST_TERMINATED, _cpool.ST_INITFAIL)
+ST_LOST, ST_TERMINATED, ST_INITFAIL, ST_UNPICKLE = (
+    _cpool.ST_LOST, _cpool.ST_TERMINATED, _cpool.ST_INITFAIL, _cpool.ST_UNPICKLE)
 
 # How many chunks an imap reads ahead of its consumer, per worker.
 IMAP_WINDOW_PER_WORKER = 4
@@ -69,6 +70,19 @@ class InitializerError(BrokenPoolError):
     initializer's exception).  multiprocessing would respawn workers forever."""
 
 
+class TaskAbortedError(RuntimeError):
+    """The task raised a BaseException that is not an Exception (SystemExit,
+    KeyboardInterrupt, GeneratorExit...).  Raising that in the caller would
+    exit or interrupt it, so this is raised instead, with the original as
+    __cause__.  The worker goes on (multiprocessing's would exit, and the
+    task's result would never come)."""
+
+
+class ResultUnpicklingError(pickle.UnpicklingError):
+    """A task's result, or the exception it raised, could not be unpickled
+    in the parent; __cause__ is why.  The pool goes on."""
+
+
 class PoolTerminatedError(RuntimeError):
     """The pool was terminated (or its template process died) before the
     task finished."""
@@ -101,7 +115,19 @@ def _outcome(job, idx, status, value):
         exc, tb = value
         if tb is not None:
             exc.__cause__ = _remote_traceback(tb)
+        if not isinstance(exc, Exception):
+            err = TaskAbortedError(f"task {idx} of job {job} raised "
+                                   f"{type(exc).__name__}{exc.args!r}")
+            err.__cause__ = exc
+            return False, err
         return False, exc
+    if status == ST_UNPICKLE:
+        why, was_error = value
+        what = "the exception raised by" if was_error else "the result of"
+        err = ResultUnpicklingError(
+            f"could not unpickle {what} task {idx} of job {job}: {why!r}")
+        err.__cause__ = why
+        return False, err
     if status == ST_LOCAL:
         return False, value
     if status == ST_LOST:

@@ -330,6 +330,7 @@ typedef struct CoreObject {
     pthread_t thread;
     int stopping;               /* collector: STOP records sent */
     int sealed;                 /* (mu) no more tasks: the pool is ending */
+    uint64_t func_death_job;    /* (mu) last job whose function killed a worker */
 } CoreObject;
 
 /* Set `exc` (a reference stolen) as the raised exception. */

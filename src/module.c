@@ -96,7 +96,8 @@ static int module_exec(PyObject *m)
         PyModule_AddIntConstant(m, "ST_LOCAL", 2) < 0 ||
         PyModule_AddIntConstant(m, "ST_LOST", 3) < 0 ||
         PyModule_AddIntConstant(m, "ST_TERMINATED", 4) < 0 ||
-        PyModule_AddIntConstant(m, "ST_INITFAIL", 5) < 0)
+        PyModule_AddIntConstant(m, "ST_INITFAIL", 5) < 0 ||
+        PyModule_AddIntConstant(m, "ST_UNPICKLE", 6) < 0)
         return -1;
     if (cp_core_add_type(m, st) < 0 || cp_lock_add_type(m, st) < 0) return -1;
     return cp_value_add_types(m, st);

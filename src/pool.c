@@ -336,16 +336,20 @@ static void drain(CoreObject *c, int i)
             value = cp_load_payload(c->st, h);
             status = hh.kind == CP_K_OK ? 0 : 1;
             if (value == NULL) {
-                value = cp_fetch_exc();
-                status = 2;
+                /* (why, whether it was an error report): Python names it. */
+                PyObject *why = cp_fetch_exc();
+                value = Py_BuildValue("(NO)", why, status ? Py_True : Py_False);
+                status = 6;
             }
         }
         cp_ring_consume(r, h);
         if (hh.kind == CP_K_INITERR) {
-            if (status == 1 && PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 2)
-                set_broken(c, PyTuple_GET_ITEM(value, 0), PyTuple_GET_ITEM(value, 1), 1);
+            if (value != NULL && (status == 1 || status == 6) && PyTuple_Check(value) &&
+                PyTuple_GET_SIZE(value) == 2)
+                set_broken(c, PyTuple_GET_ITEM(value, 0),
+                           status == 1 ? PyTuple_GET_ITEM(value, 1) : NULL, 1);
             else
-                set_broken(c, value, NULL, 1);
+                set_broken(c, value ? value : Py_None, NULL, 1);
             Py_XDECREF(value);
             continue;
         }
@@ -388,7 +392,7 @@ static void handle_death(CoreObject *c, int i)
      * whose unpickling kills the worker fails that task instead of being
      * resent to kill the next worker, and the next. */
     uint64_t held_upto = head;
-    int func_taken = w->has_func && w->func_end <= head;
+    int func_taken = w->has_func && w->func_end == head; /* nothing taken after it */
     for (cp_task *t = w->head; func_taken && t != NULL; t = t->next) {
         if (t->job != w->func_job) continue;
         if (t->end_pos > held_upto) held_upto = t->end_pos;
@@ -413,9 +417,15 @@ static void handle_death(CoreObject *c, int i)
             nagain++;
         }
     }
+    int poison = 0;
     if (func_taken && held_upto > head) {
-        /* Its function killed the worker: the job's queued tasks would kill
-         * the next ones the same way.  They fail with this death. */
+        /* Its function killed the worker (or a kill landed in that window:
+         * one task pays).  Twice for the same job, the job's queued tasks
+         * would kill the next workers the same way: they fail too. */
+        poison = c->func_death_job == w->func_job;
+        c->func_death_job = w->func_job;
+    }
+    if (poison) {
         cp_task **pp = &c->pend_head, *prev = NULL;
         while (*pp != NULL) {
             cp_task *t = *pp;

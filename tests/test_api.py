@@ -1006,17 +1006,24 @@ def test_exception_that_cannot_be_unpickled(pool):
         pickle.loads(pickle.dumps(NeedsTwoArgs(1, 2)))
     except Exception as e:
         expected = type(e)
-    with pytest.raises(expected):
+    with pytest.raises(cpool.ResultUnpicklingError) as info:
         pool.apply_async(raise_needs_two).get(timeout=T)
+    # it names what failed, and why
+    assert isinstance(info.value, pickle.UnpicklingError)
+    assert type(info.value.__cause__) is expected
+    assert "exception raised by task 0" in str(info.value)
     assert pool.map(square, range(5)) == [square(i) for i in range(5)]
 
 
 @pytest.mark.parametrize("func", [raise_system_exit, raise_keyboard_interrupt])
 def test_base_exceptions_in_task(pool, func):
     r = pool.apply_async(func)
-    with pytest.raises(BaseException) as info:
+    # Raising SystemExit or KeyboardInterrupt in the caller would exit or
+    # "interrupt" it: a TaskAbortedError carries the original instead.
+    with pytest.raises(cpool.TaskAbortedError) as info:
         r.get(timeout=T)
-    assert not isinstance(info.value, multiprocessing.TimeoutError)
+    assert type(info.value.__cause__) is {raise_system_exit: SystemExit,
+                                          raise_keyboard_interrupt: KeyboardInterrupt}[func]
     assert r.ready()
     assert pool.map(square, range(10)) == [square(i) for i in range(10)]
 

@@ -68,7 +68,7 @@ def test_parent_killed_takes_template_and_workers_with_it():
     assert len(pids) == 4 and all(alive(x) for x in pids)
     p.kill()
     p.communicate(timeout=10)
-    assert wait_gone(pids, within=3) == []
+    assert wait_gone(pids, within=1.0) == []     # within a second
     assert segments(prefix) == []
 
 
@@ -351,3 +351,101 @@ def test_a_submission_racing_close_is_refused_not_lost():
     """)
     lines = out.split()
     assert all(x in ("7", "refused", "True") for x in lines) and lines.count("True") == 4
+
+
+@pytest.mark.parametrize("call", ["map", "imap", "get"])
+def test_ctrl_c_reaches_the_caller_within_half_a_second(call):
+    p = start(f"""
+        import time, cpool
+        def slow(x):
+            time.sleep(30)
+        pool = cpool.Pool(2)
+        print("ready", flush=True)
+        try:
+            if {call!r} == "map":
+                pool.map(slow, range(4))
+            elif {call!r} == "imap":
+                for _ in pool.imap(slow, range(4)):
+                    pass
+            else:
+                pool.apply_async(slow, (1,)).get()
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            pool.terminate(); pool.join()
+            print("terminated", *[w.pid for w in pool._pool], flush=True)
+    """)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        line = p.stdout.readline().strip()
+        elapsed = time.monotonic() - t0
+        out, err = p.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        pytest.fail("Ctrl-C did not get through")
+    assert line == "interrupted" and elapsed < 0.5, (line, elapsed, err)
+    assert "Traceback" not in err, err          # nothing from the workers
+    assert p.returncode == 0
+
+
+def test_maxtasksperchild_with_logging_threads_never_deadlocks():
+    # Replacement workers come from the template, forked before the threads
+    # started: none of them inherits the logging lock held by a thread.
+    out = run("""
+        import logging, threading, io, cpool
+        log = logging.getLogger("busy")
+        log.addHandler(logging.StreamHandler(io.StringIO()))
+        log.setLevel(logging.INFO)
+        def task(x):
+            log.info("in worker %s", x)
+            return x + 1
+        pool = cpool.Pool(2, maxtasksperchild=2)
+        stop = threading.Event()
+        def chatter():
+            while not stop.is_set():
+                log.info("parent thread busy")
+        threads = [threading.Thread(target=chatter) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(20):
+                assert pool.map_async(task, range(8), chunksize=1).get(timeout=30) == list(range(1, 9))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        pool.close(); pool.join()
+        print("ok")
+    """, timeout=120)
+    assert out.strip() == "ok"
+
+
+def test_a_hundred_pools_leak_nothing():
+    before = set(os.listdir("/dev/shm"))
+    out = run("""
+        import gc, os, cpool
+        def children():
+            me, kids = str(os.getpid()), 0
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                kids += st[1] == me and st[0] != "Z"
+            return kids
+        warm = cpool.Pool(2); warm.map(abs, range(4)); warm.close(); warm.join()
+        fds = len(os.listdir("/proc/self/fd"))
+        for i in range(100):
+            pool = cpool.Pool(2)
+            assert pool.map(abs, range(-20, 20)) == [abs(x) for x in range(-20, 20)]
+            pool.apply(len, (b"x" * (1 << 20),))      # a segment each way
+            (pool.close if i % 2 else pool.terminate)()
+            pool.join()
+        del pool; gc.collect()
+        print(len(os.listdir("/proc/self/fd")) - fds, children())
+    """, timeout=180)
+    assert out.split() == ["0", "0"]
+    assert set(os.listdir("/dev/shm")) == before
