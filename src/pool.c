@@ -673,10 +673,15 @@ static pid_t spawn_worker(void *arg, int slot)
 
 /* ---- the Python type -------------------------------------------------------- */
 
+/* 1 while some slot has no worker pid yet (and has not died trying). */
 static int spawn_pending(CoreObject *c)
 {
-    for (int i = 0; i < c->n; i++)
-        if (atomic_load(&c->ctl->slots[i].state) == CP_S_SPAWN_REQ) return 1;
+    for (int i = 0; i < c->n; i++) {
+        uint32_t st = atomic_load(&c->ctl->slots[i].state);
+        if (st == CP_S_SPAWN_REQ) return 1;
+        if (st != CP_S_DEAD && st != CP_S_FREE && atomic_load(&c->ctl->slots[i].pid) == 0)
+            return 1;
+    }
     return 0;
 }
 

@@ -238,6 +238,9 @@ void cp_worker_main(CoreObject *core, int slot)
 
     /* Go with the template (which is single-threaded, so the death signal
      * is tied to the right thread); the parent owns Ctrl-C. */
+    /* The template stores our pid too, after fork returns there; we may be
+     * READY before that, and Pool() must not see a READY slot without one. */
+    atomic_store(&w.slot->pid, getpid());
     pid_t tmpl = getppid();
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != tmpl) _exit(1);
