@@ -21,6 +21,8 @@ SOURCES = [
     "src/worker.c",    # the worker loop: unpickle, call, pickle, post
     "src/value.c",     # shared arenas, the Synchronized wrapper of Value/Array
     "src/lock.c",      # Lock/RLock: robust process-shared mutexes
+    "src/floor.c",     # the benchmark's floor: futex round trip, memcpy
+    "src/pack.c",      # pickles for the rings: inline, or out of band in a segment
     "src/ring.c",      # single-producer single-consumer record rings
     "src/sync.c",      # futex waits and wake-ups
     "src/shm.c",       # the control segment and large-record segments

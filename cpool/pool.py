@@ -11,6 +11,7 @@ import os
 import pickle
 import sys
 import threading
+from _thread import allocate_lock as _allocate_lock
 import traceback
 import warnings
 import weakref
@@ -175,7 +176,12 @@ class ApplyResult:
     """The result of apply_async (multiprocessing.pool.ApplyResult)."""
 
     def __init__(self, cache, callback, error_callback):
-        self._event = threading.Event()
+        # A bare lock, held until the outcome is in, is all the event we need
+        # (threading.Event is a Condition and a Lock: several times the cost
+        # for each of a hundred thousand apply_async calls).
+        self._done = _allocate_lock()
+        self._done.acquire()
+        self._ready = False
         self._job = next(_job_counter)
         self._cache = cache
         self._callback = callback
@@ -185,7 +191,7 @@ class ApplyResult:
         cache[self._job] = self
 
     def ready(self):
-        return self._event.is_set()
+        return self._ready
 
     def successful(self):
         if not self.ready():
@@ -193,7 +199,20 @@ class ApplyResult:
         return self._success
 
     def wait(self, timeout=None):
-        self._event.wait(timeout)
+        if self._ready:
+            return
+        if timeout is None:
+            got = self._done.acquire()
+        elif timeout > 0:
+            got = self._done.acquire(True, timeout)
+        else:
+            return
+        if got:
+            self._done.release()    # let every other waiter through too
+
+    def _signal(self):
+        self._ready = True
+        self._done.release()
 
     def get(self, timeout=None):
         self.wait(timeout)
@@ -212,11 +231,14 @@ class ApplyResult:
                 _call_back(self._callback, self._value)
         elif self._error_callback is not None:
             _call_back(self._error_callback, self._value)
-        self._event.set()
+        self._signal()
         self._cache.pop(self._job, None)
 
     def _set(self, idx, status, value):
-        self._success, self._value = _outcome(self._job, idx, status, value)
+        if status == ST_OK:
+            self._success, self._value = True, value
+        else:
+            self._success, self._value = _outcome(self._job, idx, status, value)
         self._finish()
 
     __class_getitem__ = classmethod(lambda cls, item: cls)
@@ -236,7 +258,7 @@ class MapResult(ApplyResult):
         self._chunksize = chunksize
         if chunksize <= 0:
             self._number_left = 0
-            self._event.set()
+            self._signal()
             del cache[self._job]
         else:
             self._number_left = length // chunksize + bool(length % chunksize)
@@ -519,6 +541,9 @@ class Pool:
 
     @property
     def _pool(self):
+        # Pool() does not wait for the forks (the first task overlaps them);
+        # whoever asks for the workers waits until their pids are known.
+        self._core.wait_started()
         return [_Worker(self._core, i, pid)
                 for i, (pid, _, _) in enumerate(self._core.workers())]
 
@@ -693,6 +718,46 @@ def _worker_bootstrap(slot):
             sys.stdin = open(os.devnull)
     except (OSError, ValueError):
         pass
+
+
+_OOB_MIN = 64 * 1024
+
+
+class _Big:
+    """A large bytes/bytearray, pickled as a protocol-5 buffer (out of band:
+    cpool copies it once, straight into shared memory).  bytes and bytearray
+    never go out of band by themselves, and Pickler.reducer_override is not
+    consulted for them; so cpool._cpool swaps them for this first."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol):
+        return type(self.obj), (pickle.PickleBuffer(self.obj),)
+
+
+def _swap_big(o, depth):
+    t = type(o)
+    if (t is bytes or t is bytearray) and len(o) >= _OOB_MIN:
+        return _Big(o)
+    if depth:
+        if t is tuple:
+            return tuple([_swap_big(x, depth - 1) for x in o])
+        if t is list:
+            return [_swap_big(x, depth - 1) for x in o]
+        if t is dict:
+            return {k: _swap_big(v, depth - 1) for k, v in o.items()}
+    return o
+
+
+def _pack_oob(obj):
+    """(pickle, [buffers]) of an object holding large buffers (called from C
+    only for those): protocol 5, the buffers out of band."""
+    bufs = []
+    data = pickle.dumps(_swap_big(obj, 2), protocol=5, buffer_callback=bufs.append)
+    return data, bufs
 
 
 def _pack_error(exc, value=_NO_VALUE):

@@ -90,6 +90,17 @@ typedef struct {
     char name[CP_SEGNAME_MAX];
 } cp_segref;
 
+/* A large record's segment: this header, then the pickle, then its
+ * out-of-band buffers, each at a 64-byte boundary. */
+#define CP_SEG_MAGIC 0x63706b31u /* "cpk1" */
+typedef struct {
+    uint32_t magic;
+    uint32_t nbufs;
+    uint64_t pickle_len;
+    uint64_t lens[];
+} cp_seghdr;
+#define CP_ALIGN64(n) (((n) + 63u) & ~(uint64_t)63u)
+
 typedef struct {
     _Atomic uint64_t head; /* bytes consumed; written by the consumer */
     char pad0[56];
@@ -132,12 +143,13 @@ CP_HIDDEN void *cp_shared_map(size_t size);
 /* Create a named segment of `size` bytes (mode 0600) and map it writable.
  * 0, or -1 with errno. */
 CP_HIDDEN int cp_seg_create(const char *name, size_t size, void **addr);
-/* Map an existing segment read-only; its size in *size.  0 or -1/errno. */
-CP_HIDDEN int cp_seg_open(const char *name, size_t *size, void **addr);
+/* Open an existing segment read-only: a descriptor, or -1 with errno. */
+CP_HIDDEN int cp_seg_open_fd(const char *name);
 CP_HIDDEN void cp_seg_unlink(const char *name);
 /* Unlink every segment whose name starts with `prefix`. */
 CP_HIDDEN void cp_seg_sweep(const char *prefix);
-/* Put a payload into a new segment named prefix+tag+seq and fill *ref. */
+/* Put a pickle (no out-of-band buffers) into a new segment named
+ * prefix+tag+seq, in the cp_seghdr layout, and fill *ref.  0 or -1/errno. */
 CP_HIDDEN int cp_seg_put(const char *prefix, const char *tag, uint64_t seq,
                          const void *p, size_t n, cp_segref *ref);
 
@@ -232,6 +244,8 @@ typedef struct {
     PyTypeObject *arena_type;
     PyTypeObject *sync_type;
     PyObject *str_value;   /* interned "value" */
+    PyTypeObject *mapping_type;
+    PyObject *pack_oob;    /* cpool.pool._pack_oob, looked up when first needed */
     PyObject *dumps;   /* pickle.dumps */
     PyObject *loads;   /* pickle.loads */
     PyObject *protocol;/* int 5 */
@@ -260,6 +274,24 @@ static inline PyObject *cp_fetch_exc(void)
 CP_HIDDEN PyObject *cp_oserror(const char *what);
 /* Pickle obj (protocol 5): new bytes reference, or NULL. */
 CP_HIDDEN PyObject *cp_dumps(cpool_state *st, PyObject *obj);
+/* pack.c.  A pickled payload ready for a record: inline bytes, or a
+ * segment already written. */
+typedef struct {
+    PyObject *bytes; /* new reference, or NULL when has_seg */
+    int has_seg;
+    cp_segref seg;
+} cp_packed;
+CP_HIDDEN int cp_pack_add_types(PyObject *module, cpool_state *st);
+/* Pickle obj for a ring whose records carry at most inline_max bytes; a
+ * larger pickle, or one with large buffers (sent out of band), goes into a
+ * segment named prefix+tag+seq.  0, or -1 with the exception. */
+CP_HIDDEN int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max,
+                      const char *prefix, const char *tag, uint64_t seq,
+                      cp_packed *out);
+/* The same for an already pickled bytes object (no out-of-band buffers). */
+CP_HIDDEN int cp_pack_pickled(PyObject *pickled, size_t inline_max,
+                              const char *prefix, const char *tag, uint64_t seq,
+                              cp_packed *out);
 /* Unpickle a record's payload (inline, or from its segment, which is then
  * unlinked): new reference, or NULL. */
 CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h);
@@ -318,7 +350,7 @@ typedef struct CoreObject {
     size_t npend;
     cp_task *failed;            /* tasks that could not be sent */
     cp_wstate *ws;
-    uint64_t seg_seq;
+    _Atomic uint64_t seg_seq;
     int64_t task_ns;            /* moving average of a task's round trip; <0 unknown */
     _Atomic int phase;
     _Atomic int kicked;
@@ -363,6 +395,9 @@ CP_HIDDEN int cp_lock_release(LockObject *l);
 /* Parse acquire's (block=True, timeout=None); 0 or -1. */
 CP_HIDDEN int cp_parse_acquire(PyObject *args, PyObject *kwds, int *block,
                                double *timeout);
+
+/* floor.c: the benchmark's physical limits. */
+CP_HIDDEN int cp_floor_add_functions(PyObject *module);
 
 /* value.c: arenas and the Synchronized wrapper. */
 CP_HIDDEN int cp_value_add_types(PyObject *module, cpool_state *st);

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #ifndef CPOOL_VERSION
 #error "setup.py defines CPOOL_VERSION"
@@ -32,47 +31,6 @@ PyObject *cp_oserror(const char *what)
 PyObject *cp_dumps(cpool_state *st, PyObject *obj)
 {
     return PyObject_CallFunctionObjArgs(st->dumps, obj, st->protocol, NULL);
-}
-
-PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h)
-{
-    const char *p = (const char *)(h + 1);
-    if (!(h->flags & CP_F_LARGE)) {
-        PyObject *view = PyMemoryView_FromMemory((char *)p, h->len, PyBUF_READ);
-        if (view == NULL) return NULL;
-        PyObject *obj = PyObject_CallOneArg(st->loads, view);
-        Py_DECREF(view);
-        return obj;
-    }
-    cp_segref ref;
-    memcpy(&ref, p, sizeof ref);
-    void *addr;
-    size_t size;
-    int rc = cp_seg_open(ref.name, &size, &addr);
-    int saved = errno;
-    cp_seg_unlink(ref.name); /* consumed (or unreadable): nobody else wants it */
-    if (rc != 0) {
-        errno = saved;
-        return cp_oserror(ref.name);
-    }
-    PyObject *obj = NULL;
-    PyObject *view = PyMemoryView_FromMemory(addr, (Py_ssize_t)size, PyBUF_READ);
-    if (view != NULL) {
-        obj = PyObject_CallOneArg(st->loads, view);
-        /* In-band pickles copy out of the view; it must not outlive the
-         * mapping.  An unpickling error stays the error. */
-        PyObject *pending = obj == NULL ? cp_fetch_exc() : NULL;
-        PyObject *rel = PyObject_CallMethod(view, "release", NULL);
-        if (rel == NULL && obj != NULL) Py_CLEAR(obj);
-        Py_XDECREF(rel);
-        Py_DECREF(view);
-        if (pending != NULL) {
-            PyErr_Clear();
-            cp_restore_exc(pending);
-        }
-    }
-    munmap(addr, size ? size : 1);
-    return obj;
 }
 
 static int module_exec(PyObject *m)
@@ -99,7 +57,9 @@ static int module_exec(PyObject *m)
         PyModule_AddIntConstant(m, "ST_INITFAIL", 5) < 0 ||
         PyModule_AddIntConstant(m, "ST_UNPICKLE", 6) < 0)
         return -1;
-    if (cp_core_add_type(m, st) < 0 || cp_lock_add_type(m, st) < 0) return -1;
+    if (cp_core_add_type(m, st) < 0 || cp_lock_add_type(m, st) < 0 ||
+        cp_floor_add_functions(m) < 0 || cp_pack_add_types(m, st) < 0)
+        return -1;
     return cp_value_add_types(m, st);
 }
 
@@ -110,6 +70,8 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->lock_type);
     Py_VISIT(st->arena_type);
     Py_VISIT(st->sync_type);
+    Py_VISIT(st->mapping_type);
+    Py_VISIT(st->pack_oob);
     Py_VISIT(st->dumps);
     Py_VISIT(st->loads);
     return 0;
@@ -122,6 +84,8 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->lock_type);
     Py_CLEAR(st->arena_type);
     Py_CLEAR(st->sync_type);
+    Py_CLEAR(st->mapping_type);
+    Py_CLEAR(st->pack_oob);
     Py_CLEAR(st->dumps);
     Py_CLEAR(st->loads);
     Py_CLEAR(st->protocol);

@@ -51,13 +51,17 @@ static void task_free(cp_task *t)
     free(t);
 }
 
-/* A task holding a copy of `payload` (bytes); NULL with MemoryError set. */
+/* A task carrying a packed payload: a copy of its inline bytes, or its
+ * segment (written already, so resending the task reuses it).  Consumes
+ * pk's reference.  NULL with MemoryError set. */
 static cp_task *task_new(uint64_t job, uint32_t idx, uint16_t kind, cp_blob *func,
-                         PyObject *payload)
+                         cp_packed *pk)
 {
-    size_t n = (size_t)PyBytes_GET_SIZE(payload);
+    size_t n = pk->has_seg ? 0 : (size_t)PyBytes_GET_SIZE(pk->bytes);
     cp_task *t = malloc(sizeof *t + n);
     if (t == NULL) {
+        if (pk->has_seg) cp_seg_unlink(pk->seg.name);
+        Py_CLEAR(pk->bytes);
         PyErr_NoMemory();
         return NULL;
     }
@@ -66,12 +70,29 @@ static cp_task *task_new(uint64_t job, uint32_t idx, uint16_t kind, cp_blob *fun
     t->idx = idx;
     t->kind = kind;
     t->len = n;
-    memcpy(t->data, PyBytes_AS_STRING(payload), n);
+    if (pk->has_seg) {
+        t->has_seg = 1;
+        t->seg = pk->seg;
+    } else {
+        memcpy(t->data, PyBytes_AS_STRING(pk->bytes), n);
+        Py_CLEAR(pk->bytes);
+    }
     if (func != NULL) {
         atomic_fetch_add(&func->refs, 1);
         t->func = func;
     }
     return t;
+}
+
+/* Pickle obj into a new task; NULL with the exception. */
+static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
+                          cp_blob *func, PyObject *obj)
+{
+    cp_packed pk;
+    if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), c->ctl->prefix,
+                "t", atomic_fetch_add(&c->seg_seq, 1), &pk) < 0)
+        return NULL;
+    return task_new(job, idx, kind, func, &pk);
 }
 
 /* Take `mu` while holding the GIL: drop the GIL only if we must wait. */
@@ -111,21 +132,31 @@ static int slot_accepts(CoreObject *c, int i)
     return c->maxtasks == 0 || w->sent < c->maxtasks;
 }
 
-/* Put one record, inline or through a segment: 0 sent, 1 ring full,
- * -1 failed (errno). */
-static int put_record(CoreObject *c, cp_ring *r, cp_rechdr *h, const char *p,
-                      size_t n, cp_segref *seg, uint16_t *has_seg)
+/* Put one FUNC record, inline or through a new segment (each worker
+ * consumes, and unlinks, its own): 0 sent, 1 ring full, -1 failed (errno). */
+static int put_func(CoreObject *c, cp_ring *r, cp_rechdr *h, const char *p, size_t n,
+                    cp_segref *seg, uint16_t *has_seg)
 {
     if (n <= cp_ring_inline_max(r)) return cp_ring_try_put(r, h, p, n) ? 1 : 0;
     if (!cp_ring_fits(r, sizeof *seg)) return 1;
-    if (cp_seg_put(c->ctl->prefix, "t", c->seg_seq++, p, n, seg) != 0) return -1;
+    if (cp_seg_put(c->ctl->prefix, "f", atomic_fetch_add(&c->seg_seq, 1), p, n, seg) != 0)
+        return -1;
     h->flags = CP_F_LARGE;
     if (cp_ring_try_put(r, h, seg, sizeof *seg) != 0) {
         cp_seg_unlink(seg->name);
         return 1;
     }
-    if (has_seg) *has_seg = 1;
+    *has_seg = 1;
     return 0;
+}
+
+/* Put a task record: its inline pickle, or a reference to its segment. */
+static int put_task(cp_ring *r, cp_task *t)
+{
+    cp_rechdr h = {.kind = t->kind, .job = t->job, .idx = t->idx};
+    if (!t->has_seg) return cp_ring_try_put(r, &h, t->data, t->len) ? 1 : 0;
+    h.flags = CP_F_LARGE;
+    return cp_ring_try_put(r, &h, &t->seg, sizeof t->seg) ? 1 : 0;
 }
 
 static void dispatch_locked(CoreObject *c)
@@ -148,8 +179,8 @@ static void dispatch_locked(CoreObject *c)
             cp_rechdr fh = {.kind = CP_K_FUNC, .job = t->job};
             if (w->func_has_seg) cp_seg_unlink(w->func_seg.name); /* consumed or stale */
             w->func_has_seg = 0;
-            rc = put_record(c, r, &fh, t->func->data, t->func->len, &w->func_seg,
-                            &w->func_has_seg);
+            rc = put_func(c, r, &fh, t->func->data, t->func->len, &w->func_seg,
+                          &w->func_has_seg);
             if (rc == 0) {
                 w->has_func = 1;
                 w->func_job = t->job;
@@ -157,10 +188,7 @@ static void dispatch_locked(CoreObject *c)
                 c->touched[best] = 1;
             }
         }
-        if (rc == 0) {
-            cp_rechdr h = {.kind = t->kind, .job = t->job, .idx = t->idx};
-            rc = put_record(c, r, &h, t->data, t->len, &t->seg, &t->has_seg);
-        }
+        if (rc == 0) rc = put_task(r, t);
         if (rc > 0) {
             c->full[best] = 1;
             continue;
@@ -403,11 +431,7 @@ static void handle_death(CoreObject *c, int i)
     for (cp_task *t = w->head, *next; t != NULL; t = next) {
         next = t->next;
         t->next = NULL;
-        if (t->has_seg) {
-            cp_seg_unlink(t->seg.name); /* resent tasks get a new segment */
-            t->has_seg = 0;
-        }
-        if (t->end_pos <= held_upto) {
+        if (t->end_pos <= held_upto) {   /* held: failed below (segment unlinked) */
             *hp = t;
             hp = &t->next;
         } else {
@@ -705,12 +729,7 @@ static int wait_first_workers(CoreObject *c)
             PyErr_SetString(PyExc_RuntimeError, "cpool: the template process died");
             return -1;
         }
-        if (PyErr_CheckSignals() < 0) {
-            atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
-            tell_template(c);
-            wait_template(c);
-            return -1;
-        }
+        if (PyErr_CheckSignals() < 0) return -1;
     }
 }
 
@@ -791,7 +810,6 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     c->tmpl = pid;
     atomic_store(&c->ctl->tmpl_pid, pid);
-    if (wait_first_workers(c) < 0) goto error;
 
     /* The collector blocks every signal: Ctrl-C must reach the thread that
      * waits for a result, never this one. */
@@ -847,6 +865,7 @@ static void free_list(cp_task *t)
 {
     while (t) {
         cp_task *next = t->next;
+        if (t->has_seg) cp_seg_unlink(t->seg.name);
         task_free(t);
         t = next;
     }
@@ -893,11 +912,8 @@ static PyObject *Core_submit_call(CoreObject *c, PyObject *args)
     if (PyErr_Occurred()) return NULL;
     PyObject *t = PyTuple_Pack(3, func, fargs, kwds);
     if (t == NULL) return NULL;
-    PyObject *payload = cp_dumps(c->st, t);
+    cp_task *task = task_pack(c, job, 0, CP_K_CALL, NULL, t);
     Py_DECREF(t);
-    if (payload == NULL) return NULL;
-    cp_task *task = task_new(job, 0, CP_K_CALL, NULL, payload);
-    Py_DECREF(payload);
     if (task == NULL) return NULL;
     if (enqueue(c, task, task, 1) < 0) return NULL;
     Py_RETURN_NONE;
@@ -971,11 +987,8 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
             Py_INCREF(x);
             PyList_SET_ITEM(chunk, k - lo, x);
         }
-        PyObject *payload = cp_dumps(c->st, chunk);
+        cp_task *t = task_pack(c, job, first + (uint32_t)count, kind, func, chunk);
         Py_DECREF(chunk);
-        if (payload == NULL) goto error;
-        cp_task *t = task_new(job, first + (uint32_t)count, kind, func, payload);
-        Py_DECREF(payload);
         if (t == NULL) goto error;
         if (tail) tail->next = t;
         else head = t;
@@ -1086,6 +1099,17 @@ static PyObject *Core_join(CoreObject *c, PyObject *args)
     return PyBool_FromLong(rc);
 }
 
+PyDoc_STRVAR(wait_started_doc,
+"wait_started()\n--\n\n"
+"Wait until every slot that asked for a worker has one with a known pid.");
+
+static PyObject *Core_wait_started(CoreObject *c, PyObject *Py_UNUSED(ignored))
+{
+    if (c->owner == getpid() && !atomic_load(&c->done) && wait_first_workers(c) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(workers_doc,
 "workers()\n--\n\n"
 "One (pid, state, wait_status) tuple per worker slot; pid 0 while a\n"
@@ -1139,6 +1163,7 @@ static PyMethodDef Core_methods[] = {
     {"terminate", (PyCFunction)Core_terminate, METH_NOARGS, terminate_doc},
     {"join", (PyCFunction)Core_join, METH_VARARGS, join_doc},
     {"workers", (PyCFunction)Core_workers, METH_NOARGS, workers_doc},
+    {"wait_started", (PyCFunction)Core_wait_started, METH_NOARGS, wait_started_doc},
     {NULL, NULL, 0, NULL},
 };
 

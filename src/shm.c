@@ -48,7 +48,7 @@ int cp_seg_create(const char *name, size_t size, void **addr)
     if (err != 0) errno = err;
     if (err == 0) {
         void *p = mmap(NULL, size ? size : 1, PROT_READ | PROT_WRITE,
-                       MAP_SHARED, fd, 0);
+                       MAP_SHARED | MAP_POPULATE, fd, 0);
         if (p != MAP_FAILED) {
             *addr = p;
             rc = 0;
@@ -61,28 +61,13 @@ int cp_seg_create(const char *name, size_t size, void **addr)
     return rc;
 }
 
-int cp_seg_open(const char *name, size_t *size, void **addr)
+int cp_seg_open_fd(const char *name)
 {
     int fd;
     do {
         fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
     } while (fd < 0 && errno == EINTR);
-    if (fd < 0) return -1;
-    struct stat st;
-    int rc = -1;
-    if (fstat(fd, &st) == 0) {
-        size_t n = (size_t)st.st_size;
-        void *p = mmap(NULL, n ? n : 1, PROT_READ, MAP_SHARED, fd, 0);
-        if (p != MAP_FAILED) {
-            *addr = p;
-            *size = n;
-            rc = 0;
-        }
-    }
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return rc;
+    return fd;
 }
 
 void cp_seg_unlink(const char *name)
@@ -112,15 +97,21 @@ int cp_seg_put(const char *prefix, const char *tag, uint64_t seq,
                const void *p, size_t n, cp_segref *ref)
 {
     void *addr;
-    if (snprintf(ref->name, sizeof ref->name, "%s%s.%llu", prefix, tag,
+    if (snprintf(ref->name, sizeof ref->name, "%s%s%llu", prefix, tag,
                  (unsigned long long)seq) >= (int)sizeof ref->name) {
         errno = ENAMETOOLONG;
         return -1;
     }
-    if (cp_seg_create(ref->name, n, &addr) != 0) return -1;
-    memcpy(addr, p, n);
-    munmap(addr, n ? n : 1);
-    ref->size = n;
+    uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr));
+    size_t total = (size_t)(hdr + n);
+    if (cp_seg_create(ref->name, total, &addr) != 0) return -1;
+    cp_seghdr *h = addr;
+    h->magic = CP_SEG_MAGIC;
+    h->nbufs = 0;
+    h->pickle_len = n;
+    memcpy((char *)addr + hdr, p, n);
+    munmap(addr, total);
+    ref->size = total;
     return 0;
 }
 

@@ -61,43 +61,22 @@ static void post_raw(worker *w, const cp_rechdr *h, const void *p, size_t n)
     cp_event_signal(&w->ctl->results);
 }
 
-static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
-                       PyObject *value);
-
-/* Post a pickled payload (bytes); one larger than a ring record travels in
- * a segment of its own. */
-static void post(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
-                 PyObject *payload)
+/* Post a packed payload: inline, or a reference to its segment. */
+static void post_packed(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
+                        cp_packed *pk)
 {
     cp_rechdr h = {.kind = kind, .job = job, .idx = idx};
-    const char *p = PyBytes_AS_STRING(payload);
-    size_t n = (size_t)PyBytes_GET_SIZE(payload);
-    if (n <= cp_ring_inline_max(w->results)) {
-        post_raw(w, &h, p, n);
+    if (pk->has_seg) {
+        h.flags = CP_F_LARGE;
+        post_raw(w, &h, &pk->seg, sizeof pk->seg);
         return;
     }
-    cp_segref ref;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = cp_seg_put(w->ctl->prefix, w->tag, w->seg_seq++, p, n, &ref);
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
-        if (kind == CP_K_OK) {
-            /* No room for the result: report why, in its place. */
-            PyErr_SetFromErrnoWithFilename(PyExc_OSError, ref.name);
-            post_error(w, CP_K_ERR, job, idx, NULL);
-        } else {
-            h.kind = kind;
-            post_raw(w, &h, NULL, 0); /* an error we cannot even describe */
-        }
-        return;
-    }
-    h.flags = CP_F_LARGE;
-    post_raw(w, &h, &ref, sizeof ref);
+    post_raw(w, &h, PyBytes_AS_STRING(pk->bytes), (size_t)PyBytes_GET_SIZE(pk->bytes));
+    Py_CLEAR(pk->bytes);
 }
 
 /* Post the raised exception as an error record.  With `value`, the raised
- * exception is why value (a result) could not be pickled. */
+ * exception is why value (a result) could not be pickled or sent. */
 static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
                        PyObject *value)
 {
@@ -114,7 +93,10 @@ static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
     else
         payload = PyObject_CallOneArg(w->core->pack_error, exc);
     Py_XDECREF(exc);
-    if (payload == NULL || !PyBytes_Check(payload)) {
+    cp_packed pk;
+    if (payload == NULL || !PyBytes_Check(payload) ||
+        cp_pack_pickled(payload, cp_ring_inline_max(w->results), w->ctl->prefix, w->tag,
+                        w->seg_seq++, &pk) < 0) {
         /* An empty error record: the parent reports that the worker could
          * not describe its error. */
         PyErr_Clear();
@@ -123,8 +105,8 @@ static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
         post_raw(w, &h, NULL, 0);
         return;
     }
-    post(w, kind, job, idx, payload);
     Py_DECREF(payload);
+    post_packed(w, kind, job, idx, &pk);
 }
 
 static int ring_has_data(void *r) { return cp_ring_has_data((cp_ring *)r); }
@@ -277,10 +259,12 @@ void cp_worker_main(CoreObject *core, int slot)
         if (res == NULL) {
             post_error(&w, CP_K_ERR, h->job, h->idx, NULL);
         } else {
-            PyObject *payload = cp_dumps(core->st, res);
-            if (payload == NULL) post_error(&w, CP_K_ERR, h->job, h->idx, res);
-            else post(&w, CP_K_OK, h->job, h->idx, payload);
-            Py_XDECREF(payload);
+            cp_packed pk;
+            if (cp_pack(core->st, res, cp_ring_inline_max(w.results), w.ctl->prefix, w.tag,
+                        w.seg_seq++, &pk) < 0)
+                post_error(&w, CP_K_ERR, h->job, h->idx, res);
+            else
+                post_packed(&w, CP_K_OK, h->job, h->idx, &pk);
             Py_DECREF(res);
         }
         atomic_store(&w.slot->current_job, 0);

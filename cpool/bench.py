@@ -1,0 +1,487 @@
+"""python -m cpool.bench: cpool against multiprocessing.Pool, side by side.
+
+Each workload runs on multiprocessing.Pool and on cpool.Pool (and on the
+peers named with --against, when installed) in this one process, one after
+the other, with the same worker count; every result is checked against an
+in-process reference; the table gives throughputs and the ratio
+cpool / multiprocessing (higher is better for cpool).  The floor of this
+machine, measured in the same run, says how far each figure is from the
+limit: a futex round trip between two processes, and memcpy bandwidth.
+
+    python -m cpool.bench [--quick] [--repeat N] [--processes P]
+                          [--json] [--plot FILE.png]
+                          [--against concurrent.futures,loky,mpire]
+"""
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+
+import cpool
+from cpool import _cpool
+
+MiB = 1 << 20
+
+
+# -- the functions the workers run (module level: picklable by reference) --
+
+def identity(x):
+    return x
+
+
+def add(a, b):
+    return a + b
+
+
+def nbytes(b):
+    return len(b)
+
+
+def make_bytes(n):
+    return b"\x5a" * n
+
+
+_MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+
+
+def is_prime(n):
+    """Deterministic Miller-Rabin for n < 3.3e24: CPU-bound big-int work."""
+    if n < 2:
+        return False
+    for p in _MR_BASES:
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d //= 2
+        s += 1
+    for a in _MR_BASES:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+_counter = None
+
+
+def _set_counter(v):
+    global _counter
+    _counter = v
+
+
+def bump(k):
+    v = _counter
+    for _ in range(k):
+        with v.get_lock():
+            v.value += 1
+    return k
+
+
+# -- pools under test: one interface over each library ---------------------
+
+class Subject:
+    name = "?"
+    has = frozenset()   # workloads it can run; others print "n/a"
+
+    def __init__(self, processes):
+        self.processes = processes
+
+    def pool(self, **kw):
+        raise NotImplementedError
+
+
+class PoolSubject(Subject):
+    """multiprocessing.Pool and cpool.Pool: the whole API."""
+
+    has = frozenset(["map", "starmap", "imap", "imap_unordered", "apply_async", "apply",
+                     "to_workers", "echo", "big_result", "cpu", "startup", "value"])
+
+    def __init__(self, name, factory, value, processes):
+        super().__init__(processes)
+        self.name, self._factory, self.Value = name, factory, value
+
+    def pool(self, **kw):
+        return self._factory(self.processes, **kw)
+
+
+class FuturesSubject(Subject):
+    """concurrent.futures-style executors (concurrent.futures, loky)."""
+
+    has = frozenset(["map", "starmap", "imap", "apply_async", "apply", "to_workers",
+                     "echo", "big_result", "cpu", "startup"])
+
+    def __init__(self, name, make_executor, processes):
+        super().__init__(processes)
+        self.name, self._make = name, make_executor
+
+    def pool(self, **kw):
+        return _ExecutorAsPool(self._make(self.processes))
+
+
+class _ExecutorAsPool:
+    def __init__(self, ex):
+        self.ex = ex
+
+    def map(self, f, it, chunksize=None):
+        return list(self.ex.map(f, it, chunksize=chunksize or 1))
+
+    def starmap(self, f, pairs, chunksize=None):
+        return list(self.ex.map(f, *zip(*pairs), chunksize=chunksize or 1))
+
+    def imap(self, f, it, chunksize=1):
+        return self.ex.map(f, it, chunksize=chunksize)
+
+    def apply_async(self, f, args=()):
+        fut = self.ex.submit(f, *args)
+        fut.get = fut.result
+        return fut
+
+    def apply(self, f, args=()):
+        return self.ex.submit(f, *args).result()
+
+    def terminate(self):
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
+    def join(self):
+        pass
+
+
+class MpireSubject(Subject):
+    has = frozenset(["map", "starmap", "imap", "imap_unordered", "apply_async", "apply",
+                     "to_workers", "echo", "big_result", "cpu", "startup"])
+
+    def __init__(self, processes):
+        super().__init__(processes)
+        self.name = "mpire"
+
+    def pool(self, **kw):
+        import mpire
+        return _MpireAsPool(mpire.WorkerPool(self.processes, start_method="fork"))
+
+
+class _MpireAsPool:
+    def __init__(self, wp):
+        self.wp = wp
+
+    def map(self, f, it, chunksize=None):
+        return self.wp.map(f, it, chunk_size=chunksize, progress_bar=False)
+
+    def starmap(self, f, pairs, chunksize=None):
+        return self.wp.map(f, pairs, chunk_size=chunksize, progress_bar=False)
+
+    def imap(self, f, it, chunksize=1):
+        return self.wp.imap(f, it, chunk_size=chunksize, progress_bar=False)
+
+    def imap_unordered(self, f, it, chunksize=1):
+        return self.wp.imap_unordered(f, it, chunk_size=chunksize, progress_bar=False)
+
+    def apply_async(self, f, args=()):
+        return self.wp.apply_async(f, args)
+
+    def apply(self, f, args=()):
+        return self.wp.apply(f, args)
+
+    def terminate(self):
+        self.wp.terminate()
+
+    def join(self):
+        pass
+
+
+def subjects(processes, against):
+    mpctx = multiprocessing.get_context("fork")
+    out = [PoolSubject("multiprocessing", mpctx.Pool, mpctx.Value, processes),
+           PoolSubject("cpool", cpool.Pool, cpool.Value, processes)]
+    for name in against:
+        try:
+            if name == "concurrent.futures":
+                from concurrent.futures import ProcessPoolExecutor
+                out.append(FuturesSubject(name, lambda n: ProcessPoolExecutor(
+                    n, mp_context=mpctx), processes))
+            elif name == "loky":
+                import loky
+                out.append(FuturesSubject(name, lambda n: loky.get_reusable_executor(
+                    n, reuse=False), processes))
+            elif name == "mpire":
+                import mpire  # noqa: F401
+                out.append(MpireSubject(processes))
+            else:
+                print(f"--against: unknown peer {name!r}", file=sys.stderr)
+        except ImportError:
+            print(f"--against: {name} is not installed; skipped", file=sys.stderr)
+    return out
+
+
+# -- workloads ----------------------------------------------------------------
+
+class Workload:
+    def __init__(self, key, title, unit, size, quick, fresh_pool=False):
+        self.key, self.title, self.unit = key, title, unit
+        self.size, self.quick, self.fresh_pool = size, quick, fresh_pool
+
+    def n(self, quick):
+        return self.quick if quick else self.size
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def run_workload(w, subject, n, processes):
+    """(seconds, items) of one run; raises if the result is wrong."""
+    k = w.key
+    if k == "startup":
+        t0 = time.perf_counter()
+        pool = subject.pool()
+        try:
+            assert pool.apply(identity, (7,)) == 7
+            return time.perf_counter() - t0, 1
+        finally:
+            pool.terminate()
+            pool.join()
+    kw = {}
+    if k == "value":
+        v = subject.Value("i", 0)
+        kw = dict(initializer=_set_counter, initargs=(v,))
+    pool = subject.pool(**kw)
+    try:
+        pool.apply(identity, (0,))  # the workers are up
+        if k == "map":
+            dt, r = _timed(lambda: pool.map(identity, range(n)))
+            ok = r == list(range(n))
+        elif k == "starmap":
+            pairs = [(i, 1) for i in range(n)]
+            dt, r = _timed(lambda: pool.starmap(add, pairs))
+            ok = r == [i + 1 for i in range(n)]
+        elif k == "imap":
+            dt, r = _timed(lambda: list(pool.imap(identity, range(n), 1)))
+            ok = r == list(range(n))
+        elif k == "imap_unordered":
+            dt, r = _timed(lambda: sorted(pool.imap_unordered(identity, range(n), 64)))
+            ok = r == list(range(n))
+        elif k == "apply_async":
+            dt, r = _timed(lambda: [a.get() for a in
+                                    [pool.apply_async(identity, (i,)) for i in range(n)]])
+            ok = r == list(range(n))
+        elif k == "apply":
+            dt, r = _timed(lambda: [pool.apply(identity, (i,)) for i in range(n)])
+            ok = r == list(range(n))
+        elif k in ("to_workers", "echo"):
+            payloads = [bytes([i % 251]) * (4 * MiB) for i in range(n)]
+            fn = nbytes if k == "to_workers" else identity
+            dt, r = _timed(lambda: pool.map(fn, payloads, 1))
+            ok = r == ([4 * MiB] * n if k == "to_workers" else payloads)
+        elif k == "big_result":
+            dt, r = _timed(lambda: pool.apply(make_bytes, (n * MiB,)))
+            ok = r == b"\x5a" * (n * MiB)
+        elif k == "cpu":
+            numbers = list(range(2**61 + 1, 2**61 + 1 + 2 * n, 2))
+            dt, r = _timed(lambda: pool.map(is_prime, numbers))
+            ok = r == _reference_primes(numbers)
+        elif k == "value":
+            per = n // processes
+            dt, r = _timed(lambda: pool.map(bump, [per] * processes, 1))
+            ok = v.value == per * processes
+            n = per * processes
+        else:
+            raise ValueError(k)
+    finally:
+        pool.terminate()
+        pool.join()
+    if not ok:
+        raise AssertionError(f"{subject.name}: wrong result in {w.title}")
+    return dt, n
+
+
+_ref_cache = {}
+
+
+def _reference_primes(numbers):
+    key = (numbers[0], len(numbers))
+    if key not in _ref_cache:
+        _ref_cache[key] = [is_prime(x) for x in numbers]
+    return _ref_cache[key]
+
+
+WORKLOADS = [
+    Workload("map", "map, tiny items", "items/s", 1_000_000, 100_000),
+    Workload("starmap", "starmap, tiny pairs", "items/s", 1_000_000, 100_000),
+    Workload("imap", "imap, chunksize 1", "items/s", 100_000, 10_000),
+    Workload("imap_unordered", "imap_unordered, chunksize 64", "items/s", 1_000_000, 100_000),
+    Workload("apply_async", "pipelined apply_async", "calls/s", 100_000, 10_000),
+    Workload("apply", "apply round trips", "calls/s", 20_000, 2_000),
+    Workload("to_workers", "4 MiB payloads to workers", "payloads/s", 64, 16),
+    Workload("echo", "4 MiB payloads echoed", "payloads/s", 64, 16),
+    Workload("big_result", "one 200 MiB result", "MiB/s", 200, 50),
+    Workload("cpu", "CPU-bound map (prime test)", "numbers/s", 40_000, 4_000),
+    Workload("startup", "start-up to first result", "pools/s", 1, 1),
+    Workload("value", "Value increments under its lock", "increments/s", 200_000, 20_000),
+]
+
+
+def _progress(done, total, label):
+    width = 30
+    filled = int(width * done / total)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<48}")
+    sys.stderr.flush()
+
+
+def measure_floor():
+    rtt = min(_cpool.futex_roundtrip(20000) for _ in range(3))
+    bw = _cpool.memcpy_bandwidth(64 * MiB, 5)
+    return {"futex_roundtrip_us": rtt * 1e6, "memcpy_GBps": bw / 1e9}
+
+
+def run(args):
+    subs = subjects(args.processes, [a for a in args.against.split(",") if a])
+    names = [s.name for s in subs]
+    chosen = [w for w in WORKLOADS if not args.only or w.key in args.only.split(",")]
+    results = []
+    total = len(chosen) * len(subs) * args.repeat
+    done = 0
+    for w in chosen:
+        n = w.n(args.quick)
+        row = {"key": w.key, "workload": w.title, "unit": w.unit, "n": n, "by": {}}
+        for rep in range(args.repeat):
+            for s in subs:      # interleaved, so drift in the machine hits both
+                _progress(done, total, f"{w.title} ({s.name})")
+                done += 1
+                if w.key not in s.has:
+                    row["by"][s.name] = None
+                    continue
+                reps = 5 if w.key == "startup" else 1
+                for _ in range(reps):
+                    dt, items = run_workload(w, s, n, args.processes)
+                    row["by"].setdefault(s.name, [])
+                    row["by"][s.name].append(items / dt)
+        for name in names:
+            vals = row["by"].get(name)
+            row["by"][name] = statistics.median(vals) if vals else None
+        mp_v, cp_v = row["by"]["multiprocessing"], row["by"]["cpool"]
+        row["ratio"] = cp_v / mp_v if mp_v and cp_v else None
+        results.append(row)
+    _progress(total, total, "floor")
+    floor = measure_floor()
+    sys.stderr.write("\r" + " " * 100 + "\r")
+    return {
+        "machine": {"cpus": os.cpu_count(), "processes": args.processes,
+                    "python": platform.python_version(), "platform": platform.platform(),
+                    "processor": platform.processor() or platform.machine()},
+        "cpool": cpool.__version__, "quick": args.quick, "repeat": args.repeat,
+        "subjects": names, "results": results, "floor": floor,
+    }
+
+
+def _fmt(v):
+    if v is None:
+        return "n/a"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.1f}"
+
+
+def table(report):
+    names = report["subjects"]
+    m = report["machine"]
+    lines = [f"cpool {report['cpool']} benchmark: {m['processes']} workers, {m['cpus']} CPUs, "
+             f"Python {m['python']}, {m['platform']}" + (" (quick)" if report["quick"] else ""),
+             ""]
+    head = ["workload", "unit"] + names + ["cpool/mp"]
+    rows = [head]
+    for r in report["results"]:
+        rows.append([r["workload"], r["unit"]] + [_fmt(r["by"][n]) for n in names] +
+                    [f"{r['ratio']:.2f}x" if r["ratio"] else "n/a"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for i, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(widths[j]) if j < 2 else c.rjust(widths[j])
+                               for j, c in enumerate(row)))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    f = report["floor"]
+    apply_row = next((r for r in report["results"] if r["key"] == "apply"), None)
+    lines.append("")
+    lines.append(f"floor: futex round trip between two processes {f['futex_roundtrip_us']:.2f} us; "
+                 f"memcpy {f['memcpy_GBps']:.2f} GB/s")
+    if apply_row and apply_row["by"].get("cpool"):
+        rt = 1e6 / apply_row["by"]["cpool"]
+        lines.append(f"cpool apply round trip {rt:.1f} us = "
+                     f"{rt / f['futex_roundtrip_us']:.1f}x the futex round trip")
+    for key in ("echo", "to_workers", "big_result"):
+        row = next((r for r in report["results"] if r["key"] == key), None)
+        if row and row["by"].get("cpool"):
+            mbps = row["by"]["cpool"] * (4 if key != "big_result" else 1) * MiB / 1e9
+            lines.append(f"cpool {row['workload']}: {mbps:.2f} GB/s of payload "
+                         f"({mbps / f['memcpy_GBps'] * 100:.0f}% of memcpy)")
+    return "\n".join(lines)
+
+
+def plot(report, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("--plot needs matplotlib: pip install 'cpool[bench]'")
+    names = [n for n in report["subjects"] if n != "multiprocessing"]
+    rows = report["results"]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
+    height = 0.8 / len(names)
+    for j, name in enumerate(names):
+        vals = [(r["by"][name] / r["by"]["multiprocessing"])
+                if r["by"].get(name) and r["by"].get("multiprocessing") else 0 for r in rows]
+        ys = [i + j * height for i in range(len(rows))]
+        ax.barh(ys, vals, height=height, label=name)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(rows))])
+    ax.set_yticklabels([r["workload"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("throughput / multiprocessing.Pool's (higher is better)")
+    m = report["machine"]
+    ax.set_title(f"cpool {report['cpool']}: {m['processes']} workers, Python {m['python']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m cpool.bench",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="runs per workload and pool; the median is reported (default 3, quick 1)")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="workers (default: every CPU this process may use)")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (needs matplotlib)")
+    ap.add_argument("--against", default="",
+                    help="comma-separated peers to add: concurrent.futures,loky,mpire")
+    ap.add_argument("--only", default="", help="comma-separated workload keys")
+    args = ap.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.processes is None:
+        args.processes = cpool.pool._default_processes()
+    report = run(args)
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    if args.plot:
+        plot(report, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

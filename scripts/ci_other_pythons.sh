@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# CI gate: the other CPythons.  For every pyenv CPython 3.9-3.13 on this
+# machine except the main one (whose full suite .ci/run already ran), in its
+# own venv made from that interpreter: build and install cpool from a copy of
+# the tree with the README's command, `pip install -e '.[test]'`, warnings as
+# errors, then run CPython's Pool test classes (tests/test_cpython_pool.py,
+# tests/test_cpython_shared.py) against it.  Every version runs; the summary
+# at the end shows each one's result, and any failure (or no version found)
+# fails the gate.
+#
+# Why a copy and an editable install: the tests import `cpool` from the tree
+# they sit in (pytest's rootdir, and conftest's PYTHONPATH for snippets), so
+# the tree must hold the extension built for the interpreter that runs them.
+# Editable installs of several Pythons into one copy put differently named
+# .so files side by side (_cpool.cpython-39-..., -310-, ...); the copy keeps
+# them, and their build/ directories, out of the main tree.
+#
+# Environment: CPOOL_PYTHONS="3.9 3.12" to choose versions (major.minor);
+# CPOOL_GATE_TESTS to run other test files instead of the Pool classes.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/ci_tree_copy.sh
+. "$ROOT/scripts/ci_tree_copy.sh"
+
+VERSIONS_DIR=${PYENV_ROOT:-$HOME/.pyenv}/versions
+MAIN=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+TESTS=${CPOOL_GATE_TESTS:-tests/test_cpython_pool.py tests/test_cpython_shared.py}
+
+pythons=()
+for dir in "$VERSIONS_DIR"/3.*; do
+    [ -x "$dir/bin/python3" ] || continue
+    mm=$("$dir/bin/python3" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
+    case "$mm" in 3.9|3.10|3.11|3.12|3.13) ;; *) continue ;; esac
+    if [ -n "${CPOOL_PYTHONS:-}" ]; then
+        case " $CPOOL_PYTHONS " in *" $mm "*) ;; *) continue ;; esac
+    elif [ "$mm" = "$MAIN" ]; then
+        continue
+    fi
+    pythons+=("$dir/bin/python3")
+done
+if [ ${#pythons[@]} -eq 0 ]; then
+    echo "no other CPython 3.9-3.13 found under $VERSIONS_DIR: the gate cannot run" >&2
+    exit 1
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/cpool-pythons.XXXXXX")
+copy_tree "$ROOT" "$WORK/tree"
+cd "$WORK/tree"
+export CPOOL_WERROR=1
+
+summary=()
+failed=0
+for py in "${pythons[@]}"; do
+    ver=$("$py" -c 'import platform; print(platform.python_version())')
+    echo
+    echo "---- Python $ver ($py)"
+    start=$SECONDS
+    venv="$WORK/venv-$ver"
+    result=PASS
+    if ! "$py" -m venv "$venv"; then
+        result="FAIL (venv)"
+    elif ! "$venv/bin/python" -m pip install -q --upgrade pip; then
+        result="FAIL (pip upgrade)"
+    elif ! "$venv/bin/python" -m pip install -q -e '.[test]'; then
+        result="FAIL (build/install with -Werror)"
+    elif ! "$venv/bin/python" -c '
+import sys, cpool, cpool._cpool as c
+print("cpool", cpool.__version__, "for", sys.version.split()[0], "from", c.__file__)
+assert c.__file__.startswith(sys.argv[1]), "not the copy'"'"'s build"
+' "$WORK/tree/cpool/"; then
+        result="FAIL (import)"
+    # shellcheck disable=SC2086
+    elif ! "$venv/bin/python" -m pytest -p no:cacheprovider -q $TESTS; then
+        result="FAIL (tests)"
+    fi
+    [ "$result" = PASS ] || failed=1
+    summary+=("$(printf 'Python %-8s %-40s %4ds' "$ver" "$result" $((SECONDS - start)))")
+done
+
+echo
+echo "---- other Pythons: results"
+printf '%s\n' "${summary[@]}"
+if [ $failed -ne 0 ]; then
+    echo "other Pythons: FAILED (work tree kept in $WORK)" >&2
+    exit 1
+fi
+rm -rf "$WORK"
+echo "other Pythons: all passed"

@@ -1,0 +1,287 @@
+/* pack.c: pickles as they travel through the rings.
+ *
+ * A small pickle goes inline in a ring record.  A large one goes into a
+ * named segment of its own, laid out as a header, the pickle, then its
+ * out-of-band buffers: an object holding a large buffer (bytes, bytearray
+ * of 64 KiB or more, or anything protocol 5 hands out of band, as NumPy
+ * arrays) is pickled with protocol 5 and a buffer_callback, so each buffer
+ * is copied once, straight into the segment, with the GIL released; the
+ * consumer maps the segment and unpickles with buffers= views of it (NumPy
+ * arrays then live on the mapping itself: no copy at all).
+ */
+#define CP_NEED_PYTHON
+#include "cpool.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <stdio.h>
+
+#define OOB_MIN (64 * 1024)
+
+/* ---- a mapping as a Python buffer: what out-of-band views point into ---- */
+
+typedef struct {
+    PyObject_HEAD
+    char *addr;
+    size_t size;
+} MappingObject;
+
+static void Mapping_dealloc(MappingObject *m)
+{
+    PyTypeObject *tp = Py_TYPE(m);
+    if (m->addr != NULL) munmap(m->addr, m->size ? m->size : 1);
+    tp->tp_free(m);
+    Py_DECREF(tp);
+}
+
+static int Mapping_getbuffer(MappingObject *m, Py_buffer *view, int flags)
+{
+    /* Private copy-on-write mapping: NumPy arrays built on it are writable. */
+    return PyBuffer_FillInfo(view, (PyObject *)m, m->addr, (Py_ssize_t)m->size, 0, flags);
+}
+
+static PyType_Slot Mapping_slots[] = {
+    {Py_tp_dealloc, Mapping_dealloc},
+    {Py_bf_getbuffer, Mapping_getbuffer},
+    {Py_tp_doc, (void *)"A received segment's memory (unmapped when unused)."},
+    {0, NULL},
+};
+
+static PyType_Spec Mapping_spec = {
+    .name = "cpool._cpool._Mapping",
+    .basicsize = sizeof(MappingObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Mapping_slots,
+};
+
+int cp_pack_add_types(PyObject *module, cpool_state *st)
+{
+    st->mapping_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Mapping_spec, NULL);
+    return st->mapping_type == NULL ? -1 : 0;
+}
+
+/* ---- packing --------------------------------------------------------------- */
+
+static int big_buffer(PyObject *o)
+{
+    if (PyBytes_CheckExact(o)) return PyBytes_GET_SIZE(o) >= OOB_MIN;
+    if (PyByteArray_CheckExact(o)) return PyByteArray_GET_SIZE(o) >= OOB_MIN;
+    if (PyUnicode_Check(o) || PyLong_Check(o) || PyTuple_Check(o) || PyList_Check(o) ||
+        !PyObject_CheckBuffer(o))
+        return 0;
+    Py_buffer b;
+    if (PyObject_GetBuffer(o, &b, PyBUF_SIMPLE) != 0) {
+        PyErr_Clear(); /* not contiguous: pickled in band */
+        return 0;
+    }
+    int big = b.len >= OOB_MIN;
+    PyBuffer_Release(&b);
+    return big;
+}
+
+/* 1 if o, or a container item down to `depth` levels, holds a big buffer. */
+static int has_big_buffer(PyObject *o, int depth)
+{
+    if (big_buffer(o)) return 1;
+    if (depth == 0) return 0;
+    if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (has_big_buffer(PySequence_Fast_GET_ITEM(o, i), depth - 1)) return 1;
+    } else if (PyDict_CheckExact(o)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(o, &pos, &k, &v))
+            if (has_big_buffer(v, depth - 1)) return 1;
+    }
+    return 0;
+}
+
+/* Write the pickle and its buffers into a new segment. 0, or -1 with an
+ * exception. */
+static int write_segment(PyObject *pickled, PyObject *bufs, const char *prefix,
+                         const char *tag, uint64_t seq, cp_segref *ref)
+{
+    Py_ssize_t nb = bufs ? PyList_GET_SIZE(bufs) : 0;
+    Py_buffer *views = PyMem_Calloc((size_t)nb + 1, sizeof(Py_buffer));
+    if (views == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int rc = -1;
+    Py_ssize_t got = 0;
+    if (PyObject_GetBuffer(pickled, &views[0], PyBUF_SIMPLE) != 0) goto done;
+    got = 1;
+    for (Py_ssize_t i = 0; i < nb; i++, got++)
+        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, i), &views[i + 1], PyBUF_SIMPLE) != 0)
+            goto done;
+    uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr) + (size_t)nb * sizeof(uint64_t));
+    uint64_t total = hdr;
+    for (Py_ssize_t i = 0; i <= nb; i++) total += CP_ALIGN64((uint64_t)views[i].len);
+    if (snprintf(ref->name, sizeof ref->name, "%s%s%llu", prefix, tag,
+                 (unsigned long long)seq) >= (int)sizeof ref->name) {
+        errno = ENAMETOOLONG;
+        cp_oserror(prefix);
+        goto done;
+    }
+    void *addr = NULL;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (cp_seg_create(ref->name, (size_t)total, &addr) != 0) {
+        err = errno;
+    } else {
+        cp_seghdr *h = addr;
+        h->magic = CP_SEG_MAGIC;
+        h->nbufs = (uint32_t)nb;
+        h->pickle_len = (uint64_t)views[0].len;
+        char *p = (char *)addr + hdr;
+        for (Py_ssize_t i = 0; i <= nb; i++) {
+            if (i > 0) h->lens[i - 1] = (uint64_t)views[i].len;
+            memcpy(p, views[i].buf, (size_t)views[i].len);
+            p += CP_ALIGN64((uint64_t)views[i].len);
+        }
+        munmap(addr, (size_t)total);
+    }
+    Py_END_ALLOW_THREADS
+    if (err) {
+        errno = err;
+        cp_oserror(ref->name);
+        goto done;
+    }
+    ref->size = total;
+    rc = 0;
+done:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    return rc;
+}
+
+int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const char *prefix,
+            const char *tag, uint64_t seq, cp_packed *out)
+{
+    out->bytes = NULL;
+    out->has_seg = 0;
+    PyObject *pickled = NULL, *bufs = NULL;
+    if (has_big_buffer(obj, 2)) {
+        if (st->pack_oob == NULL) {
+            PyObject *mod = PyImport_ImportModule("cpool.pool");
+            if (mod == NULL) return -1;
+            st->pack_oob = PyObject_GetAttrString(mod, "_pack_oob");
+            Py_DECREF(mod);
+            if (st->pack_oob == NULL) return -1;
+        }
+        PyObject *r = PyObject_CallOneArg(st->pack_oob, obj);
+        if (r == NULL) return -1;
+        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2 ||
+            !PyList_Check(PyTuple_GET_ITEM(r, 1))) {
+            Py_DECREF(r);
+            PyErr_SetString(PyExc_SystemError, "cpool: _pack_oob returned junk");
+            return -1;
+        }
+        pickled = Py_NewRef(PyTuple_GET_ITEM(r, 0));
+        bufs = Py_NewRef(PyTuple_GET_ITEM(r, 1));
+        Py_DECREF(r);
+    } else {
+        pickled = cp_dumps(st, obj);
+        if (pickled == NULL) return -1;
+        if ((size_t)PyBytes_GET_SIZE(pickled) <= inline_max) {
+            out->bytes = pickled;
+            return 0;
+        }
+    }
+    int rc = write_segment(pickled, bufs, prefix, tag, seq, &out->seg);
+    Py_DECREF(pickled);
+    Py_XDECREF(bufs);
+    if (rc == 0) out->has_seg = 1;
+    return rc;
+}
+
+int cp_pack_pickled(PyObject *pickled, size_t inline_max, const char *prefix,
+                    const char *tag, uint64_t seq, cp_packed *out)
+{
+    out->has_seg = 0;
+    out->bytes = NULL;
+    if ((size_t)PyBytes_GET_SIZE(pickled) <= inline_max) {
+        out->bytes = Py_NewRef(pickled);
+        return 0;
+    }
+    if (write_segment(pickled, NULL, prefix, tag, seq, &out->seg) < 0) return -1;
+    out->has_seg = 1;
+    return 0;
+}
+
+PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h)
+{
+    const char *p = (const char *)(h + 1);
+    if (!(h->flags & CP_F_LARGE)) {
+        PyObject *view = PyMemoryView_FromMemory((char *)p, h->len, PyBUF_READ);
+        if (view == NULL) return NULL;
+        PyObject *obj = PyObject_CallOneArg(st->loads, view);
+        Py_DECREF(view);
+        return obj;
+    }
+    cp_segref ref;
+    memcpy(&ref, p, sizeof ref);
+    int fd = cp_seg_open_fd(ref.name);
+    int saved = errno;
+    cp_seg_unlink(ref.name); /* consumed (or unreadable): nobody else wants it */
+    if (fd < 0) {
+        errno = saved;
+        return cp_oserror(ref.name);
+    }
+    void *addr = mmap(NULL, ref.size ? ref.size : 1, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    saved = errno;
+    close(fd);
+    if (addr == MAP_FAILED) {
+        errno = saved;
+        return cp_oserror("mmap");
+    }
+    MappingObject *m = (MappingObject *)st->mapping_type->tp_alloc(st->mapping_type, 0);
+    if (m == NULL) {
+        munmap(addr, ref.size ? ref.size : 1);
+        return NULL;
+    }
+    m->addr = addr;
+    m->size = ref.size;
+    PyObject *obj = NULL, *whole = NULL, *views = NULL, *pview = NULL;
+    cp_seghdr *sh = addr;
+    uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr) + (size_t)sh->nbufs * sizeof(uint64_t));
+    if (sh->magic != CP_SEG_MAGIC || hdr + sh->pickle_len > ref.size) {
+        PyErr_Format(PyExc_ValueError, "cpool: %s is not a cpool segment", ref.name);
+        goto done;
+    }
+    whole = PyMemoryView_FromObject((PyObject *)m);
+    if (whole == NULL) goto done;
+    uint64_t off = hdr;
+    pview = PySequence_GetSlice(whole, (Py_ssize_t)off, (Py_ssize_t)(off + sh->pickle_len));
+    if (pview == NULL) goto done;
+    off += CP_ALIGN64(sh->pickle_len);
+    views = PyList_New(sh->nbufs);
+    if (views == NULL) goto done;
+    for (uint32_t i = 0; i < sh->nbufs; i++) {
+        if (off + sh->lens[i] > ref.size) {
+            PyErr_Format(PyExc_ValueError, "cpool: %s is truncated", ref.name);
+            goto done;
+        }
+        PyObject *v = PySequence_GetSlice(whole, (Py_ssize_t)off, (Py_ssize_t)(off + sh->lens[i]));
+        if (v == NULL) goto done;
+        PyList_SET_ITEM(views, i, v);
+        off += CP_ALIGN64(sh->lens[i]);
+    }
+    {
+        PyObject *args = PyTuple_Pack(1, pview);
+        PyObject *kw = args ? Py_BuildValue("{sO}", "buffers", views) : NULL;
+        if (kw != NULL) obj = PyObject_Call(st->loads, args, kw);
+        Py_XDECREF(args);
+        Py_XDECREF(kw);
+    }
+done:
+    Py_XDECREF(pview);
+    Py_XDECREF(views);
+    Py_XDECREF(whole);
+    Py_DECREF(m); /* the mapping lives on while views into it do */
+    return obj;
+}
