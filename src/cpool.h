@@ -87,8 +87,36 @@ typedef struct {
 #define CP_SEGNAME_MAX 64
 typedef struct {
     uint64_t size;
+    int32_t recy;   /* index in the producer's recycler, or -1: one-shot */
+    uint32_t pad;
     char name[CP_SEGNAME_MAX];
 } cp_segref;
+
+/* Recyclable segments.  A fresh tmpfs segment costs far more than the copy
+ * into it (the kernel allocates and zeroes every page), so each direction
+ * keeps a few segments and reuses them: the producer takes a free one (CAS
+ * FREE or NONE to BUSY), grows it if needed, writes, sends its name; the
+ * consumer hands it back (BUSY to FREE) once nothing maps it any more, or
+ * retires it (unlink, NONE) when an object still lives on its memory. */
+enum { CP_RECY_NONE = 0, CP_RECY_FREE, CP_RECY_BUSY };
+#define CP_RECY_RESULTS 4            /* per worker */
+#define CP_RECY_TASKS 8              /* per pool */
+#define CP_RECY_MAX_BYTES (16u << 20) /* bigger records use one-shot segments */
+typedef struct {
+    _Atomic uint32_t state;
+    uint32_t pad;
+    uint64_t size;  /* the file's size: written by the holder of BUSY */
+} cp_recy;
+
+/* Where a producer puts large records. */
+typedef struct {
+    const char *prefix;     /* the pool's */
+    const char *tag;        /* one-shot names: prefix + tag + seq */
+    uint64_t seq;
+    cp_recy *recy;          /* recyclable names: prefix + recy_tag + index */
+    int nrecy;
+    const char *recy_tag;
+} cp_segdest;
 
 /* A large record's segment: this header, then the pickle, then its
  * out-of-band buffers, each at a 64-byte boundary. */
@@ -178,6 +206,7 @@ typedef struct {
     _Atomic uint32_t inited;   /* the worker's initializer succeeded */
     uint32_t pad0;
     uint64_t task_off, result_off; /* ring offsets from the segment start */
+    cp_recy res_recy[CP_RECY_RESULTS]; /* this worker's result segments */
     char pad[8];
 } cp_slot;
 
@@ -195,6 +224,7 @@ typedef struct {
     int32_t parent_pid;
     int32_t pad2;
     char prefix[48];           /* segment name prefix of this pool */
+    cp_recy task_recy[CP_RECY_TASKS];
     cp_slot slots[];
 } cp_ctl;
 
@@ -286,15 +316,14 @@ CP_HIDDEN int cp_pack_add_types(PyObject *module, cpool_state *st);
  * larger pickle, or one with large buffers (sent out of band), goes into a
  * segment named prefix+tag+seq.  0, or -1 with the exception. */
 CP_HIDDEN int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max,
-                      const char *prefix, const char *tag, uint64_t seq,
-                      cp_packed *out);
+                      const cp_segdest *dest, cp_packed *out);
 /* The same for an already pickled bytes object (no out-of-band buffers). */
 CP_HIDDEN int cp_pack_pickled(PyObject *pickled, size_t inline_max,
-                              const char *prefix, const char *tag, uint64_t seq,
-                              cp_packed *out);
-/* Unpickle a record's payload (inline, or from its segment, which is then
- * unlinked): new reference, or NULL. */
-CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h);
+                              const cp_segdest *dest, cp_packed *out);
+/* Unpickle a record's payload: inline, or from its segment, which is then
+ * handed back to `recy` (the producer's recycler) or unlinked.  New
+ * reference, or NULL. */
+CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy);
 
 /* The parent's private bookkeeping of a task: its pickled payload stays here
  * until the result arrives, so a task a dead worker never took can be sent
@@ -315,6 +344,7 @@ typedef struct cp_task {
     uint64_t end_pos;  /* task-ring position just past this record */
     int64_t sent_ns;   /* when it went into a ring */
     int err;           /* errno when it could not be sent */
+    int held;          /* a dead worker had taken it: its segment is not ours */
     cp_segref seg;
     size_t len;
     char data[];

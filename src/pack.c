@@ -13,6 +13,7 @@
 #include "cpool.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -99,10 +100,49 @@ static int has_big_buffer(PyObject *o, int depth)
     return 0;
 }
 
-/* Write the pickle and its buffers into a new segment. 0, or -1 with an
- * exception. */
-static int write_segment(PyObject *pickled, PyObject *bufs, const char *prefix,
-                         const char *tag, uint64_t seq, cp_segref *ref)
+/* A recycled segment for `total` bytes, mapped writable in *addr: 0, or -1
+ * when none is free (or it cannot be grown), the caller then makes a
+ * one-shot segment.  No Python; errno is left as it was. */
+static int recycled(const cp_segdest *d, size_t total, cp_segref *ref, void **addr)
+{
+    if (d->recy == NULL || total > CP_RECY_MAX_BYTES) return -1;
+    int saved = errno;
+    for (int k = 0; k < d->nrecy; k++) {
+        cp_recy *e = &d->recy[k];
+        uint32_t st = atomic_load(&e->state);
+        if (st == CP_RECY_BUSY || !atomic_compare_exchange_strong(&e->state, &st, CP_RECY_BUSY))
+            continue;
+        snprintf(ref->name, sizeof ref->name, "%s%s%d", d->prefix, d->recy_tag, k);
+        int fd = shm_open(ref->name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        int ok = fd >= 0;
+        if (ok && (st == CP_RECY_NONE || e->size < total)) {
+            int err;
+            do {
+                err = posix_fallocate(fd, 0, (off_t)total);
+            } while (err == EINTR);
+            ok = err == 0;
+            if (ok) e->size = total;
+        }
+        void *p = ok ? mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0)
+                     : MAP_FAILED;
+        if (fd >= 0) close(fd);
+        if (p == MAP_FAILED) {
+            atomic_store(&e->state, st); /* as it was */
+            break;
+        }
+        ref->recy = k;
+        *addr = p;
+        errno = saved;
+        return 0;
+    }
+    errno = saved;
+    return -1;
+}
+
+/* Write the pickle and its buffers into a segment (recycled or new).  0, or
+ * -1 with an exception. */
+static int write_segment(PyObject *pickled, PyObject *bufs, const cp_segdest *d,
+                         cp_segref *ref)
 {
     Py_ssize_t nb = bufs ? PyList_GET_SIZE(bufs) : 0;
     Py_buffer *views = PyMem_Calloc((size_t)nb + 1, sizeof(Py_buffer));
@@ -120,18 +160,18 @@ static int write_segment(PyObject *pickled, PyObject *bufs, const char *prefix,
     uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr) + (size_t)nb * sizeof(uint64_t));
     uint64_t total = hdr;
     for (Py_ssize_t i = 0; i <= nb; i++) total += CP_ALIGN64((uint64_t)views[i].len);
-    if (snprintf(ref->name, sizeof ref->name, "%s%s%llu", prefix, tag,
-                 (unsigned long long)seq) >= (int)sizeof ref->name) {
-        errno = ENAMETOOLONG;
-        cp_oserror(prefix);
-        goto done;
-    }
     void *addr = NULL;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (cp_seg_create(ref->name, (size_t)total, &addr) != 0) {
-        err = errno;
-    } else {
+    if (recycled(d, (size_t)total, ref, &addr) != 0) {
+        ref->recy = -1;
+        if (snprintf(ref->name, sizeof ref->name, "%s%s%llu", d->prefix, d->tag,
+                     (unsigned long long)d->seq) >= (int)sizeof ref->name)
+            err = ENAMETOOLONG;
+        else if (cp_seg_create(ref->name, (size_t)total, &addr) != 0)
+            err = errno;
+    }
+    if (!err) {
         cp_seghdr *h = addr;
         h->magic = CP_SEG_MAGIC;
         h->nbufs = (uint32_t)nb;
@@ -158,8 +198,8 @@ done:
     return rc;
 }
 
-int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const char *prefix,
-            const char *tag, uint64_t seq, cp_packed *out)
+int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest *dest,
+            cp_packed *out)
 {
     out->bytes = NULL;
     out->has_seg = 0;
@@ -191,15 +231,15 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const char *prefi
             return 0;
         }
     }
-    int rc = write_segment(pickled, bufs, prefix, tag, seq, &out->seg);
+    int rc = write_segment(pickled, bufs, dest, &out->seg);
     Py_DECREF(pickled);
     Py_XDECREF(bufs);
     if (rc == 0) out->has_seg = 1;
     return rc;
 }
 
-int cp_pack_pickled(PyObject *pickled, size_t inline_max, const char *prefix,
-                    const char *tag, uint64_t seq, cp_packed *out)
+int cp_pack_pickled(PyObject *pickled, size_t inline_max, const cp_segdest *dest,
+                    cp_packed *out)
 {
     out->has_seg = 0;
     out->bytes = NULL;
@@ -207,12 +247,12 @@ int cp_pack_pickled(PyObject *pickled, size_t inline_max, const char *prefix,
         out->bytes = Py_NewRef(pickled);
         return 0;
     }
-    if (write_segment(pickled, NULL, prefix, tag, seq, &out->seg) < 0) return -1;
+    if (write_segment(pickled, NULL, dest, &out->seg) < 0) return -1;
     out->has_seg = 1;
     return 0;
 }
 
-PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h)
+PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy)
 {
     const char *p = (const char *)(h + 1);
     if (!(h->flags & CP_F_LARGE)) {
@@ -224,24 +264,36 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h)
     }
     cp_segref ref;
     memcpy(&ref, p, sizeof ref);
+    cp_recy *entry = (recy != NULL && ref.recy >= 0) ? &recy[ref.recy] : NULL;
     int fd = cp_seg_open_fd(ref.name);
     int saved = errno;
-    cp_seg_unlink(ref.name); /* consumed (or unreadable): nobody else wants it */
+    if (entry == NULL) cp_seg_unlink(ref.name); /* one-shot: consumed (or unreadable) */
     if (fd < 0) {
+        if (entry != NULL) atomic_store(&entry->state, CP_RECY_FREE);
         errno = saved;
         return cp_oserror(ref.name);
     }
-    void *addr = mmap(NULL, ref.size ? ref.size : 1, PROT_READ | PROT_WRITE,
+    /* Populated read-only, then made writable: MAP_POPULATE on a private
+     * writable mapping would fault every page for writing, i.e. copy it. */
+    void *addr = mmap(NULL, ref.size ? ref.size : 1, PROT_READ,
                       MAP_PRIVATE | MAP_POPULATE, fd, 0);
     saved = errno;
     close(fd);
+    if (addr != MAP_FAILED &&
+        mprotect(addr, ref.size ? ref.size : 1, PROT_READ | PROT_WRITE) != 0) {
+        saved = errno;
+        munmap(addr, ref.size ? ref.size : 1);
+        addr = MAP_FAILED;
+    }
     if (addr == MAP_FAILED) {
+        if (entry != NULL) atomic_store(&entry->state, CP_RECY_FREE);
         errno = saved;
         return cp_oserror("mmap");
     }
     MappingObject *m = (MappingObject *)st->mapping_type->tp_alloc(st->mapping_type, 0);
     if (m == NULL) {
         munmap(addr, ref.size ? ref.size : 1);
+        if (entry != NULL) atomic_store(&entry->state, CP_RECY_FREE);
         return NULL;
     }
     m->addr = addr;
@@ -282,6 +334,17 @@ done:
     Py_XDECREF(pview);
     Py_XDECREF(views);
     Py_XDECREF(whole);
+    if (entry != NULL) {
+        if (Py_REFCNT(m) == 1) {
+            atomic_store(&entry->state, CP_RECY_FREE); /* nothing maps it: reuse */
+        } else {
+            /* An object (a NumPy array) lives on this private mapping, which
+             * would see the producer's next writes: retire the segment. */
+            cp_seg_unlink(ref.name);
+            entry->size = 0;
+            atomic_store(&entry->state, CP_RECY_NONE);
+        }
+    }
     Py_DECREF(m); /* the mapping lives on while views into it do */
     return obj;
 }

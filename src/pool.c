@@ -51,6 +51,17 @@ static void task_free(cp_task *t)
     free(t);
 }
 
+/* A task that will not be sent (again) gives up its segment: a recycled one
+ * goes back to the recycler, unless a dead worker had taken the task (it may
+ * have handed the segment back already, and someone else taken it since). */
+static void task_drop_segment(CoreObject *c, cp_task *t)
+{
+    if (!t->has_seg) return;
+    if (t->seg.recy < 0) cp_seg_unlink(t->seg.name);
+    else if (!t->held) atomic_store(&c->ctl->task_recy[t->seg.recy].state, CP_RECY_FREE);
+    t->has_seg = 0;
+}
+
 /* A task carrying a packed payload: a copy of its inline bytes, or its
  * segment (written already, so resending the task reuses it).  Consumes
  * pk's reference.  NULL with MemoryError set. */
@@ -89,8 +100,10 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
                           cp_blob *func, PyObject *obj)
 {
     cp_packed pk;
-    if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), c->ctl->prefix,
-                "t", atomic_fetch_add(&c->seg_seq, 1), &pk) < 0)
+    cp_segdest dest = {.prefix = c->ctl->prefix, .tag = "t",
+                       .seq = atomic_fetch_add(&c->seg_seq, 1), .recy = c->ctl->task_recy,
+                       .nrecy = CP_RECY_TASKS, .recy_tag = "T."};
+    if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
         return NULL;
     return task_new(job, idx, kind, func, &pk);
 }
@@ -222,7 +235,7 @@ static void dispatch_locked(CoreObject *c)
 
 static void fail_all(CoreObject *c, int status, PyObject *value, int inflight);
 
-static void free_list(cp_task *t);
+static void free_list(CoreObject *c, cp_task *t);
 
 /* Queue tasks first..last and dispatch what fits; called with the GIL.
  * 0, or -1 with ValueError when the pool no longer takes tasks (the caller
@@ -243,7 +256,7 @@ static int enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
     pthread_mutex_unlock(&c->mu);
     Py_END_ALLOW_THREADS
     if (sealed) {
-        free_list(first);
+        free_list(c, first);
         PyErr_SetString(PyExc_ValueError, "Pool not running");
         return -1;
     }
@@ -291,7 +304,7 @@ static void fail_list(CoreObject *c, cp_task *t, int status, PyObject *value)
 {
     while (t != NULL) {
         cp_task *next = t->next;
-        if (t->has_seg) cp_seg_unlink(t->seg.name);
+        task_drop_segment(c, t);
         if (t->err) {
             errno = t->err;
             PyObject *e = PyErr_SetFromErrno(PyExc_OSError);
@@ -361,7 +374,7 @@ static void drain(CoreObject *c, int i)
                 Py_SETREF(value, exc);
             }
         } else {
-            value = cp_load_payload(c->st, h);
+            value = cp_load_payload(c->st, h, c->ctl->slots[i].res_recy);
             status = hh.kind == CP_K_OK ? 0 : 1;
             if (value == NULL) {
                 /* (why, whether it was an error report): Python names it. */
@@ -431,7 +444,8 @@ static void handle_death(CoreObject *c, int i)
     for (cp_task *t = w->head, *next; t != NULL; t = next) {
         next = t->next;
         t->next = NULL;
-        if (t->end_pos <= held_upto) {   /* held: failed below (segment unlinked) */
+        if (t->end_pos <= held_upto) {   /* held: failed below */
+            t->held = 1;
             *hp = t;
             hp = &t->next;
         } else {
@@ -499,6 +513,10 @@ static void handle_death(CoreObject *c, int i)
     snprintf(prefix, sizeof prefix, "%sr%d.%u.", c->ctl->prefix, i,
              (unsigned)atomic_load(&s->spawn_count));
     cp_seg_sweep(prefix); /* a result it was writing when it died */
+    for (int k = 0; k < CP_RECY_RESULTS; k++) { /* ...or a recycled one */
+        uint32_t busy = CP_RECY_BUSY;
+        atomic_compare_exchange_strong(&s->res_recy[k].state, &busy, CP_RECY_FREE);
+    }
 
     int phase = atomic_load(&c->phase);
     if (ws <= CP_WS_FORKFAIL_BASE && c->broken == NULL) {
@@ -861,11 +879,11 @@ static int Core_clear(CoreObject *c)
     return 0;
 }
 
-static void free_list(cp_task *t)
+static void free_list(CoreObject *c, cp_task *t)
 {
     while (t) {
         cp_task *next = t->next;
-        if (t->has_seg) cp_seg_unlink(t->seg.name);
+        task_drop_segment(c, t);
         task_free(t);
         t = next;
     }
@@ -878,9 +896,9 @@ static void Core_dealloc(CoreObject *c)
     Core_clear(c);
     if (c->owner == getpid()) {
         /* The collector held a reference, so it is done: nothing else runs. */
-        free_list(c->pend_head);
-        free_list(c->failed);
-        for (int i = 0; c->ws && i < c->n; i++) free_list(c->ws[i].head);
+        free_list(c, c->pend_head);
+        free_list(c, c->failed);
+        for (int i = 0; c->ws && i < c->n; i++) free_list(c, c->ws[i].head);
         cp_ctl_destroy(c->ctl);
         pthread_mutex_destroy(&c->mu);
     }
@@ -950,9 +968,9 @@ static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
 PyDoc_STRVAR(submit_chunks_doc,
 "submit_chunks(job, func_blob, items, chunksize, star, first_idx)\n--\n\n"
 "Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
-"queue them as tasks first_idx, first_idx+1, ... of `job`.  Nothing is queued\n"
-"if any chunk fails to pickle; the error is raised here.  Returns the\n"
-"number of chunks.");
+"queue them as tasks first_idx, first_idx+1, ... of `job`.  A chunk that\n"
+"fails to pickle raises here; large chunks packed before it were sent\n"
+"already, small ones are not.  Returns the number of chunks.");
 
 static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
 {
@@ -976,7 +994,7 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     cp_task *head = NULL, *tail = NULL;
-    size_t count = 0;
+    size_t count = 0, queued = 0;
     uint16_t kind = star ? CP_K_STARMAP : CP_K_MAP;
     for (Py_ssize_t lo = 0; lo < n; lo += chunksize) {
         Py_ssize_t hi = lo + chunksize < n ? lo + chunksize : n;
@@ -994,13 +1012,25 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
         else head = t;
         tail = t;
         count++;
+        if (t->has_seg) {
+            /* Large chunks are sent as they are packed: the workers start
+             * on them while the rest is packed, and hand their recycled
+             * segments back.  (Chunks already sent run even if a later one
+             * fails to pickle, as with multiprocessing.) */
+            if (enqueue(c, head, tail, (size_t)(count - queued)) < 0) goto error_sent;
+            queued = count;
+            head = tail = NULL;
+        }
     }
     Py_DECREF(seq);
-    if (head != NULL && enqueue(c, head, tail, count) < 0) return NULL;
+    if (head != NULL && enqueue(c, head, tail, (size_t)(count - queued)) < 0) return NULL;
     return PyLong_FromSize_t(count);
+error_sent:
+    Py_DECREF(seq);
+    return NULL;
 error:
     Py_DECREF(seq);
-    free_list(head);
+    free_list(c, head);
     return NULL;
 }
 

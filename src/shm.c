@@ -112,6 +112,7 @@ int cp_seg_put(const char *prefix, const char *tag, uint64_t seq,
     memcpy((char *)addr + hdr, p, n);
     munmap(addr, total);
     ref->size = total;
+    ref->recy = -1;
     return 0;
 }
 

@@ -23,7 +23,9 @@ typedef struct {
     cp_ctl *ctl;
     cp_slot *slot;
     cp_ring *tasks, *results;
-    char tag[32];          /* segment tag: "r<slot>.<incarnation>." */
+    char tag[32];          /* one-shot segment tag: "r<slot>.<incarnation>." */
+    char recy_tag[16];     /* recycled segment tag: "R<slot>." */
+    cp_segdest dest;
     uint64_t seg_seq;
     PyObject *func;        /* cached function of func_job */
     PyObject *func_error;  /* or why it could not be unpickled */
@@ -61,6 +63,13 @@ static void post_raw(worker *w, const cp_rechdr *h, const void *p, size_t n)
     cp_event_signal(&w->ctl->results);
 }
 
+/* Where the next large result goes. */
+static const cp_segdest *next_dest(worker *w)
+{
+    w->dest.seq = w->seg_seq++;
+    return &w->dest;
+}
+
 /* Post a packed payload: inline, or a reference to its segment. */
 static void post_packed(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
                         cp_packed *pk)
@@ -95,8 +104,7 @@ static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
     Py_XDECREF(exc);
     cp_packed pk;
     if (payload == NULL || !PyBytes_Check(payload) ||
-        cp_pack_pickled(payload, cp_ring_inline_max(w->results), w->ctl->prefix, w->tag,
-                        w->seg_seq++, &pk) < 0) {
+        cp_pack_pickled(payload, cp_ring_inline_max(w->results), next_dest(w), &pk) < 0) {
         /* An empty error record: the parent reports that the worker could
          * not describe its error. */
         PyErr_Clear();
@@ -150,7 +158,7 @@ static PyObject *run(worker *w, const cp_rechdr *h)
 {
     cpool_state *st = w->core->st;
     if (h->kind == CP_K_CALL) {
-        PyObject *t = cp_load_payload(st, h);
+        PyObject *t = cp_load_payload(st, h, w->ctl->task_recy);
         if (t == NULL) return NULL;
         PyObject *res = NULL;
         if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
@@ -176,7 +184,7 @@ static PyObject *run(worker *w, const cp_rechdr *h)
         PyErr_SetObject((PyObject *)Py_TYPE(w->func_error), w->func_error);
         return NULL;
     }
-    PyObject *items = cp_load_payload(st, h);
+    PyObject *items = cp_load_payload(st, h, w->ctl->task_recy);
     if (items == NULL) return NULL;
     PyObject *seq = PySequence_Fast(items, "chunk is not a sequence");
     Py_DECREF(items);
@@ -204,7 +212,7 @@ static void set_func(worker *w, const cp_rechdr *h)
     Py_CLEAR(w->func);
     Py_CLEAR(w->func_error);
     w->func_job = h->job;
-    w->func = cp_load_payload(w->core->st, h);
+    w->func = cp_load_payload(w->core->st, h, NULL);
     if (w->func == NULL) w->func_error = cp_fetch_exc();
 }
 
@@ -217,6 +225,9 @@ void cp_worker_main(CoreObject *core, int slot)
     w.tasks = cp_task_ring(core->ctl, slot);
     w.results = cp_result_ring(core->ctl, slot);
     snprintf(w.tag, sizeof w.tag, "r%d.%u.", slot, (unsigned)atomic_load(&w.slot->spawn_count));
+    snprintf(w.recy_tag, sizeof w.recy_tag, "R%d.", slot);
+    w.dest = (cp_segdest){.prefix = w.ctl->prefix, .tag = w.tag, .recy = w.slot->res_recy,
+                          .nrecy = CP_RECY_RESULTS, .recy_tag = w.recy_tag};
 
     /* Go with the template (which is single-threaded, so the death signal
      * is tied to the right thread); the parent owns Ctrl-C. */
@@ -260,8 +271,7 @@ void cp_worker_main(CoreObject *core, int slot)
             post_error(&w, CP_K_ERR, h->job, h->idx, NULL);
         } else {
             cp_packed pk;
-            if (cp_pack(core->st, res, cp_ring_inline_max(w.results), w.ctl->prefix, w.tag,
-                        w.seg_seq++, &pk) < 0)
+            if (cp_pack(core->st, res, cp_ring_inline_max(w.results), next_dest(&w), &pk) < 0)
                 post_error(&w, CP_K_ERR, h->job, h->idx, res);
             else
                 post_packed(&w, CP_K_OK, h->job, h->idx, &pk);
