@@ -35,6 +35,7 @@
 #define SHORT_TASK_NS 1000000   /* 1 ms */
 #define BATCH 64                /* results delivered per slot per GIL hold */
 #define WATCHDOG_NS 1000000000  /* template liveness check while busy */
+#define SEND_BATCH_BYTES (256u * 1024u) /* map chunks are sent this much at a time */
 
 static _Atomic unsigned long pool_counter;
 
@@ -968,9 +969,9 @@ static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
 PyDoc_STRVAR(submit_chunks_doc,
 "submit_chunks(job, func_blob, items, chunksize, star, first_idx)\n--\n\n"
 "Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
-"queue them as tasks first_idx, first_idx+1, ... of `job`.  A chunk that\n"
-"fails to pickle raises here; large chunks packed before it were sent\n"
-"already, small ones are not.  Returns the number of chunks.");
+"queue them as tasks first_idx, first_idx+1, ... of `job`, sending them\n"
+"256 KiB of pickles at a time.  A chunk that fails to pickle raises here;\n"
+"batches sent before it run anyway.  Returns the number of chunks.");
 
 static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
 {
@@ -994,7 +995,7 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     cp_task *head = NULL, *tail = NULL;
-    size_t count = 0, queued = 0;
+    size_t count = 0, queued = 0, batch = 0;
     uint16_t kind = star ? CP_K_STARMAP : CP_K_MAP;
     for (Py_ssize_t lo = 0; lo < n; lo += chunksize) {
         Py_ssize_t hi = lo + chunksize < n ? lo + chunksize : n;
@@ -1012,14 +1013,16 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
         else head = t;
         tail = t;
         count++;
-        if (t->has_seg) {
-            /* Large chunks are sent as they are packed: the workers start
-             * on them while the rest is packed, and hand their recycled
-             * segments back.  (Chunks already sent run even if a later one
-             * fails to pickle, as with multiprocessing.) */
+        batch += t->has_seg ? t->seg.size : t->len;
+        if (batch >= SEND_BATCH_BYTES) {
+            /* Chunks are sent as they are packed, a batch at a time: the
+             * workers start on them while the rest is packed (and hand
+             * recycled segments back).  Chunks already sent run even if a
+             * later one fails to pickle, as with multiprocessing. */
             if (enqueue(c, head, tail, (size_t)(count - queued)) < 0) goto error_sent;
             queued = count;
             head = tail = NULL;
+            batch = 0;
         }
     }
     Py_DECREF(seq);
