@@ -274,6 +274,7 @@ typedef struct {
     PyTypeObject *arena_type;
     PyTypeObject *sync_type;
     PyObject *str_value;   /* interned "value" */
+    PyObject *str_set;     /* interned "_set" */
     PyTypeObject *mapping_type;
     PyObject *pack_oob;    /* cpool.pool._pack_oob, looked up when first needed */
     PyObject *dumps;   /* pickle.dumps */

@@ -47,7 +47,8 @@ static int module_exec(PyObject *m)
     st->protocol = PyLong_FromLong(5);
     if (st->protocol == NULL) return -1;
     st->str_value = PyUnicode_InternFromString("value");
-    if (st->str_value == NULL) return -1;
+    st->str_set = PyUnicode_InternFromString("_set");
+    if (st->str_value == NULL || st->str_set == NULL) return -1;
     if (PyModule_AddStringConstant(m, "VERSION", CPOOL_VERSION) < 0) return -1;
     if (PyModule_AddIntConstant(m, "ST_OK", 0) < 0 ||
         PyModule_AddIntConstant(m, "ST_ERR", 1) < 0 ||
@@ -90,6 +91,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->loads);
     Py_CLEAR(st->protocol);
     Py_CLEAR(st->str_value);
+    Py_CLEAR(st->str_set);
     return 0;
 }
 

@@ -243,10 +243,12 @@ static void free_list(CoreObject *c, cp_task *t);
  * lost a race with close() or terminate()); the tasks are freed then. */
 static int enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
 {
-    int sealed;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&c->mu);
-    sealed = c->sealed;
+    /* Keep the GIL unless the lock is contended: dispatch is short (inline
+     * records only; large ones were written to segments already), and
+     * releasing the GIL on every submit let the collector take it for a
+     * whole batch each time: a GIL hand-off per apply_async. */
+    lock_with_gil(c);
+    int sealed = c->sealed;
     if (!sealed) {
         if (c->pend_tail) c->pend_tail->next = first;
         else c->pend_head = first;
@@ -255,7 +257,6 @@ static int enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
         dispatch_locked(c);
     }
     pthread_mutex_unlock(&c->mu);
-    Py_END_ALLOW_THREADS
     if (sealed) {
         free_list(c, first);
         PyErr_SetString(PyExc_ValueError, "Pool not running");
@@ -290,10 +291,18 @@ static void deliver(CoreObject *c, uint64_t job, uint32_t idx, int status,
         return; /* the job was abandoned */
     }
     Py_INCREF(obj);
-    PyObject *r = PyObject_CallMethod(obj, "_set", "IiO", idx, status,
-                                      value ? value : Py_None);
+    PyObject *pidx = PyLong_FromUnsignedLong(idx);
+    PyObject *pst = PyLong_FromLong(status); /* small ints: cached */
+    PyObject *r = NULL;
+    if (pidx != NULL && pst != NULL) {
+        PyObject *argv[4] = {obj, pidx, pst, value ? value : Py_None};
+        r = PyObject_VectorcallMethod(c->st->str_set, argv,
+                                      4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
     if (r == NULL) PyErr_WriteUnraisable(obj);
     Py_XDECREF(r);
+    Py_XDECREF(pidx);
+    Py_XDECREF(pst);
     Py_DECREF(obj);
     return;
 error:
