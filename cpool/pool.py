@@ -312,30 +312,65 @@ class IMapIterator:
     # -- feeding (the consumer's thread, or join()) --
 
     def _feed(self, everything=False):
+        """Read input ahead of the consumer, up to the window.  The window is
+        refilled once it is half empty, a batch of chunks in one submission:
+        one lock, one dispatch and one wake-up per batch, not per chunk."""
         with self._feed_lock:
-            while self._length is None and (
-                    everything or self._submitted - self._consumed < self._window):
-                idx = self._submitted
-                try:
-                    chunk = list(itertools.islice(self._input, self._chunksize))
-                except BaseException as e:
+            if self._length is not None:
+                return
+            if not everything and self._submitted - self._consumed > self._window // 2:
+                return
+            while self._length is None:
+                room = self._window - (self._submitted - self._consumed)
+                if not everything and room <= 0:
+                    return
+                chunks, stop = [], None
+                while len(chunks) < (64 if everything else room):
+                    try:
+                        chunk = list(itertools.islice(self._input, self._chunksize))
+                    except BaseException as e:
+                        stop = e
+                        break
+                    if not chunk:
+                        stop = StopIteration
+                        break
+                    chunks.append(chunk)
+                if chunks and not self._submit(chunks):
+                    return
+                if stop is StopIteration:
+                    self._end_input(self._submitted)
+                elif stop is not None:
+                    idx = self._submitted
                     self._end_input(idx + 1)
-                    self._set(idx, ST_LOCAL, e)
+                    self._set(idx, ST_LOCAL, stop)
+                if stop is not None or not everything:
                     return
-                if not chunk:
-                    self._end_input(idx)
-                    return
-                self._submitted += 1
-                pool = self._pool()
-                if pool is None or pool._state == TERMINATE:
-                    self._set(idx, ST_TERMINATED, None)
-                    self._end_input(idx + 1)
-                    return
+
+    def _submit(self, chunks):
+        """Queue chunks as tasks submitted, submitted+1, ...; False if the
+        pool is terminating (the input then ends with that error)."""
+        first = self._submitted
+        pool = self._pool()
+        if pool is None or pool._state == TERMINATE:
+            self._submitted += 1
+            self._set(first, ST_TERMINATED, None)
+            self._end_input(first + 1)
+            return False
+        self._submitted += len(chunks)
+        flat = chunks[0] if len(chunks) == 1 else [x for c in chunks for x in c]
+        try:   # all or nothing: only the last chunk can be short
+            self._core.submit_chunks(self._job, self._blob, flat, self._chunksize,
+                                     self._star, first, False)
+        except Exception:
+            # One of them cannot be pickled: that chunk fails, the others
+            # run (as multiprocessing does); find it by sending them singly.
+            for i, chunk in enumerate(chunks):
                 try:
-                    self._core.submit_chunks(self._job, self._blob, chunk,
-                                             len(chunk), self._star, idx)
-                except Exception as e:  # pickling: this chunk fails, as in mp
-                    self._set(idx, ST_LOCAL, e)
+                    self._core.submit_chunks(self._job, self._blob, chunk, len(chunk),
+                                             self._star, first + i, False)
+                except Exception as e:
+                    self._set(first + i, ST_LOCAL, e)
+        return True
 
     def _end_input(self, length):
         with self._cond:
@@ -616,7 +651,7 @@ class Pool:
             try:
                 blob = self._core.func_blob(func)
                 self._core.submit_chunks(result._job, blob, iterable, chunksize,
-                                         star, 0)
+                                         star, 0, True)
             except BaseException:
                 result._abandon()
                 raise

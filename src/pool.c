@@ -976,20 +976,21 @@ static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
 }
 
 PyDoc_STRVAR(submit_chunks_doc,
-"submit_chunks(job, func_blob, items, chunksize, star, first_idx)\n--\n\n"
+"submit_chunks(job, func_blob, items, chunksize, star, first_idx, progressive)\n--\n\n"
 "Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
-"queue them as tasks first_idx, first_idx+1, ... of `job`, sending them\n"
-"256 KiB of pickles at a time.  A chunk that fails to pickle raises here;\n"
-"batches sent before it run anyway.  Returns the number of chunks.");
+"queue them as tasks first_idx, first_idx+1, ... of `job`.  A chunk that\n"
+"fails to pickle raises here.  progressive: send them 256 KiB of pickles at\n"
+"a time (batches sent before a failure run anyway); else all or nothing.\n"
+"Returns the number of chunks.");
 
 static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
 {
     PyObject *jobo, *cap, *items;
     Py_ssize_t chunksize;
-    int star;
+    int star, progressive;
     unsigned int first;
-    if (!PyArg_ParseTuple(args, "OOOnpI", &jobo, &cap, &items, &chunksize, &star,
-                          &first))
+    if (!PyArg_ParseTuple(args, "OOOnpIp", &jobo, &cap, &items, &chunksize, &star,
+                          &first, &progressive))
         return NULL;
     if (check_owner(c) < 0) return NULL;
     uint64_t job = job_arg(jobo);
@@ -1023,7 +1024,7 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
         tail = t;
         count++;
         batch += t->has_seg ? t->seg.size : t->len;
-        if (batch >= SEND_BATCH_BYTES) {
+        if (progressive && batch >= SEND_BATCH_BYTES) {
             /* Chunks are sent as they are packed, a batch at a time: the
              * workers start on them while the rest is packed (and hand
              * recycled segments back).  Chunks already sent run even if a
