@@ -202,13 +202,10 @@ class ApplyResult:
         if self._ready:
             return
         if timeout is None:
-            got = self._done.acquire()
-        elif timeout > 0:
-            got = self._done.acquire(True, timeout)
-        else:
-            return
-        if got:
-            self._done.release()    # let every other waiter through too
+            with self._done:        # released for every other waiter too,
+                pass                # even if Ctrl-C lands here
+        elif timeout > 0 and self._done.acquire(True, timeout):
+            self._done.release()
 
     def _signal(self):
         self._ready = True
@@ -356,21 +353,40 @@ class IMapIterator:
             self._set(first, ST_TERMINATED, None)
             self._end_input(first + 1)
             return False
-        self._submitted += len(chunks)
         flat = chunks[0] if len(chunks) == 1 else [x for c in chunks for x in c]
         try:   # all or nothing: only the last chunk can be short
             self._core.submit_chunks(self._job, self._blob, flat, self._chunksize,
                                      self._star, first, False)
+            self._submitted += len(chunks)
+            return True
         except Exception:
-            # One of them cannot be pickled: that chunk fails, the others
-            # run (as multiprocessing does); find it by sending them singly.
-            for i, chunk in enumerate(chunks):
-                try:
-                    self._core.submit_chunks(self._job, self._blob, chunk, len(chunk),
-                                             self._star, first + i, False)
-                except Exception as e:
-                    self._set(first + i, ST_LOCAL, e)
+            pass
+        except BaseException as e:
+            self._interrupted(first, e)
+            raise
+        # One of them cannot be pickled: that chunk fails, the others run (as
+        # multiprocessing does); find it by sending them singly.
+        for i, chunk in enumerate(chunks):
+            try:
+                self._core.submit_chunks(self._job, self._blob, chunk, len(chunk),
+                                         self._star, first + i, False)
+            except Exception as e:
+                self._set(first + i, ST_LOCAL, e)
+            except BaseException as e:
+                self._interrupted(first + i, e)
+                raise
+            self._submitted += 1
         return True
+
+    def _interrupted(self, idx, exc):
+        """Ctrl-C (or another BaseException) while chunk idx was submitted:
+        the input read for it is lost, so the iteration ends there, with that
+        error, instead of waiting forever for chunks never queued."""
+        self._submitted = idx + 1
+        self._end_input(idx + 1)
+        err = RuntimeError(f"reading the input of imap was interrupted at chunk {idx}")
+        err.__cause__ = exc
+        self._set(idx, ST_LOCAL, err)
 
     def _end_input(self, length):
         with self._cond:

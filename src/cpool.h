@@ -207,7 +207,8 @@ typedef struct {
     uint32_t pad0;
     uint64_t task_off, result_off; /* ring offsets from the segment start */
     cp_recy res_recy[CP_RECY_RESULTS]; /* this worker's result segments */
-    char pad[8];
+    _Atomic int32_t loading_recy;      /* task recycler entry being loaded, or -1 */
+    char pad[4];
 } cp_slot;
 
 #define CP_MAGIC 0x63706f6f6cu
@@ -324,7 +325,8 @@ CP_HIDDEN int cp_pack_pickled(PyObject *pickled, size_t inline_max,
 /* Unpickle a record's payload: inline, or from its segment, which is then
  * handed back to `recy` (the producer's recycler) or unlinked.  New
  * reference, or NULL. */
-CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy);
+CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
+                                    _Atomic int32_t *loading);
 
 /* The parent's private bookkeeping of a task: its pickled payload stays here
  * until the result arrives, so a task a dead worker never took can be sent

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <stdio.h>
 
@@ -94,8 +95,12 @@ static int has_big_buffer(PyObject *o, int depth)
     } else if (PyDict_CheckExact(o)) {
         Py_ssize_t pos = 0;
         PyObject *k, *v;
-        while (PyDict_Next(o, &pos, &k, &v))
-            if (has_big_buffer(v, depth - 1)) return 1;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            Py_INCREF(v); /* getting a buffer may run Python code */
+            int big = has_big_buffer(v, depth - 1);
+            Py_DECREF(v);
+            if (big) return 1;
+        }
     }
     return 0;
 }
@@ -115,7 +120,12 @@ static int recycled(const cp_segdest *d, size_t total, cp_segref *ref, void **ad
         snprintf(ref->name, sizeof ref->name, "%s%s%d", d->prefix, d->recy_tag, k);
         int fd = shm_open(ref->name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         int ok = fd >= 0;
-        if (ok && (st == CP_RECY_NONE || e->size < total)) {
+        /* The file's real size, not the entry's memory of it: a sweep (pool
+         * end, a cleaner of /dev/shm) may have removed it, and writing past
+         * the end of a mapping is a SIGBUS. */
+        struct stat fst;
+        if (ok && fstat(fd, &fst) != 0) ok = 0;
+        if (ok && (uint64_t)fst.st_size < total) {
             int err;
             do {
                 err = posix_fallocate(fd, 0, (off_t)total);
@@ -155,7 +165,7 @@ static int write_segment(PyObject *pickled, PyObject *bufs, const cp_segdest *d,
     if (PyObject_GetBuffer(pickled, &views[0], PyBUF_SIMPLE) != 0) goto done;
     got = 1;
     for (Py_ssize_t i = 0; i < nb; i++, got++)
-        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, i), &views[i + 1], PyBUF_SIMPLE) != 0)
+        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, i), &views[i + 1], PyBUF_ANY_CONTIGUOUS) != 0)
             goto done;
     uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr) + (size_t)nb * sizeof(uint64_t));
     uint64_t total = hdr;
@@ -252,7 +262,14 @@ int cp_pack_pickled(PyObject *pickled, size_t inline_max, const cp_segdest *dest
     return 0;
 }
 
-PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy)
+static void release_entry(cp_recy *entry, _Atomic int32_t *loading)
+{
+    if (loading != NULL) atomic_store(loading, -1);
+    atomic_store(&entry->state, CP_RECY_FREE);
+}
+
+PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
+                          _Atomic int32_t *loading)
 {
     const char *p = (const char *)(h + 1);
     if (!(h->flags & CP_F_LARGE)) {
@@ -265,11 +282,15 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy)
     cp_segref ref;
     memcpy(&ref, p, sizeof ref);
     cp_recy *entry = (recy != NULL && ref.recy >= 0) ? &recy[ref.recy] : NULL;
+    /* Say which entry we hold: if we die before handing it back, the parent
+     * does.  Cleared before every hand-back, so it never names an entry
+     * someone else may have taken since. */
+    if (entry != NULL && loading != NULL) atomic_store(loading, ref.recy);
     int fd = cp_seg_open_fd(ref.name);
     int saved = errno;
     if (entry == NULL) cp_seg_unlink(ref.name); /* one-shot: consumed (or unreadable) */
     if (fd < 0) {
-        if (entry != NULL) atomic_store(&entry->state, CP_RECY_FREE);
+        if (entry != NULL) release_entry(entry, loading);
         errno = saved;
         return cp_oserror(ref.name);
     }
@@ -286,14 +307,14 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy)
         addr = MAP_FAILED;
     }
     if (addr == MAP_FAILED) {
-        if (entry != NULL) atomic_store(&entry->state, CP_RECY_FREE);
+        if (entry != NULL) release_entry(entry, loading);
         errno = saved;
         return cp_oserror("mmap");
     }
     MappingObject *m = (MappingObject *)st->mapping_type->tp_alloc(st->mapping_type, 0);
     if (m == NULL) {
         munmap(addr, ref.size ? ref.size : 1);
-        if (entry != NULL) atomic_store(&entry->state, CP_RECY_FREE);
+        if (entry != NULL) release_entry(entry, loading);
         return NULL;
     }
     m->addr = addr;
@@ -336,8 +357,9 @@ done:
     Py_XDECREF(whole);
     if (entry != NULL) {
         if (Py_REFCNT(m) == 1) {
-            atomic_store(&entry->state, CP_RECY_FREE); /* nothing maps it: reuse */
+            release_entry(entry, loading); /* nothing maps it: reuse */
         } else {
+            if (loading != NULL) atomic_store(loading, -1);
             /* An object (a NumPy array) lives on this private mapping, which
              * would see the producer's next writes: retire the segment. */
             cp_seg_unlink(ref.name);

@@ -66,13 +66,16 @@ static void task_drop_segment(CoreObject *c, cp_task *t)
 /* A task carrying a packed payload: a copy of its inline bytes, or its
  * segment (written already, so resending the task reuses it).  Consumes
  * pk's reference.  NULL with MemoryError set. */
-static cp_task *task_new(uint64_t job, uint32_t idx, uint16_t kind, cp_blob *func,
-                         cp_packed *pk)
+static cp_task *task_new(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
+                         cp_blob *func, cp_packed *pk)
 {
     size_t n = pk->has_seg ? 0 : (size_t)PyBytes_GET_SIZE(pk->bytes);
     cp_task *t = malloc(sizeof *t + n);
     if (t == NULL) {
-        if (pk->has_seg) cp_seg_unlink(pk->seg.name);
+        if (pk->has_seg && pk->seg.recy >= 0)
+            atomic_store(&c->ctl->task_recy[pk->seg.recy].state, CP_RECY_FREE);
+        else if (pk->has_seg)
+            cp_seg_unlink(pk->seg.name);
         Py_CLEAR(pk->bytes);
         PyErr_NoMemory();
         return NULL;
@@ -100,22 +103,30 @@ static cp_task *task_new(uint64_t job, uint32_t idx, uint16_t kind, cp_blob *fun
 static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
                           cp_blob *func, PyObject *obj)
 {
+    if (c->sealed) { /* racy read, an early refusal only: enqueue decides */
+        PyErr_SetString(PyExc_ValueError, "Pool not running");
+        return NULL;
+    }
     cp_packed pk;
     cp_segdest dest = {.prefix = c->ctl->prefix, .tag = "t",
                        .seq = atomic_fetch_add(&c->seg_seq, 1), .recy = c->ctl->task_recy,
                        .nrecy = CP_RECY_TASKS, .recy_tag = "T."};
     if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
         return NULL;
-    return task_new(job, idx, kind, func, &pk);
+    return task_new(c, job, idx, kind, func, &pk);
 }
 
-/* Take `mu` while holding the GIL: drop the GIL only if we must wait. */
+/* Take `mu` while holding the GIL: drop the GIL only to wait, and never
+ * hold `mu` while waiting to get the GIL back (a thread ended there, at
+ * interpreter exit, would leave `mu` locked for good). */
 static void lock_with_gil(CoreObject *c)
 {
-    if (pthread_mutex_trylock(&c->mu) == 0) return;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&c->mu);
-    Py_END_ALLOW_THREADS
+    while (pthread_mutex_trylock(&c->mu) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&c->mu); /* wait until it is free */
+        pthread_mutex_unlock(&c->mu);
+        Py_END_ALLOW_THREADS
+    }
 }
 
 static void kick(CoreObject *c)
@@ -384,7 +395,7 @@ static void drain(CoreObject *c, int i)
                 Py_SETREF(value, exc);
             }
         } else {
-            value = cp_load_payload(c->st, h, c->ctl->slots[i].res_recy);
+            value = cp_load_payload(c->st, h, c->ctl->slots[i].res_recy, NULL);
             status = hh.kind == CP_K_OK ? 0 : 1;
             if (value == NULL) {
                 /* (why, whether it was an error report): Python names it. */
@@ -455,7 +466,7 @@ static void handle_death(CoreObject *c, int i)
         next = t->next;
         t->next = NULL;
         if (t->end_pos <= held_upto) {   /* held: failed below */
-            t->held = 1;
+            t->held = t->end_pos <= head; /* its record (and segment) taken */
             *hp = t;
             hp = &t->next;
         } else {
@@ -523,6 +534,11 @@ static void handle_death(CoreObject *c, int i)
     snprintf(prefix, sizeof prefix, "%sr%d.%u.", c->ctl->prefix, i,
              (unsigned)atomic_load(&s->spawn_count));
     cp_seg_sweep(prefix); /* a result it was writing when it died */
+    int32_t loading = atomic_exchange(&s->loading_recy, -1);
+    if (loading >= 0) { /* it died loading a task's recycled segment */
+        uint32_t busy = CP_RECY_BUSY;
+        atomic_compare_exchange_strong(&c->ctl->task_recy[loading].state, &busy, CP_RECY_FREE);
+    }
     for (int k = 0; k < CP_RECY_RESULTS; k++) { /* ...or a recycled one */
         uint32_t busy = CP_RECY_BUSY;
         atomic_compare_exchange_strong(&s->res_recy[k].state, &busy, CP_RECY_FREE);

@@ -130,6 +130,7 @@ cp_ctl *cp_ctl_create(uint32_t n, uint64_t ring_cap)
     c->size = size;
     uint64_t off = head;
     for (uint32_t i = 0; i < n; i++) {
+        atomic_store(&c->slots[i].loading_recy, -1);
         c->slots[i].task_off = off;
         cp_ring_init(cp_task_ring(c, (int)i), ring_cap);
         off += ALIGN64(ring_bytes);

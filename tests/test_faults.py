@@ -449,3 +449,95 @@ def test_a_hundred_pools_leak_nothing():
     fd_growth, kids, pid = out.split()
     assert (fd_growth, kids) == ("0", "0")
     assert segments(pid + ".") == []     # this process's pools left no segment
+
+
+# -- regressions found in the second review ------------------------------------
+
+def test_terminate_racing_a_large_submit_does_not_crash_the_parent():
+    # A recycled task segment swept by terminate() was reused at its old
+    # size: the write past the end of the new empty file was a SIGBUS.
+    out = run("""
+        import threading, time, cpool
+        done = threading.Event()
+        class SlowToPickle:
+            def __reduce__(self):
+                done.wait()
+                return (int, (0,))
+        def f(*a):
+            return 0
+        pool = cpool.Pool(2)
+        big = b"x" * (1 << 20)
+        pool.apply(f, (big,))          # a recycled task segment, now free
+        def submitter():
+            try:
+                pool.apply_async(f, (big[:len(big) // 2], SlowToPickle()))
+            except ValueError as e:
+                print("refused:", e)
+        t = threading.Thread(target=submitter)
+        t.start()
+        time.sleep(0.2)                # it passed the running check, it is pickling
+        pool.terminate(); pool.join()
+        done.set(); t.join()
+        print("survived")
+    """)
+    assert out.split("\n")[-2:] == ["survived", ""] and "refused: Pool not running" in out
+
+
+def test_workers_dying_while_loading_do_not_leak_recycled_segments():
+    out = run("""
+        import os, time, cpool
+        class Killer:
+            def __reduce__(self):
+                return (os._exit, (3,))
+        def f(*a):
+            return 0
+        def nap(s):
+            time.sleep(s)
+        def names():
+            return sorted(n.split(".", 3)[-1] for n in os.listdir("/dev/shm")
+                          if n.startswith(f"cpool.{os.getpid()}."))
+        big = b"x" * (1 << 20)
+        with cpool.Pool(1) as pool:
+            def queued_names():   # names of large tasks queued behind a busy worker
+                r = pool.apply_async(nap, (0.5,)); time.sleep(0.1)
+                rs = [pool.apply_async(f, (big,)) for _ in range(3)]
+                found = names(); r.get(); [x.get() for x in rs]
+                return found
+            before = queued_names()
+            for _ in range(8):   # each worker dies while it loads a recycled segment
+                try:
+                    pool.apply(f, (big, Killer()))
+                except cpool.WorkerLostError:
+                    pass
+            after = queued_names()
+        print(before == after, all(n.startswith("T.") for n in after))
+    """, timeout=120)
+    assert out.split() == ["True", "True"]
+
+
+def test_ctrl_c_while_imap_pickles_a_batch_does_not_hang_join():
+    out = run("""
+        import threading, cpool
+        class Interrupts:
+            def __reduce__(self):
+                raise KeyboardInterrupt      # as if Ctrl-C landed mid-pickle
+        def f(x):
+            return x
+        pool = cpool.Pool(2)
+        it = pool.imap(f, [*range(12), Interrupts(), *range(20)])
+        try:
+            list(it)
+        except KeyboardInterrupt:
+            print("interrupted")
+        rest = []
+        try:
+            for x in it:
+                rest.append(x)
+        except RuntimeError as e:
+            print("then", type(e.__cause__).__name__)
+        pool.close()
+        t = threading.Thread(target=pool.join, daemon=True); t.start(); t.join(20)
+        print("joined" if not t.is_alive() else "HUNG")
+    """)
+    lines = out.split("\n")
+    assert lines[0] == "interrupted" and "joined" in lines and "HUNG" not in out
