@@ -393,6 +393,7 @@ typedef struct CoreObject {
     unsigned char *touched, *full; /* dispatch scratch, one per slot */
     cp_event done_ev;
     pthread_t thread;
+    PyThreadState *cts;         /* the collector's, while it runs without the GIL */
     int stopping;               /* collector: STOP records sent */
     int sealed;                 /* (mu) no more tasks: the pool is ending */
     uint64_t func_death_job;    /* (mu) last job whose function killed a worker */
@@ -438,7 +439,7 @@ CP_HIDDEN int cp_value_add_types(PyObject *module, cpool_state *st);
 CP_HIDDEN char *cp_arena_at(PyObject *arena, Py_ssize_t offset, size_t n);
 
 /* worker.c: the worker's life after the template forks it.  Never returns. */
-CP_HIDDEN void cp_worker_main(CoreObject *core, int slot)
+CP_HIDDEN void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
     __attribute__((noreturn));
 #endif
 

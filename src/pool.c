@@ -630,20 +630,20 @@ static int collect_round(CoreObject *c)
         atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
         tell_template(c);
         wait_template(c);
-        PyGILState_STATE g = PyGILState_Ensure();
+        PyEval_RestoreThread(c->cts);
         for (int i = 0; i < c->n; i++) {
             cp_ring *r = cp_result_ring(c->ctl, i);
             while (cp_ring_has_data(r)) drain(c, i); /* never lose a result */
         }
         fail_all(c, 4, NULL, 1);
-        PyGILState_Release(g);
+        c->cts = PyEval_SaveThread();
         cp_seg_sweep(c->ctl->prefix); /* after the drain: results live there */
         return -1;
     }
     if (!any_news(c)) return 0;
     atomic_store(&c->kicked, 0);
     int finished = 0;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyEval_RestoreThread(c->cts);
     for (int i = 0; i < c->n; i++) {
         int dead = atomic_load(&c->ctl->slots[i].state) == CP_S_DEAD;
         drain(c, i);
@@ -670,7 +670,7 @@ static int collect_round(CoreObject *c)
                 if (atomic_load(&c->ctl->slots[i].state) != CP_S_FREE) finished = 0;
         }
     }
-    PyGILState_Release(g);
+    c->cts = PyEval_SaveThread();
     if (finished) {
         atomic_store(&c->ctl->tmpl_cmd, CP_CMD_EXIT);
         tell_template(c);
@@ -687,6 +687,14 @@ static int collect_round(CoreObject *c)
 static void *collector_main(void *arg)
 {
     CoreObject *c = arg;
+    /* One thread state for the collector's whole life, the GIL taken and
+     * dropped around it.  PyGILState_Ensure/Release per round would create
+     * and delete a thread state each time, under the runtime's head lock,
+     * and a fork at that moment (another pool starting) leaves the child
+     * waiting on that lock for ever (CPython 3.10 reinitialises it too
+     * late in PyOS_AfterFork_Child). */
+    PyGILState_STATE g = PyGILState_Ensure();
+    c->cts = PyEval_SaveThread();
     for (;;) {
         int r = collect_round(c);
         if (r < 0) break;
@@ -715,7 +723,7 @@ static void *collector_main(void *arg)
     }
     atomic_store(&c->done, 1);
     cp_event_signal(&c->done_ev);
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyEval_RestoreThread(c->cts);
     Py_DECREF(c);
     PyGILState_Release(g);
     return NULL;
@@ -727,11 +735,12 @@ static void *collector_main(void *arg)
 static pid_t spawn_worker(void *arg, int slot)
 {
     CoreObject *c = arg;
+    pid_t tmpl = getpid();
     PyOS_BeforeFork();
     pid_t pid = fork();
     if (pid == 0) {
         PyOS_AfterFork_Child();
-        cp_worker_main(c, slot);
+        cp_worker_main(c, slot, tmpl);
     }
     int saved = errno;
     PyOS_AfterFork_Parent();

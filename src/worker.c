@@ -216,7 +216,7 @@ static void set_func(worker *w, const cp_rechdr *h)
     if (w->func == NULL) w->func_error = cp_fetch_exc();
 }
 
-void cp_worker_main(CoreObject *core, int slot)
+void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
 {
     worker w = {0};
     w.core = core;
@@ -229,12 +229,13 @@ void cp_worker_main(CoreObject *core, int slot)
     w.dest = (cp_segdest){.prefix = w.ctl->prefix, .tag = w.tag, .recy = w.slot->res_recy,
                           .nrecy = CP_RECY_RESULTS, .recy_tag = w.recy_tag};
 
-    /* Go with the template (which is single-threaded, so the death signal
-     * is tied to the right thread); the parent owns Ctrl-C. */
     /* The template stores our pid too, after fork returns there; we may be
      * READY before that, and Pool() must not see a READY slot without one. */
     atomic_store(&w.slot->pid, getpid());
-    pid_t tmpl = getppid();
+    /* Go with the template (which is single-threaded, so the death signal
+     * is tied to the right thread); the parent owns Ctrl-C.  The template's
+     * pid comes from the template: getppid() here could already name init,
+     * if the template died before we asked. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != tmpl) _exit(1);
     signal(SIGINT, SIG_IGN);
