@@ -86,36 +86,6 @@ def test_pool_made_in_a_short_lived_thread_keeps_its_workers():
     assert out.split() == ["True", "[1,", "2,", "3]"]
 
 
-def test_ctrl_c_during_map_raises_keyboardinterrupt_promptly():
-    p = start("""
-        import time, cpool
-        def slow(x):
-            time.sleep(30)
-        pool = cpool.Pool(2)
-        print("ready", flush=True)
-        try:
-            pool.map(slow, range(4))
-        except KeyboardInterrupt:
-            t = time.monotonic()
-            pool.terminate(); pool.join()
-            print("interrupted", round(time.monotonic() - t, 3), flush=True)
-    """)
-    assert p.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    p.send_signal(signal.SIGINT)
-    try:
-        out, err = p.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        pytest.fail("Ctrl-C did not interrupt map()")
-    elapsed = time.monotonic() - t0
-    assert out.startswith("interrupted"), (out, err)
-    assert elapsed < 5, elapsed
-    # Workers ignore SIGINT: no traceback from them.
-    assert "Traceback" not in err, err
-
-
 def test_no_process_fd_or_segment_left_after_many_pools():
     out = run("""
         import gc, os, cpool
