@@ -4,9 +4,11 @@
 # own venv made from that interpreter: build and install cpool from a copy of
 # the tree with the README's command, `pip install -e '.[test]'`, warnings as
 # errors, then run CPython's Pool test classes (tests/test_cpython_pool.py,
-# tests/test_cpython_shared.py) against it.  Every version runs; the summary
-# at the end shows each one's result, and any failure (or no version found)
-# fails the gate.
+# tests/test_cpython_shared.py) against it, and the checks that differ most
+# between interpreter versions: reference leaks (tests/test_refleaks.py) and
+# the stub against the extension (tests/test_stubs.py).  Every version runs;
+# the summary at the end shows each one's result, and any failure (or no
+# version found) fails the gate.
 #
 # Why a copy and an editable install: the tests import `cpool` from the tree
 # they sit in (pytest's rootdir, and conftest's PYTHONPATH for snippets), so
@@ -16,7 +18,7 @@
 # them, and their build/ directories, out of the main tree.
 #
 # Environment: CPOOL_PYTHONS="3.9 3.12" to choose versions (major.minor);
-# CPOOL_GATE_TESTS to run other test files instead of the Pool classes.
+# CPOOL_GATE_TESTS="tests" to run other test files (here: the whole suite).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/ci_tree_copy.sh
@@ -24,10 +26,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 VERSIONS_DIR=${PYENV_ROOT:-$HOME/.pyenv}/versions
 MAIN=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-TESTS=${CPOOL_GATE_TESTS:-tests/test_cpython_pool.py tests/test_cpython_shared.py}
+TESTS=${CPOOL_GATE_TESTS:-tests/test_cpython_pool.py tests/test_cpython_shared.py tests/test_refleaks.py tests/test_stubs.py}
 
 pythons=()
-for dir in "$VERSIONS_DIR"/3.*; do
+for dir in $(ls -d "$VERSIONS_DIR"/3.* 2>/dev/null | sort -V); do
     [ -x "$dir/bin/python3" ] || continue
     mm=$("$dir/bin/python3" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
     case "$mm" in 3.9|3.10|3.11|3.12|3.13) ;; *) continue ;; esac
