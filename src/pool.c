@@ -21,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -35,6 +37,9 @@
 #define SHORT_TASK_NS 1000000   /* 1 ms */
 #define BATCH 64                /* results delivered per slot per GIL hold */
 #define WATCHDOG_NS 1000000000  /* template liveness check while busy */
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
 #define SEND_BATCH_BYTES (256u * 1024u) /* map chunks are sent this much at a time */
 
 static _Atomic unsigned long pool_counter;
@@ -602,10 +607,29 @@ static int outstanding_locked(CoreObject *c)
     return 0;
 }
 
-/* Wait for the template to exit (it reaps the workers first). */
+/* Wait for the template to exit (it reaps the workers first), at most
+ * TEMPLATE_GRACE_MS: one stuck (say, in a fork hook of the user's that
+ * waits on a lock) is killed, and its workers go with it (their death
+ * signal).  terminate() must return. */
+#define TEMPLATE_GRACE_MS 3000
 static void wait_template(CoreObject *c)
 {
     int st;
+    int pfd = (int)syscall(SYS_pidfd_open, c->tmpl, 0);
+    if (pfd >= 0) {
+        struct pollfd p = {.fd = pfd, .events = POLLIN};
+        int64_t deadline = cp_now_ns() + (int64_t)TEMPLATE_GRACE_MS * 1000000;
+        int rc;
+        do {
+            int64_t left = (deadline - cp_now_ns()) / 1000000;
+            rc = poll(&p, 1, left > 0 ? (int)left : 0);
+        } while (rc < 0 && errno == EINTR);
+        if (rc == 0) {
+            CP_DEBUG("the template %d did not exit: killed", (int)c->tmpl);
+            kill(c->tmpl, SIGKILL);
+        }
+        close(pfd);
+    }
     while (waitpid(c->tmpl, &st, 0) < 0 && errno == EINTR) {
     }
 }
@@ -952,7 +976,7 @@ static uint64_t job_arg(PyObject *o)
 }
 
 PyDoc_STRVAR(submit_call_doc,
-"submit_call(job, func, args, kwds)\n--\n\n"
+"submit_call($self, job, func, args, kwds)\n--\n\n"
 "Pickle (func, args, kwds) and queue it as task 0 of `job`.  A pickling\n"
 "error is raised here, in the caller.");
 
@@ -978,7 +1002,7 @@ static void blob_capsule_free(PyObject *cap)
 }
 
 PyDoc_STRVAR(func_blob_doc,
-"func_blob(func)\n--\n\n"
+"func_blob($self, func)\n--\n\n"
 "Pickle func once for a map-like job; the result is passed to submit_chunks.");
 
 static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
@@ -1001,7 +1025,7 @@ static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
 }
 
 PyDoc_STRVAR(submit_chunks_doc,
-"submit_chunks(job, func_blob, items, chunksize, star, first_idx, progressive)\n--\n\n"
+"submit_chunks($self, job, func_blob, items, chunksize, star, first_idx, progressive)\n--\n\n"
 "Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
 "queue them as tasks first_idx, first_idx+1, ... of `job`.  A chunk that\n"
 "fails to pickle raises here.  progressive: send them 256 KiB of pickles at\n"
@@ -1072,7 +1096,7 @@ error:
     return NULL;
 }
 
-PyDoc_STRVAR(close_doc, "close()\n--\n\nFinish the queued work, then stop.");
+PyDoc_STRVAR(close_doc, "close($self)\n--\n\nFinish the queued work, then stop.");
 
 static PyObject *Core_close(CoreObject *c, PyObject *Py_UNUSED(ignored))
 {
@@ -1083,7 +1107,7 @@ static PyObject *Core_close(CoreObject *c, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(kick_doc, "kick()\n--\n\nWake the collector to re-examine the pool.");
+PyDoc_STRVAR(kick_doc, "kick($self)\n--\n\nWake the collector to re-examine the pool.");
 
 static PyObject *Core_kick(CoreObject *c, PyObject *Py_UNUSED(ignored))
 {
@@ -1130,7 +1154,7 @@ static int wait_done(CoreObject *c, double timeout)
 }
 
 PyDoc_STRVAR(terminate_doc,
-"terminate()\n--\n\n"
+"terminate($self)\n--\n\n"
 "Kill the workers now; fail what is unfinished.  Waits for the collector,\n"
 "unless called from a callback (then it returns at once).");
 
@@ -1147,7 +1171,7 @@ static PyObject *Core_terminate(CoreObject *c, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(join_doc,
-"join(timeout=None)\n--\n\n"
+"join($self, timeout=None)\n--\n\n"
 "Wait until the pool is over (closed and drained, or terminated).\n"
 "Returns True when it is, False on timeout.");
 
@@ -1168,7 +1192,7 @@ static PyObject *Core_join(CoreObject *c, PyObject *args)
 }
 
 PyDoc_STRVAR(wait_started_doc,
-"wait_started()\n--\n\n"
+"wait_started($self)\n--\n\n"
 "Wait until every slot that asked for a worker has one with a known pid.");
 
 static PyObject *Core_wait_started(CoreObject *c, PyObject *Py_UNUSED(ignored))
@@ -1179,7 +1203,7 @@ static PyObject *Core_wait_started(CoreObject *c, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(workers_doc,
-"workers()\n--\n\n"
+"workers($self)\n--\n\n"
 "One (pid, state, wait_status) tuple per worker slot; pid 0 while a\n"
 "replacement is being forked.  States: 0 free, 1 spawn requested, 2 forked,\n"
 "3 ready, 4 dead.");

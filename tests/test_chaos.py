@@ -142,7 +142,9 @@ def test_chaos_random_kills_every_item_accounted_for(pool4, method):
     assert len(ok) + lost == n
     assert all(count == 1 and int(round(v ** 0.5)) ** 2 == v for v, count in ok.items())
     assert set(ok) <= {x * x for x in range(n)}
-    assert len(kills) > 5 and 0 < lost <= len(kills)   # a worker holds one task at a time
+    # A worker holds one task at a time (none, if it was idle when killed:
+    # when the parent is the bottleneck, kills may land between tasks).
+    assert len(kills) > 5 and lost <= len(kills)
     with pytest.raises(StopIteration):
         it.next(timeout=T)
     assert_still_works(pool4)

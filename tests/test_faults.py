@@ -518,3 +518,33 @@ def test_ctrl_c_while_imap_pickles_a_batch_does_not_hang_join():
     """)
     lines = out.split("\n")
     assert lines[0] == "interrupted" and "joined" in lines and "HUNG" not in out
+
+
+def test_terminate_returns_when_the_template_is_stuck_in_a_fork_hook():
+    # A user's fork hook waiting on a lock another thread holds: the template
+    # never starts its loop. terminate() kills it after a grace period.
+    out = run("""
+        import os, threading, time, cpool
+        lock = threading.Lock()
+        os.register_at_fork(after_in_child=lambda: lock.acquire())
+        def holder():
+            with lock:
+                time.sleep(60)
+        threading.Thread(target=holder, daemon=True).start()
+        time.sleep(0.1)
+        pool = cpool.Pool(2)
+        r = pool.apply_async(abs, (-1,))
+        try:
+            r.get(timeout=2)
+        except cpool.TimeoutError:
+            print("stuck")
+        t = time.monotonic()
+        pool.terminate(); pool.join()
+        print("returned", time.monotonic() - t < 10)
+        try:
+            r.get(timeout=5)
+        except cpool.PoolTerminatedError:
+            print("failed cleanly")
+        os._exit(0)
+    """)
+    assert out.split() == ["stuck", "returned", "True", "failed", "cleanly"]
