@@ -73,6 +73,17 @@ enum {
     CP_K_ERR,        /* pickled (exception, traceback text) */
     CP_K_INITERR,    /* the initializer raised: pickled (exception, tb) */
 };
+/* Outcome of a task as the collector hands it to job._set(idx, status,
+ * value); exported as cpool._cpool.ST_*. */
+enum {
+    CP_ST_OK = 0,         /* value: the result */
+    CP_ST_ERR = 1,        /* value: (exception, traceback text) from the worker */
+    CP_ST_LOCAL = 2,      /* value: an exception raised in the parent */
+    CP_ST_LOST = 3,       /* value: (pid, wait status) of the dead worker */
+    CP_ST_TERMINATED = 4, /* value: None */
+    CP_ST_INITFAIL = 5,   /* value: the broken pool's (exception, tb, by initializer) */
+    CP_ST_UNPICKLE = 6,   /* value: (why, whether it was an error report) */
+};
 #define CP_F_LARGE 1u /* payload is a cp_segref: the bytes are in a segment */
 
 typedef struct {

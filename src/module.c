@@ -50,13 +50,13 @@ static int module_exec(PyObject *m)
     st->str_set = PyUnicode_InternFromString("_set");
     if (st->str_value == NULL || st->str_set == NULL) return -1;
     if (PyModule_AddStringConstant(m, "VERSION", CPOOL_VERSION) < 0) return -1;
-    if (PyModule_AddIntConstant(m, "ST_OK", 0) < 0 ||
-        PyModule_AddIntConstant(m, "ST_ERR", 1) < 0 ||
-        PyModule_AddIntConstant(m, "ST_LOCAL", 2) < 0 ||
-        PyModule_AddIntConstant(m, "ST_LOST", 3) < 0 ||
-        PyModule_AddIntConstant(m, "ST_TERMINATED", 4) < 0 ||
-        PyModule_AddIntConstant(m, "ST_INITFAIL", 5) < 0 ||
-        PyModule_AddIntConstant(m, "ST_UNPICKLE", 6) < 0)
+    if (PyModule_AddIntConstant(m, "ST_OK", CP_ST_OK) < 0 ||
+        PyModule_AddIntConstant(m, "ST_ERR", CP_ST_ERR) < 0 ||
+        PyModule_AddIntConstant(m, "ST_LOCAL", CP_ST_LOCAL) < 0 ||
+        PyModule_AddIntConstant(m, "ST_LOST", CP_ST_LOST) < 0 ||
+        PyModule_AddIntConstant(m, "ST_TERMINATED", CP_ST_TERMINATED) < 0 ||
+        PyModule_AddIntConstant(m, "ST_INITFAIL", CP_ST_INITFAIL) < 0 ||
+        PyModule_AddIntConstant(m, "ST_UNPICKLE", CP_ST_UNPICKLE) < 0)
         return -1;
     if (cp_core_add_type(m, st) < 0 || cp_lock_add_type(m, st) < 0 ||
         cp_floor_add_functions(m) < 0 || cp_pack_add_types(m, st) < 0)

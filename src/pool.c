@@ -336,7 +336,7 @@ static void fail_list(CoreObject *c, cp_task *t, int status, PyObject *value)
             PyObject *e = PyErr_SetFromErrno(PyExc_OSError);
             (void)e;
             PyObject *exc = cp_fetch_exc();
-            deliver(c, t->job, t->idx, 2, exc);
+            deliver(c, t->job, t->idx, CP_ST_LOCAL, exc);
             Py_XDECREF(exc);
         } else {
             deliver(c, t->job, t->idx, status, value);
@@ -394,27 +394,27 @@ static void drain(CoreObject *c, int i)
         if (hh.len == 0 && hh.kind != CP_K_OK) {
             value = PyUnicode_FromString(
                 "the worker could not pickle or describe its error");
-            status = 2;
+            status = CP_ST_LOCAL;
             if (value != NULL) {
                 PyObject *exc = PyObject_CallOneArg(PyExc_RuntimeError, value);
                 Py_SETREF(value, exc);
             }
         } else {
             value = cp_load_payload(c->st, h, c->ctl->slots[i].res_recy, NULL);
-            status = hh.kind == CP_K_OK ? 0 : 1;
+            status = hh.kind == CP_K_OK ? CP_ST_OK : CP_ST_ERR;
             if (value == NULL) {
                 /* (why, whether it was an error report): Python names it. */
                 PyObject *why = cp_fetch_exc();
                 value = Py_BuildValue("(NO)", why, status ? Py_True : Py_False);
-                status = 6;
+                status = CP_ST_UNPICKLE;
             }
         }
         cp_ring_consume(r, h);
         if (hh.kind == CP_K_INITERR) {
-            if (value != NULL && (status == 1 || status == 6) && PyTuple_Check(value) &&
+            if (value != NULL && (status == CP_ST_ERR || status == CP_ST_UNPICKLE) && PyTuple_Check(value) &&
                 PyTuple_GET_SIZE(value) == 2)
                 set_broken(c, PyTuple_GET_ITEM(value, 0),
-                           status == 1 ? PyTuple_GET_ITEM(value, 1) : NULL, 1);
+                           status == CP_ST_ERR ? PyTuple_GET_ITEM(value, 1) : NULL, 1);
             else
                 set_broken(c, value ? value : Py_None, NULL, 1);
             Py_XDECREF(value);
@@ -580,7 +580,7 @@ static void handle_death(CoreObject *c, int i)
     if (held != NULL) {
         PyObject *info = Py_BuildValue("(ii)", (int)pid, ws);
         if (info == NULL) PyErr_WriteUnraisable(NULL);
-        fail_list(c, held, 3, info);
+        fail_list(c, held, CP_ST_LOST, info);
         Py_XDECREF(info);
     }
 }
@@ -659,7 +659,7 @@ static int collect_round(CoreObject *c)
             cp_ring *r = cp_result_ring(c->ctl, i);
             while (cp_ring_has_data(r)) drain(c, i); /* never lose a result */
         }
-        fail_all(c, 4, NULL, 1);
+        fail_all(c, CP_ST_TERMINATED, NULL, 1);
         c->cts = PyEval_SaveThread();
         cp_seg_sweep(c->ctl->prefix); /* after the drain: results live there */
         return -1;
@@ -677,8 +677,8 @@ static int collect_round(CoreObject *c)
             handle_death(c, i);
         }
     }
-    if (c->broken != NULL) fail_all(c, 5, c->broken, 0);
-    else if (c->failed != NULL) fail_all(c, 2, NULL, 0);
+    if (c->broken != NULL) fail_all(c, CP_ST_INITFAIL, c->broken, 0);
+    else if (c->failed != NULL) fail_all(c, CP_ST_LOCAL, NULL, 0);
     if (atomic_load(&c->phase) == CP_CLOSE) {
         lock_with_gil(c);
         /* Idle and sealed in one step under mu: a task submitted now is
