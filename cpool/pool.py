@@ -12,6 +12,7 @@ import pickle
 import sys
 import threading
 from _thread import allocate_lock as _allocate_lock
+from time import monotonic as _monotonic
 import traceback
 import warnings
 import weakref
@@ -175,10 +176,14 @@ _job_counter = itertools.count(1)
 class ApplyResult:
     """The result of apply_async (multiprocessing.pool.ApplyResult)."""
 
-    def __init__(self, cache, callback, error_callback):
+    def __init__(self, cache, callback, error_callback, core=None):
         # A bare lock, held until the outcome is in, is all the event we need
         # (threading.Event is a Condition and a Lock: several times the cost
         # for each of a hundred thousand apply_async calls).
+        self._core = core
+        # Callbacks run on cpool's collector thread, never inside a caller's
+        # get() that collects for itself: such outcomes are left to it.
+        self._defer = callback is not None or error_callback is not None
         self._done = _allocate_lock()
         self._done.acquire()
         self._ready = False
@@ -201,6 +206,14 @@ class ApplyResult:
     def wait(self, timeout=None):
         if self._ready:
             return
+        if self._core is not None:
+            # Collect in this thread while waiting: the result comes straight
+            # from the worker's ring, not through the collector thread.
+            deadline = None if timeout is None else _monotonic() + timeout
+            if _collect_until(self._core, lambda: self._ready, deadline):
+                return
+            if deadline is not None:
+                timeout = deadline - _monotonic()
         if timeout is None:
             with self._done:        # released for every other waiter too,
                 pass                # even if Ctrl-C lands here
@@ -248,8 +261,8 @@ class MapResult(ApplyResult):
     """The result of map_async/starmap_async: one list, filled chunk by chunk;
     the first failing chunk fails it (as multiprocessing does)."""
 
-    def __init__(self, cache, chunksize, length, callback, error_callback):
-        super().__init__(cache, callback, error_callback)
+    def __init__(self, cache, chunksize, length, callback, error_callback, core=None):
+        super().__init__(cache, callback, error_callback, core)
         self._success = True
         self._value = [None] * length
         self._chunksize = chunksize
@@ -280,6 +293,7 @@ class IMapIterator:
     generator works (multiprocessing reads it all first)."""
 
     _ordered = True
+    _defer = False
 
     def __init__(self, pool, func, iterable, chunksize, star):
         self._pool = weakref.ref(pool)
@@ -453,16 +467,26 @@ class IMapIterator:
                 deadline = _monotonic() + timeout
             with self._cond:
                 got = self._take()
-                while got is None:
+                if got is None:
                     if self._length is not None and self._consumed >= self._length:
                         raise StopIteration
-                    if self._submitted == self._consumed and self._length is None:
-                        break  # nothing in flight: read more input first
-                    left = None if deadline is None else deadline - _monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError
-                    self._cond.wait(left)
-                    got = self._take()
+                    if self._submitted > self._consumed or self._length is not None:
+                        left = None if deadline is None else deadline - _monotonic()
+                        if left is not None and left <= 0:
+                            raise TimeoutError
+                        seen = self._delivered
+                        # Collect in this thread (without _cond: delivering
+                        # takes it); the collector thread's deliveries are
+                        # waited for on _cond instead.
+                        self._cond.release()
+                        try:
+                            collected = self._core.collect(left) > 0
+                        finally:
+                            self._cond.acquire()
+                        if not collected and self._delivered == seen:
+                            self._cond.wait(left)
+                        continue
+                    # nothing in flight: read more input first
             if got is not None and not got[0]:
                 if self._chunksize > 1:
                     # As multiprocessing's chunked imap (a generator over the
@@ -484,9 +508,19 @@ class IMapUnorderedIterator(IMapIterator):
     _ordered = False
 
 
-def _monotonic():
-    import time
-    return time.monotonic()
+def _collect_until(core, done, deadline):
+    """Collect results in this thread until done() or the deadline: True if
+    done(), False if the caller must wait as usual (the deadline passed, or
+    another thread collects, or this one cannot)."""
+    while not done():
+        left = None
+        if deadline is not None:
+            left = deadline - _monotonic()
+            if left <= 0:
+                return False
+        if core.collect(left) <= 0:
+            return done()
+    return True
 
 
 class _Worker:
@@ -619,7 +653,7 @@ class Pool:
                     error_callback=None):
         """Asynchronous apply: returns an AsyncResult."""
         self._check_running()
-        result = ApplyResult(self._cache, callback, error_callback)
+        result = ApplyResult(self._cache, callback, error_callback, self._core)
         try:
             self._core.submit_call(result._job, func, args,
                                    kwds if type(kwds) is dict else dict(kwds))
@@ -662,7 +696,8 @@ class Pool:
                 chunksize += 1
         if n == 0:
             chunksize = 0
-        result = MapResult(self._cache, chunksize, n, callback, error_callback)
+        result = MapResult(self._cache, chunksize, n, callback, error_callback,
+                           self._core)
         if n:
             try:
                 blob = self._core.func_blob(func)

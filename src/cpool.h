@@ -287,6 +287,7 @@ typedef struct {
     PyTypeObject *sync_type;
     PyObject *str_value;   /* interned "value" */
     PyObject *str_set;     /* interned "_set" */
+    PyObject *str_defer;   /* interned "_defer" */
     PyTypeObject *mapping_type;
     PyObject *pack_oob;    /* cpool.pool._pack_oob, looked up when first needed */
     PyObject *dumps;   /* pickle.dumps */
@@ -403,6 +404,15 @@ typedef struct CoreObject {
     _Atomic int is_broken;
     unsigned char *touched, *full; /* dispatch scratch, one per slot */
     cp_event done_ev;
+    /* The collection token: whoever holds it drains, delivers and handles
+     * deaths.  0 when free, else the monotonic time it was taken.  The
+     * collector thread holds it for its rounds; a thread waiting for a
+     * result takes it to collect by itself (no hand-off between threads). */
+    _Atomic int64_t tok;
+    cp_event tok_ev;            /* the token was given back */
+    PyObject *interrupt;        /* Ctrl-C that hit a delivery in a waiter */
+    PyObject *deferred;         /* list of (obj, idx, status, value): outcomes
+                                 * with callbacks, for the collector thread */
     pthread_t thread;
     PyThreadState *cts;         /* the collector's, while it runs without the GIL */
     int stopping;               /* collector: STOP records sent */

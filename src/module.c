@@ -48,7 +48,8 @@ static int module_exec(PyObject *m)
     if (st->protocol == NULL) return -1;
     st->str_value = PyUnicode_InternFromString("value");
     st->str_set = PyUnicode_InternFromString("_set");
-    if (st->str_value == NULL || st->str_set == NULL) return -1;
+    st->str_defer = PyUnicode_InternFromString("_defer");
+    if (st->str_value == NULL || st->str_set == NULL || st->str_defer == NULL) return -1;
     if (PyModule_AddStringConstant(m, "VERSION", CPOOL_VERSION) < 0) return -1;
     if (PyModule_AddIntConstant(m, "ST_OK", CP_ST_OK) < 0 ||
         PyModule_AddIntConstant(m, "ST_ERR", CP_ST_ERR) < 0 ||
@@ -92,6 +93,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->protocol);
     Py_CLEAR(st->str_value);
     Py_CLEAR(st->str_set);
+    Py_CLEAR(st->str_defer);
     return 0;
 }
 

@@ -294,7 +294,31 @@ static void seal(CoreObject *c, int gil)
 
 /* ---- delivery (GIL held) -------------------------------------------------- */
 
-/* Hand one outcome to the job's result object: job._set(idx, status, value). */
+/* obj._set(idx, status, value); errors are reported, except a Ctrl-C (or
+ * the like) in a waiter that collects for itself: that one is the caller's,
+ * raised when its round is over. */
+static void call_set(CoreObject *c, PyObject *obj, PyObject *pidx, PyObject *pst,
+                     PyObject *value)
+{
+    PyObject *argv[4] = {obj, pidx, pst, value};
+    PyObject *r = PyObject_VectorcallMethod(c->st->str_set, argv,
+                                            4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return;
+    }
+    if (PyThreadState_Get() != c->cts && c->interrupt == NULL &&
+        !PyErr_ExceptionMatches(PyExc_Exception))
+        c->interrupt = cp_fetch_exc();
+    else
+        PyErr_WriteUnraisable(obj);
+}
+
+/* Hand one outcome to the job's result object: job._set(idx, status, value).
+ * In a waiter collecting for itself, an object with callbacks (obj._defer)
+ * is left to the collector thread: callbacks run on cpool's thread, as
+ * multiprocessing's run on its result handler, never inside a caller's
+ * get(). */
 static void deliver(CoreObject *c, uint64_t job, uint32_t idx, int status,
                     PyObject *value)
 {
@@ -309,20 +333,50 @@ static void deliver(CoreObject *c, uint64_t job, uint32_t idx, int status,
     Py_INCREF(obj);
     PyObject *pidx = PyLong_FromUnsignedLong(idx);
     PyObject *pst = PyLong_FromLong(status); /* small ints: cached */
-    PyObject *r = NULL;
-    if (pidx != NULL && pst != NULL) {
-        PyObject *argv[4] = {obj, pidx, pst, value ? value : Py_None};
-        r = PyObject_VectorcallMethod(c->st->str_set, argv,
-                                      4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (pidx == NULL || pst == NULL) {
+        PyErr_WriteUnraisable(obj);
+    } else if (PyThreadState_Get() != c->cts) {
+        PyObject *d = PyObject_GetAttr(obj, c->st->str_defer);
+        int defer = d == NULL ? -1 : PyObject_IsTrue(d);
+        Py_XDECREF(d);
+        PyObject *t = defer > 0 ? PyTuple_Pack(4, obj, pidx, pst, value ? value : Py_None)
+                                : NULL;
+        if (defer < 0 || (defer > 0 && (t == NULL || PyList_Append(c->deferred, t) < 0)))
+            PyErr_WriteUnraisable(obj);
+        else if (defer == 0)
+            call_set(c, obj, pidx, pst, value ? value : Py_None);
+        else
+            atomic_store(&c->kicked, 1); /* the collector delivers it */
+        Py_XDECREF(t);
+    } else {
+        call_set(c, obj, pidx, pst, value ? value : Py_None);
     }
-    if (r == NULL) PyErr_WriteUnraisable(obj);
-    Py_XDECREF(r);
     Py_XDECREF(pidx);
     Py_XDECREF(pst);
     Py_DECREF(obj);
     return;
 error:
     PyErr_WriteUnraisable(c->cache);
+}
+
+/* The collector thread: deliver what waiters left for it. */
+static void deliver_deferred(CoreObject *c)
+{
+    while (PyList_GET_SIZE(c->deferred) > 0) {
+        PyObject *l = c->deferred;
+        c->deferred = PyList_New(0);
+        if (c->deferred == NULL) { /* keep the old list: no outcome is lost */
+            PyErr_WriteUnraisable(NULL);
+            c->deferred = l;
+            return;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(l); i++) {
+            PyObject *t = PyList_GET_ITEM(l, i);
+            call_set(c, PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 1),
+                     PyTuple_GET_ITEM(t, 2), PyTuple_GET_ITEM(t, 3));
+        }
+        Py_DECREF(l);
+    }
 }
 
 /* Deliver `status` to every task of the list and free them. */
@@ -646,28 +700,14 @@ static void send_stops(CoreObject *c)
     }
 }
 
-/* One round: 1 if it did something, 0 if idle, -1 when the pool is over. */
-static int collect_round(CoreObject *c)
+/* Deliver what the rings hold, handle deaths, fail what must fail; GIL and
+ * the token held.  With `closing` (the collector thread only), also stop
+ * the workers once a closed pool is idle: 1 when they are all gone. */
+static int round_gil(CoreObject *c, int closing)
 {
-    if (atomic_load(&c->phase) == CP_TERMINATE) {
-        seal(c, 0);
-        atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
-        tell_template(c);
-        wait_template(c);
-        PyEval_RestoreThread(c->cts);
-        for (int i = 0; i < c->n; i++) {
-            cp_ring *r = cp_result_ring(c->ctl, i);
-            while (cp_ring_has_data(r)) drain(c, i); /* never lose a result */
-        }
-        fail_all(c, CP_ST_TERMINATED, NULL, 1);
-        c->cts = PyEval_SaveThread();
-        cp_seg_sweep(c->ctl->prefix); /* after the drain: results live there */
-        return -1;
-    }
-    if (!any_news(c)) return 0;
     atomic_store(&c->kicked, 0);
     int finished = 0;
-    PyEval_RestoreThread(c->cts);
+    if (closing) deliver_deferred(c);
     for (int i = 0; i < c->n; i++) {
         int dead = atomic_load(&c->ctl->slots[i].state) == CP_S_DEAD;
         drain(c, i);
@@ -679,7 +719,7 @@ static int collect_round(CoreObject *c)
     }
     if (c->broken != NULL) fail_all(c, CP_ST_INITFAIL, c->broken, 0);
     else if (c->failed != NULL) fail_all(c, CP_ST_LOCAL, NULL, 0);
-    if (atomic_load(&c->phase) == CP_CLOSE) {
+    if (closing && atomic_load(&c->phase) == CP_CLOSE) {
         lock_with_gil(c);
         /* Idle and sealed in one step under mu: a task submitted now is
          * refused (enqueue), never queued behind the STOP records. */
@@ -694,6 +734,32 @@ static int collect_round(CoreObject *c)
                 if (atomic_load(&c->ctl->slots[i].state) != CP_S_FREE) finished = 0;
         }
     }
+    return finished;
+}
+
+/* One round of the collector thread (token held, GIL not): 1 if it did
+ * something, 0 if idle, -1 when the pool is over. */
+static int collect_round(CoreObject *c)
+{
+    if (atomic_load(&c->phase) == CP_TERMINATE) {
+        seal(c, 0);
+        atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
+        tell_template(c);
+        wait_template(c);
+        PyEval_RestoreThread(c->cts);
+        deliver_deferred(c);
+        for (int i = 0; i < c->n; i++) {
+            cp_ring *r = cp_result_ring(c->ctl, i);
+            while (cp_ring_has_data(r)) drain(c, i); /* never lose a result */
+        }
+        fail_all(c, CP_ST_TERMINATED, NULL, 1);
+        c->cts = PyEval_SaveThread();
+        cp_seg_sweep(c->ctl->prefix); /* after the drain: results live there */
+        return -1;
+    }
+    if (!any_news(c)) return 0;
+    PyEval_RestoreThread(c->cts);
+    int finished = round_gil(c, 1);
     c->cts = PyEval_SaveThread();
     if (finished) {
         atomic_store(&c->ctl->tmpl_cmd, CP_CMD_EXIT);
@@ -708,6 +774,72 @@ static int collect_round(CoreObject *c)
     return 1;
 }
 
+/* The template reports worker deaths; if it is gone (with its workers),
+ * nobody would: the pool is over.  Checked by whoever sleeps long on the
+ * results without news. */
+static void check_template(CoreObject *c)
+{
+    int st;
+    pid_t p = waitpid(c->tmpl, &st, WNOHANG);
+    if (p == c->tmpl || (p < 0 && errno == ECHILD)) {
+        CP_DEBUG("the template %d is gone", (int)c->tmpl);
+        atomic_store(&c->phase, CP_TERMINATE);
+        kick(c);
+    }
+}
+
+/* ---- the collection token -------------------------------------------------- */
+
+/* A thread that waits for a result collects by itself, while the collector
+ * thread naps: a result then reaches its waiter without two thread wake-ups
+ * (worker -> collector -> waiter), which is most of a round trip.  The
+ * collector thread takes the token back when the waiter is done; a waiter
+ * that held it long, or left news behind, wakes it. */
+#define TOKEN_NAP_NS 1000000   /* the collector's nap while a waiter collects */
+
+/* The core whose results this thread is delivering (callbacks run inside):
+ * such a thread must not wait for the pool. */
+static _Thread_local CoreObject *delivering;
+
+static int take_token(CoreObject *c)
+{
+    int64_t free_ = 0;
+    return atomic_compare_exchange_strong(&c->tok, &free_, cp_now_ns());
+}
+
+/* Give the token back.  A waiting collector thread is woken when it has
+ * work: news arrived, the pool is changing phase, or it has napped on a
+ * long hold without a timeout. */
+static void give_token(CoreObject *c, int by_waiter)
+{
+    int wake = 1;
+    if (by_waiter) {
+        int64_t held = cp_now_ns() - atomic_load(&c->tok);
+        int run = atomic_load(&c->phase) == CP_RUN;
+        if (!run) atomic_store(&c->kicked, 1); /* the collector acts on it */
+        wake = held >= TOKEN_NAP_NS || !run || any_news(c);
+    }
+    atomic_store(&c->tok, 0);
+    if (wake) cp_event_signal(&c->tok_ev);
+}
+
+/* Sleep (no GIL) until the token is given back, at most `limit_ns` (<0: no
+ * limit) and, unless `long_holds`, a nap: a waiter that holds it long wakes
+ * us when it gives it back, a short holder does not. */
+static void await_token(CoreObject *c, int64_t limit_ns)
+{
+    uint32_t seen = cp_event_prepare(&c->tok_ev);
+    int64_t since = atomic_load(&c->tok);
+    if (since == 0) {
+        cp_event_cancel(&c->tok_ev);
+        return;
+    }
+    int64_t age = cp_now_ns() - since;
+    int64_t nap = age >= TOKEN_NAP_NS ? -1 : TOKEN_NAP_NS - age;
+    if (limit_ns >= 0 && (nap < 0 || nap > limit_ns)) nap = limit_ns;
+    cp_event_sleep(&c->tok_ev, seen, nap);
+}
+
 static void *collector_main(void *arg)
 {
     CoreObject *c = arg;
@@ -719,34 +851,34 @@ static void *collector_main(void *arg)
      * late in PyOS_AfterFork_Child). */
     PyGILState_STATE g = PyGILState_Ensure();
     c->cts = PyEval_SaveThread();
+    delivering = c;
     for (;;) {
+        if (!take_token(c)) {
+            await_token(c, -1);
+            continue;
+        }
         int r = collect_round(c);
-        if (r < 0) break;
+        if (r < 0) break; /* the token stays taken: nobody collects any more */
+        give_token(c, 0);
         if (r > 0 || cp_spin_until(any_news_pred, c)) continue;
         uint32_t seen = cp_event_prepare(&c->ctl->results);
-        if (any_news(c)) {
+        if (any_news(c) || atomic_load(&c->tok) != 0) {
             cp_event_cancel(&c->ctl->results);
             continue;
         }
         /* While the pool has workers, wake once a second to check that the
-         * template lives: it reports worker deaths, and if it is gone (with
-         * its workers) nobody would report anything.  A pool whose slots
-         * are all free has nothing to lose. */
+         * template lives.  A pool whose slots are all free has nothing to
+         * lose. */
         int alive = 0;
         for (int i = 0; i < c->n; i++)
             if (atomic_load(&c->ctl->slots[i].state) != CP_S_FREE) alive = 1;
         int rc = cp_event_sleep(&c->ctl->results, seen, alive ? WATCHDOG_NS : -1);
-        if (rc == ETIMEDOUT) {
-            int st;
-            pid_t p = waitpid(c->tmpl, &st, WNOHANG);
-            if (p == c->tmpl || (p < 0 && errno == ECHILD)) {
-                CP_DEBUG("the template %d is gone", (int)c->tmpl);
-                atomic_store(&c->phase, CP_TERMINATE);
-            }
-        }
+        if (rc == ETIMEDOUT) check_template(c);
     }
+    delivering = NULL;
     atomic_store(&c->done, 1);
     cp_event_signal(&c->done_ev);
+    cp_event_signal(&c->tok_ev); /* waiters for the token: it is over */
     PyEval_RestoreThread(c->cts);
     Py_DECREF(c);
     PyGILState_Release(g);
@@ -850,6 +982,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->bootstrap = Py_NewRef(bootstrap);
     c->pack_error = Py_NewRef(pack_error);
     pthread_mutex_init(&c->mu, NULL);
+    c->deferred = PyList_New(0);
+    if (c->deferred == NULL) goto error;
     c->ws = calloc((size_t)n, sizeof *c->ws);
     c->touched = calloc((size_t)n, 1);
     c->full = calloc((size_t)n, 1);
@@ -923,6 +1057,8 @@ static int Core_traverse(CoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->bootstrap);
     Py_VISIT(c->pack_error);
     Py_VISIT(c->broken);
+    Py_VISIT(c->interrupt);
+    Py_VISIT(c->deferred);
     return 0;
 }
 
@@ -935,6 +1071,8 @@ static int Core_clear(CoreObject *c)
     Py_CLEAR(c->bootstrap);
     Py_CLEAR(c->pack_error);
     Py_CLEAR(c->broken);
+    Py_CLEAR(c->interrupt);
+    Py_CLEAR(c->deferred);
     return 0;
 }
 
@@ -1117,12 +1255,9 @@ static PyObject *Core_kick(CoreObject *c, PyObject *Py_UNUSED(ignored))
 
 /* Wait for the collector to finish, releasing the GIL; Ctrl-C gets through.
  * 1 done, 0 timed out, -1 with an exception. */
-static int in_collector(CoreObject *c)
-{
-    /* The thread is detached: its id means something only while it runs. */
-    return atomic_load(&c->thread_started) && !atomic_load(&c->done) &&
-           pthread_equal(pthread_self(), c->thread);
-}
+/* 1 in the collector thread, or in a thread collecting for itself: a
+ * callback runs there, and must not wait for the pool. */
+static int in_collector(CoreObject *c) { return delivering == c; }
 
 static int wait_done(CoreObject *c, double timeout)
 {
@@ -1151,6 +1286,89 @@ static int wait_done(CoreObject *c, double timeout)
         if (PyErr_CheckSignals() < 0) return -1;
     }
     return 1;
+}
+
+PyDoc_STRVAR(collect_doc,
+"collect($self, timeout=None)\n--\n\n"
+"Collect results in this thread, for a caller waiting for one: take the\n"
+"collection token, deliver what has arrived (waiting for news without the\n"
+"GIL, at most `timeout` seconds), give the token back.  Returns 1 after a\n"
+"round that delivered or a timeout (check, and call again), 0 if another\n"
+"thread is collecting (it delivers: wait for the result as usual), -1 if\n"
+"this thread cannot collect (the pool is terminating or over, or this\n"
+"thread is delivering results already).");
+
+#define COLLECT_SLICE_NS 100000000  /* Ctrl-C and the template are checked */
+
+static PyObject *Core_collect(CoreObject *c, PyObject *args)
+{
+    PyObject *to = Py_None;
+    if (!PyArg_ParseTuple(args, "|O", &to)) return NULL;
+    if (c->owner != getpid() || atomic_load(&c->phase) == CP_TERMINATE ||
+        atomic_load(&c->done) || delivering != NULL)
+        return PyLong_FromLong(-1);
+    int64_t left = -1;
+    if (to != Py_None) {
+        double t = PyFloat_AsDouble(to);
+        if (t == -1 && PyErr_Occurred()) return NULL;
+        left = t <= 0 ? 0 : (int64_t)(t * 1e9);
+    }
+    if (!take_token(c)) {
+        /* The collector thread is in a round: it may be delivering ours. */
+        Py_BEGIN_ALLOW_THREADS
+        await_token(c, left >= 0 && left < TOKEN_NAP_NS ? left : TOKEN_NAP_NS);
+        Py_END_ALLOW_THREADS
+        return PyLong_FromLong(atomic_load(&c->tok) != 0 ? 0 : 1);
+    }
+    delivering = c;
+    int64_t deadline = left < 0 ? -1 : cp_now_ns() + left;
+    int64_t slept = 0;
+    PyObject *ret = NULL;
+    for (;;) {
+        if (atomic_load(&c->phase) == CP_TERMINATE) { /* the collector's */
+            ret = PyLong_FromLong(1);
+            break;
+        }
+        if (any_news(c)) {
+            round_gil(c, 0);
+            lock_with_gil(c);
+            dispatch_locked(c);
+            pthread_mutex_unlock(&c->mu);
+            /* Outcomes left for the collector thread: it takes over. */
+            ret = PyLong_FromLong(PyList_GET_SIZE(c->deferred) ? 0 : 1);
+            break;
+        }
+        int64_t slice = COLLECT_SLICE_NS;
+        if (deadline >= 0) {
+            int64_t rem = deadline - cp_now_ns();
+            if (rem <= 0) {
+                ret = PyLong_FromLong(1);
+                break;
+            }
+            if (rem < slice) slice = rem;
+        }
+        int rc = 0;
+        Py_BEGIN_ALLOW_THREADS
+        if (!cp_spin_until(any_news_pred, c)) {
+            uint32_t seen = cp_event_prepare(&c->ctl->results);
+            if (any_news(c)) cp_event_cancel(&c->ctl->results);
+            else rc = cp_event_sleep(&c->ctl->results, seen, slice);
+        }
+        Py_END_ALLOW_THREADS
+        if (rc == ETIMEDOUT && (slept += slice) >= WATCHDOG_NS) {
+            slept = 0;
+            check_template(c);
+        }
+        if (PyErr_CheckSignals() < 0) break;
+    }
+    delivering = NULL;
+    give_token(c, 1);
+    if (c->interrupt != NULL) {
+        Py_CLEAR(ret);
+        cp_restore_exc(c->interrupt);
+        c->interrupt = NULL;
+    }
+    return ret;
 }
 
 PyDoc_STRVAR(terminate_doc,
@@ -1250,6 +1468,7 @@ static PyMethodDef Core_methods[] = {
     {"submit_call", (PyCFunction)Core_submit_call, METH_VARARGS, submit_call_doc},
     {"func_blob", (PyCFunction)Core_func_blob, METH_O, func_blob_doc},
     {"submit_chunks", (PyCFunction)Core_submit_chunks, METH_VARARGS, submit_chunks_doc},
+    {"collect", (PyCFunction)Core_collect, METH_VARARGS, collect_doc},
     {"close", (PyCFunction)Core_close, METH_NOARGS, close_doc},
     {"kick", (PyCFunction)Core_kick, METH_NOARGS, kick_doc},
     {"terminate", (PyCFunction)Core_terminate, METH_NOARGS, terminate_doc},

@@ -952,6 +952,63 @@ def test_terminate_from_another_thread_fails_blocked_get(pool):
         timer.join(T)
 
 
+# -- a waiting caller collects its results itself ---------------------------------
+
+def test_callbacks_run_on_the_pools_thread_before_get_returns(pool):
+    """get() collects results in the calling thread (no hand-off through the
+    collector thread); callbacks still run on cpool's thread, as they do on
+    multiprocessing's result handler, and have run when get() returns."""
+    seen = {}
+    rs = [pool.apply_async(square, (i,), error_callback=print,
+                           callback=lambda v: seen.setdefault(v, threading.get_ident()))
+          for i in range(50)]
+    m = pool.map_async(square, range(100), chunksize=3, error_callback=print,
+                       callback=lambda v: seen.setdefault(len(v) * 1000,
+                                                          threading.get_ident()))
+    for i, r in enumerate(rs):
+        assert r.get(timeout=T) == i * i
+        assert i * i in seen  # its callback has run
+    assert m.get(timeout=T) == [i * i for i in range(100)]
+    assert 100000 in seen
+    assert len(seen) == 51 and threading.get_ident() not in seen.values()
+
+
+def test_many_threads_waiting_at_once(pool):
+    """Waiters race for the collection token: each gets its own results,
+    whoever collected them."""
+    out, errors = {}, []
+
+    def run(k):
+        try:
+            got = [pool.apply(square, (k * 1000 + i,)) for i in range(200)]
+            got += list(pool.imap(square, range(k, k + 300)))
+            got.append(pool.map_async(square, range(50)).get(timeout=T))
+            out[k] = got
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(T)
+    assert errors == [] and not any(t.is_alive() for t in threads)
+    for k, got in out.items():
+        assert got[:200] == [(k * 1000 + i) ** 2 for i in range(200)]
+        assert got[200:500] == [i * i for i in range(k, k + 300)]
+        assert got[500] == [i * i for i in range(50)]
+    assert len(out) == 6
+
+
+def test_get_timeout_while_collecting(pool):
+    r = pool.apply_async(time.sleep, (1.0,))
+    t0 = time.monotonic()
+    with pytest.raises(cpool.TimeoutError):
+        r.get(timeout=0.2)
+    assert time.monotonic() - t0 < 0.9
+    assert r.get(timeout=T) is None
+
+
 def test_callback_submits_more_work(pool):
     second = []
     done = threading.Event()

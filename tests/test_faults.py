@@ -237,6 +237,26 @@ def test_template_killed_while_idle_fails_calls_instead_of_hanging():
     assert out.split()[0] == "failed" and out.split()[-2:] == ["joined", "True"]
 
 
+def test_template_killed_during_a_long_get_fails_it_instead_of_hanging():
+    # The caller collects for itself while it waits (the collector thread
+    # naps): it must notice the template's death too.
+    out = run("""
+        import os, signal, threading, time, cpool
+        pool = cpool.Pool(2)
+        r = pool.apply_async(time.sleep, (60,))
+        pool._pool
+        threading.Timer(0.3, os.kill, (pool._core.template_pid, signal.SIGKILL)).start()
+        t0 = time.monotonic()
+        try:
+            r.get(timeout=30)
+        except (cpool.PoolTerminatedError, cpool.WorkerLostError) as e:
+            print("failed", type(e).__name__, time.monotonic() - t0 < 10)
+        pool.terminate()
+        pool.join()
+    """)
+    assert out.split()[0] == "failed" and out.split()[-1] == "True"
+
+
 def test_a_function_that_kills_its_worker_when_unpickled_does_not_loop():
     out = run("""
         import os, cpool
