@@ -443,6 +443,27 @@ static void drain(CoreObject *c, int i)
         const cp_rechdr *h = cp_ring_peek(r);
         if (h == NULL) return;
         cp_rechdr hh = *h;
+        cp_task *t = NULL;
+        if (hh.kind != CP_K_INITERR) {
+            /* The task is done: refill the worker before unpickling its
+             * result, which may take a while (a large chunk's list), so the
+             * worker does not idle meanwhile. */
+            lock_with_gil(c);
+            cp_wstate *w = &c->ws[i];
+            t = w->head;
+            if (t != NULL) {
+                w->head = t->next;
+                if (w->head == NULL) w->tail = NULL;
+                w->n--;
+                int64_t took = cp_now_ns() - t->sent_ns;
+                c->task_ns = c->task_ns < 0 ? took : (7 * c->task_ns + took) / 8;
+                dispatch_locked(c);
+            }
+            pthread_mutex_unlock(&c->mu);
+            if (t == NULL || t->job != hh.job || t->idx != hh.idx)
+                CP_DEBUG("result %llu/%u out of order on slot %d",
+                         (unsigned long long)hh.job, hh.idx, i);
+        }
         PyObject *value = NULL;
         int status;
         if (hh.len == 0 && hh.kind != CP_K_OK) {
@@ -474,20 +495,6 @@ static void drain(CoreObject *c, int i)
             Py_XDECREF(value);
             continue;
         }
-        lock_with_gil(c);
-        cp_wstate *w = &c->ws[i];
-        cp_task *t = w->head;
-        if (t != NULL) {
-            w->head = t->next;
-            if (w->head == NULL) w->tail = NULL;
-            w->n--;
-            int64_t took = cp_now_ns() - t->sent_ns;
-            c->task_ns = c->task_ns < 0 ? took : (7 * c->task_ns + took) / 8;
-        }
-        pthread_mutex_unlock(&c->mu);
-        if (t == NULL || t->job != hh.job || t->idx != hh.idx)
-            CP_DEBUG("result %llu/%u out of order on slot %d",
-                     (unsigned long long)hh.job, hh.idx, i);
         if (t != NULL) task_free(t);
         deliver(c, hh.job, hh.idx, status, value);
         Py_XDECREF(value);
@@ -1188,17 +1195,25 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "chunksize must be at least 1");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(items, "items must be a sequence");
+    /* A range travels as range slices: a chunk pickles in a few bytes,
+     * whatever its size (pool.map(f, range(n)) is the commonest map). */
+    int ranged = PyRange_Check(items);
+    PyObject *seq = ranged ? Py_NewRef(items)
+                           : PySequence_Fast(items, "items must be a sequence");
     if (seq == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = ranged ? PyObject_Size(seq) : PySequence_Fast_GET_SIZE(seq);
+    if (n < 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
     cp_task *head = NULL, *tail = NULL;
     size_t count = 0, queued = 0, batch = 0;
     uint16_t kind = star ? CP_K_STARMAP : CP_K_MAP;
     for (Py_ssize_t lo = 0; lo < n; lo += chunksize) {
         Py_ssize_t hi = lo + chunksize < n ? lo + chunksize : n;
-        PyObject *chunk = PyList_New(hi - lo);
+        PyObject *chunk = ranged ? PySequence_GetSlice(seq, lo, hi) : PyList_New(hi - lo);
         if (chunk == NULL) goto error;
-        for (Py_ssize_t k = lo; k < hi; k++) {
+        for (Py_ssize_t k = lo; !ranged && k < hi; k++) {
             PyObject *x = PySequence_Fast_GET_ITEM(seq, k);
             Py_INCREF(x);
             PyList_SET_ITEM(chunk, k - lo, x);

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/syscall.h>
@@ -87,15 +88,25 @@ int cp_event_sleep(cp_event *e, uint32_t seen, int64_t timeout_ns)
     return rc;
 }
 
-/* The spin is short: on two cores a long spin steals the time the other
- * side needs to produce what we wait for. */
-#define CP_SPIN_LIMIT 256
+/* Spin before sleeping, bounded in time (a pause lasts 5 ns on one CPU and
+ * 25 ns on another): a few microseconds of pauses, then yielding the CPU
+ * between looks, so a spinner never keeps the producer it waits for off a
+ * shared core (two cores, a parent and two workers).  A wake-up from a
+ * futex sleep costs tens of microseconds on a virtual machine; a result
+ * or task that comes within the spin costs none. */
+#define CP_SPIN_PAUSE_NS 2000
+#define CP_SPIN_YIELD_NS 50000
 
 int cp_spin_until(int (*pred)(void *), void *arg)
 {
-    for (int i = 0; i < CP_SPIN_LIMIT; i++) {
-        if (pred(arg)) return 1;
-        cp_cpu_relax();
-    }
+    int64_t start = cp_now_ns(), t;
+    do {
+        for (int i = 0; i < 16; i++) {
+            if (pred(arg)) return 1;
+            cp_cpu_relax();
+        }
+        t = cp_now_ns() - start;
+        if (t >= CP_SPIN_PAUSE_NS) sched_yield();
+    } while (t < CP_SPIN_YIELD_NS);
     return pred(arg);
 }

@@ -166,6 +166,21 @@ def test_map(pools, case, chunksize):
     assert mp_out[0] == "ok"
 
 
+RANGES = [range(0), range(7), range(-30, 30, 7), range(100, -100, -3),
+          range(10 ** 18, 10 ** 18 + 50), range(5_000)]
+
+
+@pytest.mark.parametrize("chunksize", [1, 4, None])
+@pytest.mark.parametrize("r", RANGES, ids=repr)
+def test_map_range_input(pools, r, chunksize):
+    # cpool sends a range as range slices, not as pickled items: the same
+    # items must reach the function.
+    mp_out, cp_out = both(pools, lambda p: p.map(describe, r, chunksize))
+    assert cp_out == mp_out == ("ok", [describe(x) for x in r])
+    mp_out, cp_out = both(pools, lambda p: p.starmap(add, r, chunksize))
+    assert cp_out[:2] == mp_out[:2]  # [] or TypeError (an int is no tuple)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_map_generator_input(pools, case):
     func, data = CASES[case]
