@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <stdio.h>
+#include <time.h>
 
 #include <marshal.h>
 
@@ -181,14 +182,33 @@ static PyObject *deserialize(cpool_state *st, const char *p, size_t n, PyObject 
     return obj;
 }
 
+/* How long a producer waits for a recycled segment to come back before it
+ * makes a one-shot one: a fresh tmpfs segment costs the kernel zeroing
+ * every page (milliseconds for a few MiB, more than the copy into it), and
+ * the consumer hands one back as soon as it has read it, so a map of many
+ * large items is paced by its workers instead.  Bounded: the segments may
+ * be held by tasks that wait behind this one. */
+#define RECY_WAIT_NS 5000000
+#define RECY_POLL_NS 50000
+
 /* A recycled segment for `total` bytes, mapped writable in *addr: 0, or -1
- * when none is free (or it cannot be grown), the caller then makes a
- * one-shot segment.  No Python; errno is left as it was. */
+ * when none is free within RECY_WAIT_NS (or it cannot be grown), the caller
+ * then makes a one-shot segment.  No Python; errno is left as it was. */
 static int recycled(const cp_segdest *d, size_t total, cp_segref *ref, void **addr)
 {
     if (d->recy == NULL || total > CP_RECY_MAX_BYTES) return -1;
     int saved = errno;
-    for (int k = 0; k < d->nrecy; k++) {
+    int64_t deadline = 0;
+    for (int k = 0;; k++) {
+        if (k == d->nrecy) {
+            int64_t now = cp_now_ns();
+            if (deadline == 0) deadline = now + RECY_WAIT_NS;
+            if (now >= deadline) break;
+            struct timespec ts = {0, RECY_POLL_NS};
+            nanosleep(&ts, NULL);
+            k = -1;
+            continue;
+        }
         cp_recy *e = &d->recy[k];
         uint32_t st = atomic_load(&e->state);
         if (st == CP_RECY_BUSY || !atomic_compare_exchange_strong(&e->state, &st, CP_RECY_BUSY))
