@@ -313,6 +313,7 @@ class IMapIterator:
         self._length = None      # total chunks, once the input is exhausted
         self._ready = {} if self._ordered else collections.deque()
         self._buf = collections.deque()
+        self._sleepers = 0       # consumers waiting on _cond
         self._cache[self._job] = self
         pool._lazy.add(self)
         self._feed()
@@ -326,6 +327,9 @@ class IMapIterator:
         """Read input ahead of the consumer, up to the window.  The window is
         refilled once it is half empty, a batch of chunks in one submission:
         one lock, one dispatch and one wake-up per batch, not per chunk."""
+        if not everything and (self._length is not None or
+                               self._submitted - self._consumed > self._window // 2):
+            return  # the common case, checked again under the lock below
         with self._feed_lock:
             if self._length is not None:
                 return
@@ -426,15 +430,17 @@ class IMapIterator:
     # -- results (the collector's thread) --
 
     def _set(self, idx, status, value):
-        ok, val = _outcome(self._job, idx, status, value)
+        got = (True, value) if status == ST_OK else _outcome(self._job, idx, status, value)
         with self._cond:
             if self._ordered:
-                self._ready[idx] = (ok, val)
+                self._ready[idx] = got
             else:
-                self._ready.append((ok, val))
+                self._ready.append(got)
             self._delivered += 1
-            self._check_complete()
-            self._cond.notify_all()
+            if self._length is not None:
+                self._check_complete()
+            if self._sleepers:
+                self._cond.notify_all()
 
     # -- consuming --
 
@@ -451,6 +457,8 @@ class IMapIterator:
         ok, val = got
         if not ok:
             return got
+        if len(val) == 1:  # chunksize 1: no detour through _buf
+            return True, val[0]
         self._buf.extend(val)
         return True, _NO_VALUE
 
@@ -484,7 +492,11 @@ class IMapIterator:
                         finally:
                             self._cond.acquire()
                         if not collected and self._delivered == seen:
-                            self._cond.wait(left)
+                            self._sleepers += 1
+                            try:
+                                self._cond.wait(left)
+                            finally:
+                                self._sleepers -= 1
                         continue
                     # nothing in flight: read more input first
             if got is not None and not got[0]:
@@ -499,6 +511,8 @@ class IMapIterator:
                         self._buf.clear()
                 raise got[1]
             self._feed()  # a chunk was taken (or none is in flight): top up
+            if got is not None and got[1] is not _NO_VALUE:
+                return got[1]
 
     __next__ = next
 

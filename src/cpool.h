@@ -410,6 +410,7 @@ typedef struct CoreObject {
      * result takes it to collect by itself (no hand-off between threads). */
     _Atomic int64_t tok;
     cp_event tok_ev;            /* the token was given back */
+    _Atomic int64_t waiter_seen; /* when a waiter last gave the token back */
     PyObject *interrupt;        /* Ctrl-C that hit a delivery in a waiter */
     PyObject *deferred;         /* list of (obj, idx, status, value): outcomes
                                  * with callbacks, for the collector thread */

@@ -799,9 +799,12 @@ static void check_template(CoreObject *c)
 
 /* A thread that waits for a result collects by itself, while the collector
  * thread naps: a result then reaches its waiter without two thread wake-ups
- * (worker -> collector -> waiter), which is most of a round trip.  The
- * collector thread takes the token back when the waiter is done; a waiter
- * that held it long, or left news behind, wakes it. */
+ * (worker -> collector -> waiter), which is most of a round trip.  While
+ * waiters keep coming back (an imap consumer, a loop of get()), results
+ * wait in the rings for them, a batch at a time, and the collector thread
+ * stays out of their way; it takes over TOKEN_NAP_NS after the last one,
+ * or at once when a waiter leaves it work (deferred callbacks, a phase
+ * change) or held the token long. */
 #define TOKEN_NAP_NS 1000000   /* the collector's nap while a waiter collects */
 
 /* The core whose results this thread is delivering (callbacks run inside):
@@ -821,10 +824,12 @@ static void give_token(CoreObject *c, int by_waiter)
 {
     int wake = 1;
     if (by_waiter) {
-        int64_t held = cp_now_ns() - atomic_load(&c->tok);
+        int64_t now = cp_now_ns();
         int run = atomic_load(&c->phase) == CP_RUN;
         if (!run) atomic_store(&c->kicked, 1); /* the collector acts on it */
-        wake = held >= TOKEN_NAP_NS || !run || any_news(c);
+        wake = now - atomic_load(&c->tok) >= TOKEN_NAP_NS || !run ||
+               atomic_load(&c->kicked);
+        atomic_store(&c->waiter_seen, now);
     }
     atomic_store(&c->tok, 0);
     if (wake) cp_event_signal(&c->tok_ev);
@@ -860,6 +865,14 @@ static void *collector_main(void *arg)
     c->cts = PyEval_SaveThread();
     delivering = c;
     for (;;) {
+        int64_t quiet = cp_now_ns() - atomic_load(&c->waiter_seen);
+        if (quiet < TOKEN_NAP_NS && atomic_load(&c->phase) == CP_RUN &&
+            !atomic_load(&c->kicked)) {
+            /* A waiter collected a moment ago: it will be back. */
+            uint32_t seen = cp_event_prepare(&c->tok_ev);
+            cp_event_sleep(&c->tok_ev, seen, TOKEN_NAP_NS - quiet);
+            continue;
+        }
         if (!take_token(c)) {
             await_token(c, -1);
             continue;
