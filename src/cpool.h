@@ -179,18 +179,18 @@ CP_HIDDEN int cp_ring_fits(cp_ring *r, size_t n);
 /* Map `size` bytes of anonymous shared memory (a memfd: no name to leak),
  * inherited by every child forked after.  NULL with errno on failure. */
 CP_HIDDEN void *cp_shared_map(size_t size);
-/* Create a named segment of `size` bytes (mode 0600) and map it writable.
- * 0, or -1 with errno. */
-CP_HIDDEN int cp_seg_create(const char *name, size_t size, void **addr);
 /* Open an existing segment read-only: a descriptor, or -1 with errno. */
 CP_HIDDEN int cp_seg_open_fd(const char *name);
 CP_HIDDEN void cp_seg_unlink(const char *name);
 /* Unlink every segment whose name starts with `prefix`. */
 CP_HIDDEN void cp_seg_sweep(const char *prefix);
-/* Put a pickle (no out-of-band buffers) into a new segment named
- * prefix+tag+seq, in the cp_seghdr layout, and fill *ref.  0 or -1/errno. */
-CP_HIDDEN int cp_seg_put(const char *prefix, const char *tag, uint64_t seq,
-                         const void *p, size_t n, cp_segref *ref);
+/* Write pieces[0] (a pickle) and pieces[1..n-1] (its out-of-band buffers)
+ * into a segment in the cp_seghdr layout: one of d's recycled segments if
+ * one is free or frees up soon, else a new one named prefix+tag+seq; fill
+ * *ref.  No Python: call it without the GIL.  0, or -1 with errno. */
+struct iovec;
+CP_HIDDEN int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n,
+                           cp_segref *ref);
 
 /* ---- the control segment ----------------------------------------------- */
 

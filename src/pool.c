@@ -24,6 +24,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -169,8 +170,10 @@ static int put_func(CoreObject *c, cp_ring *r, cp_rechdr *h, const char *p, size
 {
     if (n <= cp_ring_inline_max(r)) return cp_ring_try_put(r, h, p, n) ? 1 : 0;
     if (!cp_ring_fits(r, sizeof *seg)) return 1;
-    if (cp_seg_put(c->ctl->prefix, "f", atomic_fetch_add(&c->seg_seq, 1), p, n, seg) != 0)
-        return -1;
+    cp_segdest d = {.prefix = c->ctl->prefix, .tag = "f",
+                    .seq = atomic_fetch_add(&c->seg_seq, 1)};
+    struct iovec piece = {.iov_base = (void *)p, .iov_len = n};
+    if (cp_seg_write(&d, &piece, 1, seg) != 0) return -1;
     h->flags = CP_F_LARGE;
     if (cp_ring_try_put(r, h, seg, sizeof *seg) != 0) {
         cp_seg_unlink(seg->name);

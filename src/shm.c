@@ -13,9 +13,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 void *cp_shared_map(size_t size)
@@ -29,36 +32,6 @@ void *cp_shared_map(size_t size)
     close(fd); /* the mapping keeps the memory alive */
     errno = saved;
     return p == MAP_FAILED ? NULL : p;
-}
-
-int cp_seg_create(const char *name, size_t size, void **addr)
-{
-    int fd;
-    do {
-        fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    } while (fd < 0 && errno == EINTR);
-    if (fd < 0) return -1;
-    int rc = -1;
-    /* Reserve the space now: tmpfs grants any ftruncate and raises SIGBUS
-     * on the write that finds /dev/shm full.  posix_fallocate says ENOSPC. */
-    int err;
-    do {
-        err = posix_fallocate(fd, 0, (off_t)(size ? size : 1));
-    } while (err == EINTR);
-    if (err != 0) errno = err;
-    if (err == 0) {
-        void *p = mmap(NULL, size ? size : 1, PROT_READ | PROT_WRITE,
-                       MAP_SHARED | MAP_POPULATE, fd, 0);
-        if (p != MAP_FAILED) {
-            *addr = p;
-            rc = 0;
-        }
-    }
-    int saved = errno;
-    close(fd);
-    if (rc != 0) shm_unlink(name);
-    errno = saved;
-    return rc;
 }
 
 int cp_seg_open_fd(const char *name)
@@ -93,27 +66,143 @@ void cp_seg_sweep(const char *prefix)
     closedir(d);
 }
 
-int cp_seg_put(const char *prefix, const char *tag, uint64_t seq,
-               const void *p, size_t n, cp_segref *ref)
+/* ---- writing large records --------------------------------------------------
+ *
+ * Written with pwrite, never through a mapping: no page faults on the
+ * producer's side, a full /dev/shm is ENOSPC from the write (through a
+ * mapping it would be a SIGBUS), and tmpfs does not zero a new page that a
+ * write fills whole, where fallocate or a fault would.  The consumer maps
+ * the segment (pack.c). */
+
+/* How long a producer waits for a recycled segment to come back before it
+ * makes a one-shot one: a fresh segment's pages cost the kernel more than
+ * the copy into them, and the consumer hands one back as soon as it has
+ * read it, so a map of many large items is paced by its workers instead.
+ * Bounded: the segments may be held by tasks that wait behind this one. */
+#define RECY_WAIT_NS 5000000
+#define RECY_POLL_NS 50000
+
+/* Take one of d's recycled segments for `total` bytes: its descriptor,
+ * open for writing and at least that large, or -1 when none is free within
+ * RECY_WAIT_NS (or it cannot be opened or grown): then *e is NULL. */
+static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
+                         cp_recy **taken, uint32_t *was)
 {
-    void *addr;
-    if (snprintf(ref->name, sizeof ref->name, "%s%s%llu", prefix, tag,
-                 (unsigned long long)seq) >= (int)sizeof ref->name) {
-        errno = ENAMETOOLONG;
-        return -1;
+    *taken = NULL;
+    if (d->recy == NULL || total > CP_RECY_MAX_BYTES) return -1;
+    int64_t deadline = 0;
+    for (int k = 0;; k++) {
+        if (k == d->nrecy) {
+            int64_t now = cp_now_ns();
+            if (deadline == 0) deadline = now + RECY_WAIT_NS;
+            if (now >= deadline) return -1;
+            struct timespec ts = {0, RECY_POLL_NS};
+            nanosleep(&ts, NULL);
+            k = -1;
+            continue;
+        }
+        cp_recy *e = &d->recy[k];
+        uint32_t st = atomic_load(&e->state);
+        if (st == CP_RECY_BUSY || !atomic_compare_exchange_strong(&e->state, &st, CP_RECY_BUSY))
+            continue;
+        snprintf(ref->name, sizeof ref->name, "%s%s%d", d->prefix, d->recy_tag, k);
+        int fd;
+        do {
+            fd = shm_open(ref->name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        } while (fd < 0 && errno == EINTR);
+        /* The file's real size, not the entry's memory of it: a sweep (pool
+         * end, a cleaner of /dev/shm) may have removed it. */
+        struct stat fst;
+        if (fd >= 0 && (fstat(fd, &fst) != 0 ||
+                        ((uint64_t)fst.st_size < total && ftruncate(fd, (off_t)total) != 0))) {
+            close(fd);
+            fd = -1;
+        }
+        if (fd < 0) {
+            atomic_store(&e->state, st); /* as it was */
+            return -1;
+        }
+        if ((uint64_t)fst.st_size < total) e->size = total;
+        ref->recy = k;
+        *taken = e;
+        *was = st;
+        return fd;
     }
-    uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr));
-    size_t total = (size_t)(hdr + n);
-    if (cp_seg_create(ref->name, total, &addr) != 0) return -1;
-    cp_seghdr *h = addr;
-    h->magic = CP_SEG_MAGIC;
-    h->nbufs = 0;
-    h->pickle_len = n;
-    memcpy((char *)addr + hdr, p, n);
-    munmap(addr, total);
-    ref->size = total;
-    ref->recy = -1;
+}
+
+/* pwrite all of it: 0, or -1 with errno (ENOSPC when /dev/shm is full). */
+static int pwrite_all(int fd, const char *p, size_t n, uint64_t off)
+{
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, (off_t)off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return -1;
+        if (w == 0) {
+            errno = ENOSPC;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
     return 0;
+}
+
+static int write_pieces(int fd, const cp_seghdr *h, uint64_t hdr,
+                        const struct iovec *pieces, int n)
+{
+    if (pwrite_all(fd, (const char *)h, hdr, 0) != 0) return -1;
+    uint64_t off = hdr;
+    for (int i = 0; i < n; i++) {
+        if (pwrite_all(fd, pieces[i].iov_base, pieces[i].iov_len, off) != 0) return -1;
+        off += CP_ALIGN64((uint64_t)pieces[i].iov_len);
+    }
+    return 0;
+}
+
+int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, cp_segref *ref)
+{
+    ref->name[0] = '\0';
+    uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr) + (size_t)(n - 1) * sizeof(uint64_t));
+    uint64_t total = hdr;
+    for (int i = 0; i < n; i++) total += CP_ALIGN64((uint64_t)pieces[i].iov_len);
+    cp_seghdr *h = calloc(1, hdr);
+    if (h == NULL) return -1;
+    h->magic = CP_SEG_MAGIC;
+    h->nbufs = (uint32_t)(n - 1);
+    h->pickle_len = pieces[0].iov_len;
+    for (int i = 1; i < n; i++) h->lens[i - 1] = pieces[i].iov_len;
+
+    int rc = -1;
+    cp_recy *e;
+    uint32_t was;
+    int fd = take_recycled(d, total, ref, &e, &was);
+    if (fd >= 0) {
+        rc = write_pieces(fd, h, hdr, pieces, n);
+        close(fd);
+        if (rc != 0) atomic_store(&e->state, was); /* a one-shot may still do */
+    }
+    if (rc != 0) {
+        ref->recy = -1;
+        if (snprintf(ref->name, sizeof ref->name, "%s%s%llu", d->prefix, d->tag,
+                     (unsigned long long)d->seq) >= (int)sizeof ref->name) {
+            errno = ENAMETOOLONG;
+            goto done;
+        }
+        do {
+            fd = shm_open(ref->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        } while (fd < 0 && errno == EINTR);
+        if (fd < 0) goto done;
+        rc = ftruncate(fd, (off_t)total) == 0 ? write_pieces(fd, h, hdr, pieces, n) : -1;
+        int saved = errno;
+        close(fd);
+        if (rc != 0) shm_unlink(ref->name);
+        errno = saved;
+    }
+    if (rc == 0) ref->size = total;
+done:
+    free(h);
+    return rc;
 }
 
 #define ALIGN64(n) (((n) + 63u) & ~(uint64_t)63u)

@@ -81,3 +81,53 @@ def test_a_large_plain_chunk_and_result(pool):
     assert pool.map(identity, items, chunksize=25_000) == items
     assert pool.starmap(max, [(i, -i) for i in range(100_000)]) == \
         [i for i in range(100_000)]
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+@pytest.mark.parametrize("size", [64 * 1024, 3 * 1024 * 1024 + 5])
+def test_large_buffers_cross_out_of_band_unchanged(pool, kind, size):
+    value = kind(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    got = pool.apply(identity, (value,))
+    assert type(got) is kind and got == value
+    got = pool.map(identity, [value, (1, value)], chunksize=1)
+    assert type(got[0]) is kind and got[0] == value
+    assert got[1] == (1, value) and type(got[1][1]) is kind
+
+
+def test_a_full_dev_shm_is_an_oserror_not_a_crash():
+    """Records too large for a ring go through /dev/shm.  When it is full,
+    the producer gets ENOSPC from its write (never a SIGBUS from a mapping):
+    the submitting call raises OSError, a result that cannot be sent fails
+    its task, and the pool goes on.  Run in a mount namespace with a 2 MiB
+    /dev/shm (root only, as CI runs)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import os, sys, cpool
+        def big(n):
+            return b"r" * n
+        with cpool.Pool(2) as pool:
+            try:
+                pool.apply(len, (b"a" * (4 << 20),))
+            except OSError as e:
+                print("task", e.errno == 28)
+            try:
+                pool.apply(big, (4 << 20,))
+            except Exception as e:
+                print("result", type(e).__name__, "No space left" in str(e))
+            print("after", pool.apply(len, (b"a" * 1000,)), pool.map(abs, [-1, -2]))
+        print("segments", [n for n in os.listdir("/dev/shm") if n.startswith("cpool.")])
+    """)
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if os.geteuid() != 0 or probe.returncode != 0:
+        pytest.skip("needs root and mount namespaces (unshare -m)")
+    cmd = ["unshare", "-m", "sh", "-c",
+           'mount -t tmpfs -o size=2m tmpfs /dev/shm && exec "$0" -c "$1"',
+           sys.executable, script]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=T)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:4] == [
+        "task True", "result MaybeEncodingError True", "after 1000 [1, 2]", "segments []"], \
+        p.stdout + p.stderr
