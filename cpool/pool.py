@@ -299,7 +299,10 @@ class IMapIterator:
         self._pool = weakref.ref(pool)
         self._core = pool._core
         self._cache = pool._cache
-        self._cond = threading.Condition(threading.Lock())
+        # `with self._lock` rather than `with self._cond`: the same lock,
+        # without Condition's Python-level __enter__/__exit__ per item.
+        self._lock = _allocate_lock()
+        self._cond = threading.Condition(self._lock)
         self._feed_lock = threading.Lock()
         self._job = next(_job_counter)
         self._chunksize = chunksize
@@ -407,7 +410,7 @@ class IMapIterator:
         self._set(idx, ST_LOCAL, err)
 
     def _end_input(self, length):
-        with self._cond:
+        with self._lock:
             self._length = length
             self._input = None
             self._check_complete()
@@ -415,7 +418,7 @@ class IMapIterator:
 
     def _stop(self):
         """The pool is terminating: read no more input."""
-        with self._cond:
+        with self._lock:
             if self._length is None:
                 self._length = self._submitted
                 self._input = None
@@ -431,7 +434,7 @@ class IMapIterator:
 
     def _set(self, idx, status, value):
         got = (True, value) if status == ST_OK else _outcome(self._job, idx, status, value)
-        with self._cond:
+        with self._lock:
             if self._ordered:
                 self._ready[idx] = got
             else:
@@ -473,7 +476,7 @@ class IMapIterator:
                     pass
             if timeout is not None and deadline is None:
                 deadline = _monotonic() + timeout
-            with self._cond:
+            with self._lock:
                 got = self._take()
                 if got is None:
                     if self._length is not None and self._consumed >= self._length:
@@ -486,11 +489,11 @@ class IMapIterator:
                         # Collect in this thread (without _cond: delivering
                         # takes it); the collector thread's deliveries are
                         # waited for on _cond instead.
-                        self._cond.release()
+                        self._lock.release()
                         try:
                             collected = self._core.collect(left) > 0
                         finally:
-                            self._cond.acquire()
+                            self._lock.acquire()
                         if not collected and self._delivered == seen:
                             self._sleepers += 1
                             try:
@@ -504,13 +507,17 @@ class IMapIterator:
                     # As multiprocessing's chunked imap (a generator over the
                     # chunks): a failed chunk ends the iteration.
                     self._stop()
-                    with self._cond:
+                    with self._lock:
                         self._consumed = self._length = max(self._consumed,
                                                             self._length)
                         self._ready.clear()
                         self._buf.clear()
                 raise got[1]
-            self._feed()  # a chunk was taken (or none is in flight): top up
+            # A chunk was taken (or none is in flight): top up the window
+            # once it is half empty (_feed checks again, under its lock).
+            if self._length is None and \
+                    self._submitted - self._consumed <= self._window // 2:
+                self._feed()
             if got is not None and got[1] is not _NO_VALUE:
                 return got[1]
 
