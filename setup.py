@@ -18,6 +18,7 @@ SOURCES = [
     "src/module.c",    # init, module state, pickling helpers
     "src/pool.c",      # the parent: Core type, dispatch, the collector thread
     "src/template.c",  # the template process: forks and reaps the workers
+    "src/spawn.c",     # the template as a fresh interpreter (spawn, forkserver)
     "src/worker.c",    # the worker loop: unpickle, call, pickle, post
     "src/value.c",     # shared arenas, the Synchronized wrapper of Value/Array
     "src/lock.c",      # Lock/RLock: robust process-shared mutexes

@@ -1,7 +1,7 @@
 """Type stubs of cpool._cpool, the C machinery behind cpool.Pool and the
 shared Value/Array/Lock/RLock (checked against the module by
 tests/test_stubs.py)."""
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, final
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, final
 
 from typing_extensions import disjoint_base
 
@@ -18,6 +18,13 @@ def futex_roundtrip(n: int) -> float: ...
 def memcpy_bandwidth(nbytes: int, reps: int) -> float: ...
 def _rebuild(buffer: Any, type: type, /) -> Any: ...
 
+# The exec'ed template (cpool._template.main): run it, or report why it cannot.
+def _template_main(ctl_fd: int, ev_fd: int, parent: int, processes: int, maxtasks: int,
+                   initializer: Optional[Callable[..., object]], initargs: Tuple[Any, ...],
+                   bootstrap: Callable[[int], object],
+                   pack_error: Callable[..., bytes]) -> NoReturn: ...
+def _template_abort(ctl_fd: int, report: bytes) -> None: ...
+
 @final
 class Core:
     def __new__(
@@ -29,6 +36,7 @@ class Core:
         cache: Dict[int, Any],
         bootstrap: Callable[[int], object],
         pack_error: Callable[..., bytes],
+        spawn: Optional[Tuple[str, Sequence[str], Sequence[int]]] = ...,
     ) -> "Core": ...
     def submit_call(self, job: int, func: Callable[..., Any], args: Any,
                     kwds: Dict[str, Any]) -> None: ...

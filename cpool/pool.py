@@ -580,9 +580,16 @@ def _default_processes():
         return os.cpu_count() or 1
 
 
-def _check_context(context):
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def _start_method(context):
+    """The start method a Pool's context names: "fork" for None (whatever
+    multiprocessing's default; see Pool), else the name given or the
+    context's (a multiprocessing context, or anything with
+    get_start_method())."""
     if context is None:
-        return
+        return "fork"
     if isinstance(context, str):
         method = context
     else:
@@ -591,10 +598,10 @@ def _check_context(context):
             raise TypeError(f"context must be None, a start method name or a "
                             f"multiprocessing context, not {context!r}")
         method = get()
-    if method != "fork":
-        raise ValueError(
-            f"cpool.Pool supports the 'fork' start method for now; {method!r} "
-            f"is not supported yet (pass context=None or 'fork')")
+    if method not in START_METHODS:
+        raise ValueError(f"cannot find context for {method!r}; cpool.Pool knows "
+                         f"the start methods {', '.join(START_METHODS)}")
+    return method
 
 
 class Pool:
@@ -608,6 +615,25 @@ class Pool:
     unfinished results with PoolTerminatedError instead of leaving them
     pending forever; a callback that raises is reported and later results
     still arrive.
+
+    Start methods.  Every worker, first or replacement, is forked from the
+    pool's single-threaded template process; ``context`` says how that
+    template starts.  "fork" (and ``context=None``): forked from the calling
+    thread when Pool() is called, so the workers start from the parent's
+    state at that moment (functions defined in ``__main__``, even in an
+    interactive session, work; the initializer need not be picklable), in
+    about a millisecond.  As os.fork() does on Python 3.12+, that fork warns
+    (DeprecationWarning) when the parent already runs other threads.
+    "spawn" and "forkserver" (names, or multiprocessing contexts): the
+    template is a fresh interpreter (an exec of sys.executable), safe
+    whatever threads the parent runs; it prepares itself as multiprocessing's
+    spawned children do (the ``if __name__ == "__main__"`` rules are the
+    same) and the initializer, its arguments, functions and tasks travel by
+    reference.  The two mean the same here: the exec'ed template already is
+    this pool's fork server.  ``None`` means "fork" whatever multiprocessing's
+    default start method (forkserver from Python 3.14): the risk that made
+    multiprocessing change it, workers forked later from a parent that by
+    then runs threads, does not exist here.
     """
 
     _wrap_exception = True
@@ -616,7 +642,7 @@ class Pool:
                  maxtasksperchild=None, context=None):
         self._state = None      # __del__ must work if __init__ fails
         self._core = None
-        _check_context(context)
+        method = _start_method(context)
         if processes is None:
             processes = _default_processes()
         if processes < 1:
@@ -630,9 +656,22 @@ class Pool:
         self._cache = {}
         self._lazy = weakref.WeakSet()
         self._owner = os.getpid()
-        self._core = _cpool.Core(processes, maxtasksperchild or 0, initializer,
-                                 tuple(initargs), self._cache, _worker_bootstrap,
-                                 _pack_error)
+        self._start_method = method
+        if method == "fork":
+            self._core = _cpool.Core(processes, maxtasksperchild or 0, initializer,
+                                     tuple(initargs), self._cache, _worker_bootstrap,
+                                     _pack_error)
+        else:
+            from . import _template
+            spawn = _template.spec(method, processes, maxtasksperchild or 0,
+                                   initializer, initargs, _worker_bootstrap,
+                                   _pack_error)
+            try:
+                self._core = _cpool.Core(processes, maxtasksperchild or 0,
+                                         initializer, tuple(initargs), self._cache,
+                                         _worker_bootstrap, _pack_error, spawn)
+            finally:
+                _template.spawn_done(spawn)
         self._state = RUN
         _live_pools.add(self)
 

@@ -179,6 +179,8 @@ CP_HIDDEN int cp_ring_fits(cp_ring *r, size_t n);
 /* Map `size` bytes of anonymous shared memory (a memfd: no name to leak),
  * inherited by every child forked after.  NULL with errno on failure. */
 CP_HIDDEN void *cp_shared_map(size_t size);
+/* The same; with fd_out, the memfd stays open (close-on-exec) in *fd_out. */
+CP_HIDDEN void *cp_shared_map_fd(size_t size, int *fd_out);
 /* Open an existing segment read-only: a descriptor, or -1 with errno. */
 CP_HIDDEN int cp_seg_open_fd(const char *name);
 CP_HIDDEN void cp_seg_unlink(const char *name);
@@ -248,8 +250,9 @@ static inline cp_ring *cp_result_ring(cp_ctl *c, int i)
 {
     return (cp_ring *)((char *)c + c->slots[i].result_off);
 }
-/* Lay out a control segment for n slots with rings of ring_cap bytes. */
-CP_HIDDEN cp_ctl *cp_ctl_create(uint32_t n, uint64_t ring_cap);
+/* Lay out a control segment for n slots with rings of ring_cap bytes; with
+ * fd_out, its memfd is left open there (for an exec'ed template). */
+CP_HIDDEN cp_ctl *cp_ctl_create(uint32_t n, uint64_t ring_cap, int *fd_out);
 CP_HIDDEN void cp_ctl_destroy(cp_ctl *c);
 
 /* ---- template.c --------------------------------------------------------- */
@@ -451,6 +454,28 @@ CP_HIDDEN int cp_lock_release(LockObject *l);
 /* Parse acquire's (block=True, timeout=None); 0 or -1. */
 CP_HIDDEN int cp_parse_acquire(PyObject *args, PyObject *kwds, int *block,
                                double *timeout);
+
+/* pool.c: the template's way to fork a worker (a cp_spawn_fn; arg is the
+ * CoreObject).  The child never returns. */
+CP_HIDDEN pid_t cp_spawn_worker(void *arg, int slot);
+
+/* spawn.c: the template of the "spawn" and "forkserver" start methods, a
+ * fresh interpreter; and os.fork()'s warning about threads. */
+/* os.fork() warns about threads from Python 3.12 on. */
+#define CP_FORK_WARNS (PY_VERSION_HEX >= 0x030C0000)
+/* This process's OS threads, from /proc/self/stat; 0 when unknown. */
+CP_HIDDEN Py_ssize_t cp_count_threads(void);
+/* Python 3.12+: os.fork()'s DeprecationWarning, when the process had other
+ * threads when it forked (os_threads: cp_count_threads() taken right after
+ * the fork; <= 0 falls back to the threading module's count).  0, or -1 with
+ * the exception where CPython's os.fork() would raise it (3.15+). */
+CP_HIDDEN int cp_warn_fork_with_threads(Py_ssize_t os_threads);
+/* Start the template as a fresh interpreter: spec is (executable, argv,
+ * fds) from cpool._template; the control segment's memfd becomes fd 3 of
+ * the child, the eventfd fd 4, spec's fds 5, 6, ...  The child's pid, or
+ * -1 with an exception. */
+CP_HIDDEN pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec);
+CP_HIDDEN int cp_spawn_add_functions(PyObject *module);
 
 /* floor.c: the benchmark's physical limits. */
 CP_HIDDEN int cp_floor_add_functions(PyObject *module);

@@ -60,7 +60,8 @@ static int module_exec(PyObject *m)
         PyModule_AddIntConstant(m, "ST_UNPICKLE", CP_ST_UNPICKLE) < 0)
         return -1;
     if (cp_core_add_type(m, st) < 0 || cp_lock_add_type(m, st) < 0 ||
-        cp_floor_add_functions(m) < 0 || cp_pack_add_types(m, st) < 0)
+        cp_floor_add_functions(m) < 0 || cp_pack_add_types(m, st) < 0 ||
+        cp_spawn_add_functions(m) < 0)
         return -1;
     return cp_value_add_types(m, st);
 }

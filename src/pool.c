@@ -911,7 +911,7 @@ static void *collector_main(void *arg)
 /* ---- the template and the workers --------------------------------------- */
 
 /* The template's way to fork a worker (runs in the template). */
-static pid_t spawn_worker(void *arg, int slot)
+pid_t cp_spawn_worker(void *arg, int slot)
 {
     CoreObject *c = arg;
     pid_t tmpl = getpid();
@@ -976,13 +976,15 @@ static int check_owner(CoreObject *c)
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"processes", "maxtasks", "initializer", "initargs",
-                             "cache", "bootstrap", "pack_error", NULL};
+                             "cache", "bootstrap", "pack_error", "spawn", NULL};
     int n;
     unsigned long long maxtasks;
-    PyObject *init, *initargs, *cache, *bootstrap, *pack_error;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOO!O!OO", kwlist, &n, &maxtasks,
+    PyObject *init, *initargs, *cache, *bootstrap, *pack_error, *spawn = Py_None;
+    int ctl_fd = -1; /* the control segment's memfd, kept for an exec'ed template */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOO!O!OO|O", kwlist, &n, &maxtasks,
                                      &init, &PyTuple_Type, &initargs,
-                                     &PyDict_Type, &cache, &bootstrap, &pack_error))
+                                     &PyDict_Type, &cache, &bootstrap, &pack_error,
+                                     &spawn))
         return NULL;
     if (n < 1) {
         PyErr_SetString(PyExc_ValueError, "Number of processes must be at least 1");
@@ -1014,7 +1016,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto error;
     }
-    c->ctl = cp_ctl_create((uint32_t)n, RING_CAP);
+    c->ctl = cp_ctl_create((uint32_t)n, RING_CAP, spawn != Py_None ? &ctl_fd : NULL);
     if (c->ctl == NULL) {
         cp_oserror("memfd_create");
         goto error;
@@ -1029,21 +1031,39 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     for (int i = 0; i < n; i++) atomic_store(&c->ctl->slots[i].state, CP_S_SPAWN_REQ);
 
-    PyOS_BeforeFork();
-    pid_t pid = fork();
-    if (pid == 0) {
-        PyOS_AfterFork_Child();
-        cp_template_main(c->ctl, c->evfd, c->owner, spawn_worker, c);
-    }
-    int saved = errno;
-    PyOS_AfterFork_Parent();
-    if (pid < 0) {
-        errno = saved;
-        cp_oserror("fork");
-        goto error;
+    pid_t pid;
+    int warned = 0;
+    if (spawn != Py_None) { /* "spawn", "forkserver": a fresh interpreter (spawn.c) */
+        pid = cp_exec_template(c, ctl_fd, spawn);
+        close(ctl_fd); /* the template has its own */
+        ctl_fd = -1;
+        if (pid < 0) goto error;
+    } else {
+        PyOS_BeforeFork();
+        pid = fork();
+        if (pid == 0) {
+            PyOS_AfterFork_Child();
+            cp_template_main(c->ctl, c->evfd, c->owner, cp_spawn_worker, c);
+        }
+        int saved = errno;
+        /* As os.fork(): threads counted before the fork hooks may start one. */
+        Py_ssize_t threads = CP_FORK_WARNS && pid > 0 ? cp_count_threads() : 0;
+        PyOS_AfterFork_Parent();
+        if (pid < 0) {
+            errno = saved;
+            cp_oserror("fork");
+            goto error;
+        }
+        warned = cp_warn_fork_with_threads(threads);
     }
     c->tmpl = pid;
     atomic_store(&c->ctl->tmpl_pid, pid);
+    if (warned < 0) { /* the warning raised (an error filter, 3.15+) */
+        atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
+        tell_template(c);
+        wait_template(c);
+        goto error;
+    }
 
     /* The collector blocks every signal: Ctrl-C must reach the thread that
      * waits for a result, never this one. */
@@ -1066,6 +1086,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     atomic_store(&c->thread_started, 1);
     return (PyObject *)c;
 error:
+    if (ctl_fd >= 0) close(ctl_fd);
     Py_DECREF(c);
     return NULL;
 }
@@ -1521,10 +1542,13 @@ static PyGetSetDef Core_getset[] = {
 };
 
 PyDoc_STRVAR(Core_doc,
-"Core(processes, maxtasks, initializer, initargs, cache, bootstrap, pack_error)\n"
+"Core(processes, maxtasks, initializer, initargs, cache, bootstrap, pack_error,\n"
+"     spawn=None)\n"
 "--\n\n"
 "The machinery of one pool: its template process, its workers, its rings\n"
-"and its collector thread.  cpool.Pool is the public face.");
+"and its collector thread.  cpool.Pool is the public face.  spawn: None to\n"
+"fork the template, or (executable, argv, fds) from cpool._template to exec\n"
+"it as a fresh interpreter.");
 
 static PyType_Slot Core_slots[] = {
     {Py_tp_new, Core_new},

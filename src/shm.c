@@ -21,7 +21,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-void *cp_shared_map(size_t size)
+void *cp_shared_map(size_t size) { return cp_shared_map_fd(size, NULL); }
+
+void *cp_shared_map_fd(size_t size, int *fd_out)
 {
     int fd = memfd_create("cpool", MFD_CLOEXEC);
     if (fd < 0) return NULL;
@@ -29,6 +31,10 @@ void *cp_shared_map(size_t size)
     if (ftruncate(fd, (off_t)size) == 0)
         p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     int saved = errno;
+    if (p != MAP_FAILED && fd_out != NULL) {
+        *fd_out = fd; /* for an exec'ed template, which cannot inherit a mapping */
+        return p;
+    }
     close(fd); /* the mapping keeps the memory alive */
     errno = saved;
     return p == MAP_FAILED ? NULL : p;
@@ -207,12 +213,12 @@ done:
 
 #define ALIGN64(n) (((n) + 63u) & ~(uint64_t)63u)
 
-cp_ctl *cp_ctl_create(uint32_t n, uint64_t ring_cap)
+cp_ctl *cp_ctl_create(uint32_t n, uint64_t ring_cap, int *fd_out)
 {
     uint64_t head = ALIGN64(sizeof(cp_ctl) + n * sizeof(cp_slot));
     uint64_t ring_bytes = ALIGN64(sizeof(cp_ring)) + ring_cap;
     uint64_t size = head + 2 * n * ALIGN64(ring_bytes);
-    cp_ctl *c = cp_shared_map(size);
+    cp_ctl *c = cp_shared_map_fd(size, fd_out);
     if (!c) return NULL;
     c->magic = CP_MAGIC;
     c->nslots = n;

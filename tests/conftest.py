@@ -4,8 +4,9 @@
   the test process if one test (with its fixtures) runs for over a minute, so
   a hang is a loud failure, never a blocked run.
 * ``pool``: a running cpool.Pool(4) (or ``Pool(**request.param)`` when
-  parametrized indirectly), terminated and joined in teardown; a join that
-  does not finish within JOIN_TIMEOUT seconds fails the test.
+  parametrized indirectly, as ``each_start_method()`` does), terminated and
+  joined in teardown; a join that does not finish within JOIN_TIMEOUT
+  seconds fails the test.
 * ``run_python(source, timeout=60)``: run a Python snippet in a fresh
   interpreter (PYTHONPATH = the repository root, so ``import cpool`` works from
   any cwd) and return the CompletedProcess; a snippet that outlives its
@@ -27,6 +28,15 @@ import cpool
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_TIMEOUT = 60
 JOIN_TIMEOUT = 30
+# cpool.Pool's start methods: the template forked, or a fresh interpreter.
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def each_start_method(processes=4):
+    """Parametrize the ``pool`` fixture over the start methods."""
+    return pytest.mark.parametrize(
+        "pool", [{"processes": processes, "context": m} for m in START_METHODS],
+        indirect=True, ids=START_METHODS)
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ import pytest
 
 import cpool
 from cpool import pool as cpool_pool
-from conftest import join_within, shutdown
+from conftest import START_METHODS, each_start_method, join_within, shutdown
 
 T = 30  # seconds: the bound on every wait for a result
 
@@ -556,8 +556,9 @@ def test_repr(pool):
 
 # -- constructor arguments ----------------------------------------------------
 
-def test_initializer_initargs():
-    p = cpool.Pool(2, initializer=set_init_value, initargs=("hello", 5))
+@pytest.mark.parametrize("method", START_METHODS)
+def test_initializer_initargs(method):
+    p = cpool.Pool(2, initializer=set_init_value, initargs=("hello", 5), context=method)
     try:
         results = p.map(get_init_value, range(8), chunksize=1)
         assert {v for v, _ in results} == {("hello", 5)}
@@ -575,8 +576,9 @@ def test_initializer_list_initargs():
         shutdown(p)
 
 
-def test_failing_initializer_breaks_pool():
-    p = cpool.Pool(2, initializer=failing_initializer)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_failing_initializer_breaks_pool(method):
+    p = cpool.Pool(2, initializer=failing_initializer, context=method)
     try:
         r = p.apply_async(square, (2,))
         with pytest.raises(cpool.InitializerError) as info:
@@ -640,26 +642,26 @@ def test_default_processes():
         shutdown(p)
 
 
-@pytest.mark.parametrize("context", [None, "fork", "ctx"])
+@pytest.mark.parametrize("context", [None, *START_METHODS, *(f"{m}-ctx" for m in START_METHODS)])
 def test_context_accepted(context):
-    if context == "ctx":
-        context = multiprocessing.get_context("fork")
+    if context is not None and context.endswith("-ctx"):
+        context = multiprocessing.get_context(context[:-4])
     p = cpool.Pool(1, context=context)
     try:
         assert p.apply(square, (4,)) == 16
+        method = context if context is None or isinstance(context, str) \
+            else context.get_start_method()
+        assert p._start_method == (method or "fork")
     finally:
         shutdown(p)
 
 
-@pytest.mark.parametrize("context", ["spawn", "forkserver", "spawn-ctx"])
-def test_context_unsupported(context):
-    if context == "spawn-ctx":
-        context = multiprocessing.get_context("spawn")
-    with pytest.raises(ValueError) as info:
+@pytest.mark.parametrize("context,error", [("bogus", ValueError), ("", ValueError),
+                                           (42, TypeError)])
+def test_context_rejected(context, error):
+    with pytest.raises(error) as info:
         cpool.Pool(1, context=context)
-    method = context if isinstance(context, str) else context.get_start_method()
-    assert method in str(info.value)
-    assert "fork" in str(info.value)
+    assert repr(context) in str(info.value)
 
 
 # -- errors from tasks --------------------------------------------------------
@@ -697,6 +699,7 @@ def test_unpicklable_result(pool):
 
 @pytest.mark.parametrize("make", [lambda: threading.Lock(), lambda: (lambda: 0)],
                          ids=["lock", "lambda"])
+@each_start_method()
 def test_unpicklable_argument(pool, make):
     bad = make()
     expected = expected_pickling_error(bad)
@@ -819,6 +822,7 @@ def test_concurrent_submitters(pool):
 
 # -- dying workers ---------------------------------------------------------------
 
+@each_start_method()
 def test_worker_sigkill_self(pool):
     r = pool.apply_async(kill_self)
     with pytest.raises(cpool.WorkerLostError) as info:
@@ -830,7 +834,7 @@ def test_worker_sigkill_self(pool):
     assert pool.apply(square, (6,)) == 36
 
 
-@pytest.mark.parametrize("pool", [{"processes": 2}], indirect=True)
+@each_start_method(processes=2)
 def test_worker_killed_from_outside(pool, tmp_path):
     path = str(tmp_path / "pid")
     r = pool.apply_async(report_pid_and_sleep, (path,))

@@ -5,8 +5,9 @@ the interpreter's test._test_multiprocessing are driven through its
 ProcessesMixin with cpool's Pool, as CPython drives them with its own.  The
 last two call ``multiprocessing.Pool`` by module-global name, so for them the
 test module's ``multiprocessing`` is a view of multiprocessing whose Pool is
-cpool's.  A missing ``test`` package fails the suite: it is never skipped.
+cpool's.  Each class runs under each of cpool's start methods.  A missing ``test`` package fails the suite: it is never skipped.
 """
+import functools
 import multiprocessing
 import types
 import unittest
@@ -25,11 +26,11 @@ except ImportError as e:  # pragma: no cover - loud on purpose
 
 
 class _MultiprocessingWithCpoolPool(types.ModuleType):
-    """multiprocessing, but Pool is cpool's."""
+    """multiprocessing, but Pool is cpool's (with the given start method)."""
 
-    def __init__(self):
+    def __init__(self, method):
         super().__init__("multiprocessing")
-        self.Pool = cpool.Pool
+        self.Pool = functools.partial(cpool.Pool, context=method)
 
     def __getattr__(self, name):
         return getattr(multiprocessing, name)
@@ -37,6 +38,7 @@ class _MultiprocessingWithCpoolPool(types.ModuleType):
 
 @pytest.fixture(scope="module", autouse=True)
 def _fork_start_method():
+    # multiprocessing's own processes in these tests (they start a few).
     old = multiprocessing.get_start_method(allow_none=True)
     multiprocessing.set_start_method("fork", force=True)
     yield
@@ -44,31 +46,32 @@ def _fork_start_method():
 
 
 @pytest.fixture
-def _cpool_as_multiprocessing(monkeypatch):
-    monkeypatch.setattr(tmp, "multiprocessing", _MultiprocessingWithCpoolPool())
+def _cpool_as_multiprocessing(monkeypatch, request):
+    monkeypatch.setattr(tmp, "multiprocessing",
+                        _MultiprocessingWithCpoolPool(request.cls.start_method))
 
 
-class CpoolMixin(tmp.ProcessesMixin):
-    Pool = staticmethod(cpool.Pool)
+# Each class once per start method of cpool's Pool: the template forked from
+# the parent, or a fresh interpreter ("spawn", "forkserver").
+for _method in ("fork", "spawn", "forkserver"):
+    _pool = staticmethod(functools.partial(cpool.Pool, context=_method))
+    _mixin = type(f"CpoolMixin_{_method}", (tmp.ProcessesMixin,),
+                  {"Pool": _pool, "start_method": _method})
+    for _base, _patched in ((tmp._TestPool, False), (tmp._TestPoolWorkerErrors, True),
+                            (tmp._TestPoolWorkerLifetime, True)):
+        _name = f"TestCPython{_base.__name__[5:]}_{_method}"
+        _cls = type(_name, (_base, _mixin, unittest.TestCase), {})
+        if _patched:
+            _cls = pytest.mark.usefixtures("_cpool_as_multiprocessing")(_cls)
+        globals()[_name] = _cls
+del _cls
 
 
-class TestCPythonPool(tmp._TestPool, CpoolMixin, unittest.TestCase):
-    pass
-
-
-@pytest.mark.usefixtures("_cpool_as_multiprocessing")
-class TestCPythonPoolWorkerErrors(tmp._TestPoolWorkerErrors, CpoolMixin,
-                                  unittest.TestCase):
-    pass
-
-
-@pytest.mark.usefixtures("_cpool_as_multiprocessing")
-class TestCPythonPoolWorkerLifetime(tmp._TestPoolWorkerLifetime, CpoolMixin,
-                                    unittest.TestCase):
-    pass
-
-
-def test_the_patched_classes_really_use_cpool(_cpool_as_multiprocessing):
+def test_the_patched_classes_really_use_cpool(monkeypatch):
     # Guard against the substitution silently not applying.
-    assert tmp.multiprocessing.Pool is cpool.Pool
-    assert CpoolMixin.Pool is cpool.Pool
+    for method in ("fork", "spawn", "forkserver"):
+        monkeypatch.setattr(tmp, "multiprocessing", _MultiprocessingWithCpoolPool(method))
+        assert tmp.multiprocessing.Pool.func is cpool.Pool
+        assert tmp.multiprocessing.Pool.keywords == {"context": method}
+        cls = globals()[f"TestCPythonPool_{method}"]
+        assert cls.Pool.func is cpool.Pool and cls.Pool.keywords == {"context": method}

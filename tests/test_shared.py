@@ -73,9 +73,10 @@ def test_four_processes_add_exactly_under_each_start_method(method):
     assert list(arr) == [1000] * 3
 
 
-def test_four_workers_add_exactly_as_pool_task_arguments():
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_four_workers_add_exactly_as_pool_task_arguments(method):
     v = cpool.Value("i", 0)
-    with cpool.Pool(4) as pool:
+    with cpool.Pool(4, context=method) as pool:
         pool.starmap_async(add_under_lock, [(v, N)] * 4).get(timeout=60)
         assert v.value == 4 * N
         # and back: a worker reads what the parent wrote

@@ -1,0 +1,125 @@
+"""The template process of a pool whose start method is "spawn" or "forkserver".
+
+Under those methods the template is not forked from the parent but is a
+fresh interpreter (sys.executable, exec'ed by cpool._cpool with
+posix_spawn), so a parent that already runs threads is safe.  It prepares
+itself as multiprocessing's spawned children do (sys.path, the working
+directory, the main module imported as ``__mp_main__``: the same
+``if __name__ == "__main__"`` rules), unpickles the pool's initializer and
+its arguments (by reference, as multiprocessing pickles them), and then runs
+the same C loop as a forked template, forking every worker from itself.
+
+``spec()`` runs in the parent, ``main()`` in the new interpreter.  What
+travels: fds 3 and 4 are the pool's control segment and request eventfd (the
+C side puts them there); fd 5 is a memfd holding two pickles, written before
+the exec so that Pool() never waits for the child to read: first the
+preparation data with the parent's pid and the resource tracker's fd, then
+the pool's (processes, maxtasks, initializer, initargs, bootstrap,
+pack_error), pickled while multiprocessing considers itself "spawning", so
+locks, queues and connections in initargs pickle as they do for
+multiprocessing's own spawned processes.
+"""
+import os
+import pickle
+import sys
+
+__all__ = ["spec", "main"]
+
+_FIRST_EXTRA_FD = 5   # after the control segment (3) and the eventfd (4)
+_ENTRY = "from cpool._template import main; main()"
+
+
+class _Launch:
+    """What multiprocessing's reducers ask of a spawning Popen: a descriptor
+    to hand to the child (Connection, DupFd) is recorded, and named by the
+    number it will have there."""
+
+    def __init__(self):
+        from multiprocessing.popen_spawn_posix import _DupFd
+        self.DupFd = _DupFd
+        self.fds = []
+
+    def duplicate_for_child(self, fd):
+        self.fds.append(fd)
+        return _FIRST_EXTRA_FD + len(self.fds) - 1
+
+
+def spec(method, processes, maxtasks, initializer, initargs, bootstrap, pack_error):
+    """(executable, argv, fds) for cpool._cpool.Core's spawn argument.
+
+    Raises as multiprocessing would: RuntimeError when called while this
+    process is itself still importing its main module as a spawned child
+    (the missing ``if __name__ == "__main__"`` guard), a pickling error when
+    the initializer or its arguments cannot travel."""
+    from multiprocessing import context, resource_tracker, spawn, util
+    from multiprocessing.reduction import ForkingPickler
+    prep = spawn.get_preparation_data("CPoolTemplate")
+    launch = _Launch()
+    boot = os.memfd_create("cpool-template-boot", os.MFD_CLOEXEC)
+    try:
+        launch.duplicate_for_child(boot)
+        tracker = launch.duplicate_for_child(resource_tracker.getfd())
+        with open(boot, "wb", closefd=False) as f:
+            context.set_spawning_popen(launch)   # the authkey pickles only then
+            try:
+                ForkingPickler(f, 5).dump((prep, os.getpid(), tracker, method))
+                ForkingPickler(f, 5).dump((processes, maxtasks, initializer,
+                                           tuple(initargs), bootstrap, pack_error))
+            finally:
+                context.set_spawning_popen(None)
+        os.lseek(boot, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(boot)
+        raise
+    # The child imports cpool before its sys.path is the parent's: the
+    # directory this cpool comes from goes first, so it is this very build.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.insert(0, {root!r}); {_ENTRY}"
+    exe = spawn.get_executable()
+    argv = [exe, *util._args_from_interpreter_flags(), "-c", code, "--cpool-template"]
+    return os.fsdecode(exe), argv, launch.fds
+
+
+def spawn_done(spec_):
+    """Close the parent's copy of the boot memfd (the child has its own)."""
+    os.close(spec_[2][0])
+
+
+def main():
+    """The exec'ed template: prepare, unpickle, run the C loop (never returns)."""
+    from . import _cpool
+    ctl_fd, ev_fd, boot_fd = 3, 4, _FIRST_EXTRA_FD
+    try:
+        with open(boot_fd, "rb") as f:
+            prep, parent, tracker, method = pickle.load(f)
+            from multiprocessing import process, resource_tracker, spawn
+            resource_tracker._resource_tracker._fd = tracker
+            me = process.current_process()
+            me._inheriting = True       # a Pool() at import time raises, as in multiprocessing
+            try:
+                spawn.prepare(prep)
+                cfg = pickle.load(f)
+            finally:
+                del me._inheriting
+        processes, maxtasks, initializer, initargs, bootstrap, pack_error = cfg
+    except BaseException as e:
+        _abort(_cpool, ctl_fd, method if "method" in locals() else "spawn", e)
+    _cpool._template_main(ctl_fd, ev_fd, parent, processes, maxtasks, initializer,
+                          initargs, bootstrap, pack_error)
+
+
+def _abort(_cpool, ctl_fd, method, exc):
+    """Tell the parent why this template could not start (its pool is then
+    broken with that reason), and leave."""
+    import traceback
+    try:
+        from .pool import _pack_error
+        err = RuntimeError(f"cpool's template process (start method {method!r}) could "
+                           f"not load the pool's initializer, its arguments or the main "
+                           f"module: {exc!r}")
+        err.__cause__ = exc
+        _cpool._template_abort(ctl_fd, _pack_error(err))
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(1)
