@@ -27,7 +27,8 @@ static void turn(_Atomic uint32_t *seq, uint32_t mine)
             continue;
         }
         uint32_t now = atomic_load(seq);
-        if (now != mine) syscall(SYS_futex, (uint32_t *)seq, FUTEX_WAIT, now, NULL, NULL, 0);
+        if (now != mine)
+            syscall(SYS_futex, (uint32_t *)seq, FUTEX_WAIT, now, NULL, NULL, 0);
     }
 }
 
@@ -38,9 +39,9 @@ static void pass(_Atomic uint32_t *seq)
 }
 
 PyDoc_STRVAR(futex_roundtrip_doc,
-"futex_roundtrip(n)\n--\n\n"
-"Seconds per round trip of a futex ping-pong between this process and a\n"
-"forked child, over n round trips.");
+             "futex_roundtrip(n)\n--\n\n"
+             "Seconds per round trip of a futex ping-pong between this process and a\n"
+             "forked child, over n round trips.");
 
 static PyObject *futex_roundtrip(PyObject *Py_UNUSED(m), PyObject *arg)
 {
@@ -81,8 +82,8 @@ static PyObject *futex_roundtrip(PyObject *Py_UNUSED(m), PyObject *arg)
 }
 
 PyDoc_STRVAR(memcpy_bandwidth_doc,
-"memcpy_bandwidth(nbytes, reps)\n--\n\n"
-"Bytes per second of memcpy between two buffers of nbytes, best of reps.");
+             "memcpy_bandwidth(nbytes, reps)\n--\n\n"
+             "Bytes per second of memcpy between two buffers of nbytes, best of reps.");
 
 static PyObject *memcpy_bandwidth(PyObject *Py_UNUSED(m), PyObject *args)
 {

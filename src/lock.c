@@ -17,7 +17,6 @@
 
 #define SLICE_NS 50000000 /* Ctrl-C latency while blocked on a lock */
 
-
 static void after_acquire(LockObject *l, int rc)
 {
     l->owner_died = rc == EOWNERDEAD;
@@ -99,8 +98,8 @@ static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         if (rc == 0) rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
         if (rc == 0) rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
         if (rc == 0)
-            rc = pthread_mutexattr_settype(
-                &a, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_NORMAL);
+            rc = pthread_mutexattr_settype(&a, recursive ? PTHREAD_MUTEX_RECURSIVE
+                                                         : PTHREAD_MUTEX_NORMAL);
         if (rc == 0) rc = pthread_mutex_init(l->m, &a);
         pthread_mutexattr_destroy(&a);
         if (rc != 0) {

@@ -132,7 +132,8 @@ pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
         goto done;
     }
     for (Py_ssize_t i = 0; i < nargs; i++) {
-        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(args, i), &argb[i])) goto done;
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(args, i), &argb[i]))
+            goto done;
         argv[i] = PyBytes_AS_STRING(argb[i]);
     }
     src[0] = ctl_fd;
@@ -160,10 +161,12 @@ pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
         if ((rc = posix_spawn_file_actions_adddup2(&fa, src[k], hi + (int)k)) != 0)
             goto spawn_error;
     for (Py_ssize_t k = 0; k < nfd; k++)
-        if ((rc = posix_spawn_file_actions_adddup2(&fa, hi + (int)k, FIRST_FD + (int)k)) != 0)
+        if ((rc = posix_spawn_file_actions_adddup2(&fa, hi + (int)k,
+                                                   FIRST_FD + (int)k)) != 0)
             goto spawn_error;
     for (Py_ssize_t k = 0; k < nfd; k++)
-        if ((rc = posix_spawn_file_actions_addclose(&fa, hi + (int)k)) != 0) goto spawn_error;
+        if ((rc = posix_spawn_file_actions_addclose(&fa, hi + (int)k)) != 0)
+            goto spawn_error;
     if ((rc = posix_spawnattr_init(&at)) != 0) goto spawn_error;
     at_ok = 1;
     sigset_t mask;
@@ -222,11 +225,12 @@ static cp_ctl *map_ctl(int fd)
     return ctl;
 }
 
-PyDoc_STRVAR(template_main_doc,
-"_template_main(ctl_fd, ev_fd, parent, processes, maxtasks, initializer, initargs,\n"
-"               bootstrap, pack_error)\n--\n\n"
-"Run an exec'ed template: fork the pool's workers on request, reap them,\n"
-"and go with the parent.  Never returns (raises if it cannot start).");
+PyDoc_STRVAR(
+    template_main_doc,
+    "_template_main(ctl_fd, ev_fd, parent, processes, maxtasks, initializer, initargs,\n"
+    "               bootstrap, pack_error)\n--\n\n"
+    "Run an exec'ed template: fork the pool's workers on request, reap them,\n"
+    "and go with the parent.  Never returns (raises if it cannot start).");
 
 static PyObject *template_main(PyObject *module, PyObject *args)
 {
@@ -278,10 +282,10 @@ static PyObject *template_main(PyObject *module, PyObject *args)
 }
 
 PyDoc_STRVAR(template_abort_doc,
-"_template_abort(ctl_fd, report)\n--\n\n"
-"The exec'ed template could not start: post `report` (pickled (exception,\n"
-"traceback text), as a worker's initializer error) on slot 0, mark every\n"
-"slot dead, and wake the parent.  The caller then exits.");
+             "_template_abort(ctl_fd, report)\n--\n\n"
+             "The exec'ed template could not start: post `report` (pickled (exception,\n"
+             "traceback text), as a worker's initializer error) on slot 0, mark every\n"
+             "slot dead, and wake the parent.  The caller then exits.");
 
 static PyObject *template_abort(PyObject *module, PyObject *args)
 {

@@ -40,8 +40,8 @@ static void reap(cp_ctl *ctl, int block)
             if (atomic_load(&s->pid) != pid) continue;
             atomic_store(&s->wstatus, st);
             atomic_store(&s->state, CP_S_DEAD);
-            CP_DEBUG("template: worker %d of slot %u exited, status %#x",
-                     (int)pid, i, st);
+            CP_DEBUG("template: worker %d of slot %u exited, status %#x", (int)pid, i,
+                     st);
             break;
         }
         cp_event_signal(&ctl->results);
@@ -97,8 +97,7 @@ static void __attribute__((noreturn)) finish(cp_ctl *ctl, int kill_them, int swe
     _exit(0);
 }
 
-void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent, cp_spawn_fn spawn,
-                      void *arg)
+void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent, cp_spawn_fn spawn, void *arg)
 {
     /* The parent owns Ctrl-C; a SIGINT to the process group is not ours.
      * SIGCHLD must not be ignored (inherited from a parent that ignores

@@ -101,8 +101,8 @@ static PyObject *Arena_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 }
 
 PyDoc_STRVAR(attach_doc,
-"_attach(pid, fd, token, size)\n--\n\n"
-"Map the arena that process `pid` holds as file descriptor `fd`.");
+             "_attach(pid, fd, token, size)\n--\n\n"
+             "Map the arena that process `pid` holds as file descriptor `fd`.");
 
 static PyObject *Arena_attach(PyTypeObject *type, PyObject *args)
 {
@@ -139,8 +139,8 @@ static PyObject *Arena_reduce(ArenaObject *a, PyObject *Py_UNUSED(ignored))
 
 static int Arena_getbuffer(ArenaObject *a, Py_buffer *view, int flags)
 {
-    return PyBuffer_FillInfo(view, (PyObject *)a, a->map + ARENA_HDR,
-                             (Py_ssize_t)a->size, 0, flags);
+    return PyBuffer_FillInfo(view, (PyObject *)a, a->map + ARENA_HDR, (Py_ssize_t)a->size,
+                             0, flags);
 }
 
 static void Arena_dealloc(ArenaObject *a)
@@ -188,8 +188,8 @@ static PyGetSetDef Arena_getset[] = {
 #endif
 
 static PyMemberDef Arena_members[] = {
-    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(ArenaObject, weakreflist),
-     Py_READONLY, NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(ArenaObject, weakreflist), Py_READONLY,
+     NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -200,7 +200,8 @@ static PyType_Slot Arena_slots[] = {
     {Py_tp_methods, Arena_methods},
     {Py_tp_getset, Arena_getset},
     {Py_bf_getbuffer, Arena_getbuffer},
-    {Py_tp_doc, (void *)"Arena(size): shared memory (a memfd) for Value, Array and locks."},
+    {Py_tp_doc,
+     (void *)"Arena(size): shared memory (a memfd) for Value, Array and locks."},
     {0, NULL},
 };
 
