@@ -102,10 +102,10 @@ def main():
             finally:
                 del me._inheriting
         processes, maxtasks, initializer, initargs, bootstrap, pack_error = cfg
+        _cpool._template_main(ctl_fd, ev_fd, parent, processes, maxtasks, initializer,
+                              initargs, bootstrap, pack_error)   # never returns
     except BaseException as e:
         _abort(_cpool, ctl_fd, method if "method" in locals() else "spawn", e)
-    _cpool._template_main(ctl_fd, ev_fd, parent, processes, maxtasks, initializer,
-                          initargs, bootstrap, pack_error)
 
 
 def _abort(_cpool, ctl_fd, method, exc):
