@@ -18,7 +18,14 @@ def start(src):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run(src, timeout=60):
+def run(src, timeout=60, method=None, tmp_path=None):
+    """Run src in a fresh interpreter; its stdout.  With a start method
+    other than fork, src runs as a script file (a spawned template imports
+    the main module, as multiprocessing's does) with ``{method}`` replaced."""
+    if method is not None:
+        path = tmp_path / "scenario.py"
+        path.write_text(textwrap.dedent(src).replace("{method}", repr(method)))
+        src = f"import runpy; runpy.run_path({str(path)!r}, run_name='__main__')"
     p = start(src)
     try:
         out, err = p.communicate(timeout=timeout)
@@ -152,54 +159,58 @@ def test_large_payloads_both_ways_and_no_segment_left():
     assert out.strip() == "[]"
 
 
-def test_initializer_failure_breaks_the_pool_without_respawning():
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_initializer_failure_breaks_the_pool_without_respawning(method, tmp_path):
     out = run("""
         import time, cpool
         def bad_init():
             raise KeyError("no config")
-        pool = cpool.Pool(2, initializer=bad_init)
-        for attempt in range(2):
+        if __name__ == "__main__":
+            pool = cpool.Pool(2, initializer=bad_init, context={method})
+            for attempt in range(2):
+                try:
+                    pool.apply(abs, (1,))
+                except cpool.InitializerError as e:
+                    assert isinstance(e.__cause__, KeyError), repr(e.__cause__)
+                    print("InitializerError")
             try:
-                pool.apply(abs, (1,))
-            except cpool.InitializerError as e:
-                assert isinstance(e.__cause__, KeyError), repr(e.__cause__)
+                pool.map_async(abs, range(10))
+            except cpool.InitializerError:
                 print("InitializerError")
-        try:
-            pool.map_async(abs, range(10))
-        except cpool.InitializerError:
-            print("InitializerError")
-        time.sleep(0.5)
-        # No respawn loop: the workers stay gone.
-        print(sum(w.is_alive() for w in pool._pool))
-        pool.terminate(); pool.join()
-    """)
+            time.sleep(0.5)
+            # No respawn loop: the workers stay gone.
+            print(sum(w.is_alive() for w in pool._pool))
+            pool.terminate(); pool.join()
+    """, method=method, tmp_path=tmp_path)
     assert out.split() == ["InitializerError"] * 3 + ["0"]
 
 
-def test_worker_death_fails_only_its_task_and_pool_goes_on():
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_worker_death_fails_only_its_task_and_pool_goes_on(method, tmp_path):
     out = run("""
         import os, cpool
         def maybe_die(x):
             if x == 13:
                 os._exit(7)
             return x * 2
-        pool = cpool.Pool(2)
-        it = pool.imap(maybe_die, range(40))
-        got, errors = [], []
-        while True:
-            try:
-                got.append(next(it, None))
-                if got[-1] is None:
-                    got.pop(); break
-            except cpool.WorkerLostError as e:
-                errors.append((e.exitcode, "task 13" in str(e)))
-        assert errors == [(7, True)], errors
-        expected = [x * 2 for x in range(40) if x != 13]
-        assert got == expected, got
-        assert pool.map(abs, range(-5, 5)) == [abs(x) for x in range(-5, 5)]
-        pool.close(); pool.join()
-        print("ok")
-    """)
+        if __name__ == "__main__":
+            pool = cpool.Pool(2, context={method})
+            it = pool.imap(maybe_die, range(40))
+            got, errors = [], []
+            while True:
+                try:
+                    got.append(next(it, None))
+                    if got[-1] is None:
+                        got.pop(); break
+                except cpool.WorkerLostError as e:
+                    errors.append((e.exitcode, "task 13" in str(e)))
+            assert errors == [(7, True)], errors
+            expected = [x * 2 for x in range(40) if x != 13]
+            assert got == expected, got
+            assert pool.map(abs, range(-5, 5)) == [abs(x) for x in range(-5, 5)]
+            pool.close(); pool.join()
+            print("ok")
+    """, method=method, tmp_path=tmp_path)
     assert out.strip() == "ok"
 
 
