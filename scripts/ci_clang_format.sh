@@ -12,7 +12,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
-PENDING="src/cpool.h src/pool.c src/worker.c src/ring.c src/sync.c src/pack.c"
+PENDING="src/cpool.h src/pool.c src/worker.c src/ring.c src/sync.c src/pack.c src/shm.c"
 CF=${CLANG_FORMAT:-clang-format-19}
 if ! command -v "$CF" >/dev/null; then
     echo "$CF not found (apt-get install clang-format-19): the gate cannot run" >&2
