@@ -1309,7 +1309,7 @@ static PyObject *Core_kick(CoreObject *c, PyObject *Py_UNUSED(ignored))
  * 1 done, 0 timed out, -1 with an exception. */
 /* 1 in the collector thread, or in a thread collecting for itself: a
  * callback runs there, and must not wait for the pool. */
-static int in_collector(CoreObject *c) { return delivering == c; }
+static int in_collector(const CoreObject *c) { return delivering == c; }
 
 static int wait_done(CoreObject *c, double timeout)
 {
