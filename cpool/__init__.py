@@ -38,7 +38,49 @@ from .sharedctypes import (  # noqa: E402
 __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
            "ResultUnpicklingError", "Value", "Array", "RawValue", "RawArray",
-           "Lock", "RLock"]
+           "Lock", "RLock", "get_context"]
+
+
+class _Context:
+    """What cpool.get_context() returns: multiprocessing's context for that
+    start method (Process, Queue, Manager, ... are its own), with cpool's
+    Pool, Value, Array, RawValue, RawArray, Lock and RLock, so
+    ``ctx = mp.get_context("spawn"); ctx.Pool()`` keeps working after
+    ``import cpool as mp`` and gives a cpool pool."""
+
+    Value = staticmethod(Value)
+    Array = staticmethod(Array)
+    RawValue = staticmethod(RawValue)
+    RawArray = staticmethod(RawArray)
+    Lock = staticmethod(Lock)
+    RLock = staticmethod(RLock)
+
+    def __init__(self, method):
+        import multiprocessing
+        self._method = method
+        self._mp = multiprocessing.get_context(method)
+
+    def Pool(self, processes=None, initializer=None, initargs=(),
+             maxtasksperchild=None):
+        """A cpool.Pool whose template starts by this context's method."""
+        return Pool(processes, initializer, initargs, maxtasksperchild,
+                    context=self._method)
+
+    def get_context(self, method=None):
+        return get_context(method)
+
+    def __getattr__(self, name):
+        return getattr(self._mp, name)
+
+    def __repr__(self):
+        return f"<cpool context {self._mp.get_start_method()!r}>"
+
+
+def get_context(method=None):
+    """multiprocessing.get_context(method) with cpool's Pool and shared
+    types.  With method=None, Pool() forks its template, as cpool.Pool()
+    does (see Pool); the rest is multiprocessing's default context."""
+    return _Context(method)
 
 
 def __getattr__(name):

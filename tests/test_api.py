@@ -876,7 +876,7 @@ def test_worker_lost_error_pickles():
 # -- the module as a drop-in for multiprocessing -------------------------------------
 
 @pytest.mark.parametrize("name", ["Process", "Queue", "cpu_count", "current_process",
-                                  "Manager", "Semaphore", "Event", "get_context",
+                                  "Manager", "Semaphore", "Event", "get_start_method",
                                   "active_children", "SimpleQueue"])
 def test_module_reexports_multiprocessing(name):
     import cpool as mp

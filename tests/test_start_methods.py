@@ -325,3 +325,17 @@ def test_ctrl_c_while_the_template_boots_is_not_its_business(method):
         assert p.apply(square, (7,)) == 49
     finally:
         shutdown(p)
+
+
+@pytest.mark.parametrize("method", [None, "fork", "spawn", "forkserver"])
+def test_get_context_gives_cpool_pools_and_multiprocessing_the_rest(method):
+    import multiprocessing
+    ctx = cpool.get_context(method)
+    assert ctx.get_start_method() == multiprocessing.get_context(method).get_start_method()
+    assert ctx.Process is multiprocessing.get_context(method).Process
+    assert ctx.Value is cpool.Value and ctx.Lock is cpool.Lock
+    with ctx.Pool(1) as p:
+        assert isinstance(p, cpool.Pool)
+        assert p._start_method == (method or "fork")
+        assert p.apply(abs, (-3,)) == 3
+    assert ctx.get_context("spawn").get_start_method() == "spawn"
