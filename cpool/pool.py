@@ -193,6 +193,7 @@ class ApplyResult:
         self._error_callback = error_callback
         self._success = None
         self._value = None
+        self._released = False
         cache[self._job] = self
 
     def ready(self):
@@ -220,10 +221,6 @@ class ApplyResult:
         elif timeout > 0 and self._done.acquire(True, timeout):
             self._done.release()
 
-    def _signal(self):
-        self._ready = True
-        self._done.release()
-
     def get(self, timeout=None):
         self.wait(timeout)
         if not self.ready():
@@ -235,16 +232,35 @@ class ApplyResult:
     def _abandon(self):
         self._cache.pop(self._job, None)
 
+    def _complete(self):
+        """The outcome is in and its callback has run: wake the waiters and
+        leave the cache, each step once, however often this is called."""
+        self._ready = True
+        if not self._released:
+            self._released = True
+            self._done.release()
+        self._cache.pop(self._job, None)
+
     def _finish(self):
         if self._success:
             if self._callback is not None:
                 _call_back(self._callback, self._value)
         elif self._error_callback is not None:
             _call_back(self._error_callback, self._value)
-        self._signal()
-        self._cache.pop(self._job, None)
+        self._complete()
+
+    # An outcome may be delivered twice.  A thread that collects for itself
+    # while it waits runs _set, and if it is the main thread a Ctrl-C can
+    # land inside; cpool's collector thread (where no signal handler runs)
+    # then delivers the same outcome again.  Signal handlers run only at
+    # calls and loop edges, so the _set methods change their state in
+    # call-free steps and skip what an interrupted delivery already did.
+    # (Outcomes with callbacks are only ever delivered by the collector.)
 
     def _set(self, idx, status, value):
+        if self._ready:
+            self._complete()  # a repeat: finish what was interrupted
+            return
         if status == ST_OK:
             self._success, self._value = True, value
         else:
@@ -266,24 +282,27 @@ class MapResult(ApplyResult):
         self._success = True
         self._value = [None] * length
         self._chunksize = chunksize
+        self._last = -1  # the chunk delivered last (see ApplyResult._set)
         if chunksize <= 0:
             self._number_left = 0
-            self._signal()
-            del cache[self._job]
+            self._complete()
         else:
             self._number_left = length // chunksize + bool(length % chunksize)
 
     def _set(self, idx, status, value):
-        self._number_left -= 1
-        if status == ST_OK:
-            if self._success:
+        if self._ready:
+            self._complete()  # a repeat, or a chunk after a failed one
+            return
+        if idx != self._last:
+            if status == ST_OK:
                 lo = idx * self._chunksize
                 self._value[lo:lo + self._chunksize] = value
-                if self._number_left == 0:
-                    self._finish()
-            return
-        if self._success:
-            self._success, self._value = _outcome(self._job, idx, status, value)
+            else:
+                ok, err = _outcome(self._job, idx, status, value)
+                self._success, self._value = ok, err
+            self._last = idx
+            self._number_left -= 1
+        if self._number_left == 0 or not self._success:
             self._finish()
 
 
@@ -314,7 +333,12 @@ class IMapIterator:
         self._delivered = 0      # chunks whose outcome arrived
         self._consumed = 0       # chunks the consumer has taken
         self._length = None      # total chunks, once the input is exhausted
-        self._ready = {} if self._ordered else collections.deque()
+        # Outcomes not yet taken, by chunk index (imap) or by arrival
+        # number _head.._tail-1 (imap_unordered): dict stores, which a
+        # signal handler cannot interrupt half-way (see ApplyResult._set).
+        self._ready = {}
+        self._head = self._tail = 0
+        self._last = -1
         self._buf = collections.deque()
         self._sleepers = 0       # consumers waiting on _cond
         self._cache[self._job] = self
@@ -435,11 +459,14 @@ class IMapIterator:
     def _set(self, idx, status, value):
         got = (True, value) if status == ST_OK else _outcome(self._job, idx, status, value)
         with self._lock:
-            if self._ordered:
-                self._ready[idx] = got
-            else:
-                self._ready.append(got)
-            self._delivered += 1
+            if idx != self._last:  # not a repeat (see ApplyResult._set)
+                if self._ordered:
+                    self._ready[idx] = got
+                else:
+                    self._ready[self._tail] = got
+                    self._tail += 1
+                self._delivered += 1
+                self._last = idx
             if self._length is not None:
                 self._check_complete()
             if self._sleepers:
@@ -448,12 +475,14 @@ class IMapIterator:
     # -- consuming --
 
     def _take(self):
-        """(True, value), (False, exception), or None; caller holds _cond.
+        """(True, value), (False, exception), or None; caller holds _lock.
         Taking a chunk moves its values to _buf."""
         if self._ordered:
             got = self._ready.pop(self._consumed, None)
         else:
-            got = self._ready.popleft() if self._ready else None
+            got = self._ready.pop(self._head, None)
+            if got is not None:
+                self._head += 1
         if got is None:
             return None
         self._consumed += 1
@@ -476,6 +505,7 @@ class IMapIterator:
                     pass
             if timeout is not None and deadline is None:
                 deadline = _monotonic() + timeout
+            waiting = False
             with self._lock:
                 got = self._take()
                 if got is None:
@@ -486,22 +516,20 @@ class IMapIterator:
                         if left is not None and left <= 0:
                             raise TimeoutError
                         seen = self._delivered
-                        # Collect in this thread (without _cond: delivering
-                        # takes it); the collector thread's deliveries are
-                        # waited for on _cond instead.
-                        self._lock.release()
-                        try:
-                            collected = self._core.collect(left) > 0
-                        finally:
-                            self._lock.acquire()
-                        if not collected and self._delivered == seen:
+                        waiting = True
+                    # else nothing in flight: read more input first
+            if waiting:
+                # Collect in this thread (without _lock: delivering takes
+                # it).  If another thread collects, wait on _cond for it.
+                if self._core.collect(left) <= 0:
+                    with self._lock:
+                        if self._delivered == seen:
                             self._sleepers += 1
                             try:
                                 self._cond.wait(left)
                             finally:
                                 self._sleepers -= 1
-                        continue
-                    # nothing in flight: read more input first
+                continue
             if got is not None and not got[0]:
                 if self._chunksize > 1:
                     # As multiprocessing's chunked imap (a generator over the

@@ -127,6 +127,7 @@ typedef struct {
     cp_recy *recy;          /* recyclable names: prefix + recy_tag + index */
     int nrecy;
     const char *recy_tag;
+    int wait;               /* wait (bounded) for a recycled one to come back */
 } cp_segdest;
 
 /* A large record's segment: this header, then the pickle, then its
@@ -338,10 +339,12 @@ CP_HIDDEN int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max,
 CP_HIDDEN int cp_pack_pickled(PyObject *pickled, size_t inline_max,
                               const cp_segdest *dest, cp_packed *out);
 /* Unpickle a record's payload: inline, or from its segment, which is then
- * handed back to `recy` (the producer's recycler) or unlinked.  New
- * reference, or NULL. */
+ * handed back to `recy` (the producer's recycler) or unlinked.  With
+ * `interrupt` (a thread where signal handlers run), a KeyboardInterrupt
+ * raised by Python code during the load is stored there (if empty) and the
+ * load made again, so the payload is not lost.  New reference, or NULL. */
 CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
-                                    _Atomic int32_t *loading);
+                                    _Atomic int32_t *loading, PyObject **interrupt);
 
 /* The parent's private bookkeeping of a task: its pickled payload stays here
  * until the result arrives, so a task a dead worker never took can be sent
@@ -414,6 +417,7 @@ typedef struct CoreObject {
     _Atomic int64_t tok;
     cp_event tok_ev;            /* the token was given back */
     _Atomic int64_t waiter_seen; /* when a waiter last gave the token back */
+    _Atomic int has_deferred;   /* c->deferred is not empty (read without the GIL) */
     PyObject *interrupt;        /* Ctrl-C that hit a delivery in a waiter */
     PyObject *deferred;         /* list of (obj, idx, status, value): outcomes
                                  * with callbacks, for the collector thread */

@@ -212,27 +212,38 @@ static PyObject *serialize(cpool_state *st, PyObject *obj)
  * with the cyclic GC paused: building a big list of tuples would run it
  * over and over, for nothing to collect.  New reference, or NULL. */
 static PyObject *deserialize(cpool_state *st, const char *p, size_t n, PyObject *view,
-                             PyObject *buffers)
+                             PyObject *buffers, PyObject **interrupt)
 {
-#if PY_VERSION_HEX >= 0x030A0000
-    int gc_was = n >= NO_GC_LOAD ? PyGC_Disable() : 0;
-#endif
-    PyObject *obj;
     if (n > 0 && (unsigned char)p[0] != PICKLE_PROTO) {
-        obj = PyMarshal_ReadObjectFromString(p, (Py_ssize_t)n);
-    } else if (buffers == NULL) {
-        obj = PyObject_CallOneArg(st->loads, view);
-    } else {
-        PyObject *args = PyTuple_Pack(1, view);
-        PyObject *kw = args ? Py_BuildValue("{sO}", "buffers", buffers) : NULL;
-        obj = kw ? PyObject_Call(st->loads, args, kw) : NULL;
-        Py_XDECREF(args);
-        Py_XDECREF(kw);
-    }
+        /* Pure C, no Python code, the GIL held throughout: pausing the GC
+         * here cannot undo another thread's gc.disable(). */
 #if PY_VERSION_HEX >= 0x030A0000
-    if (gc_was) PyGC_Enable();
+        int gc_was = n >= NO_GC_LOAD ? PyGC_Disable() : 0;
 #endif
-    return obj;
+        PyObject *obj = PyMarshal_ReadObjectFromString(p, (Py_ssize_t)n);
+#if PY_VERSION_HEX >= 0x030A0000
+        if (gc_was) PyGC_Enable();
+#endif
+        return obj;
+    }
+    for (int attempt = 0;; attempt++) {
+        PyObject *obj;
+        if (buffers == NULL) {
+            obj = PyObject_CallOneArg(st->loads, view);
+        } else {
+            PyObject *args = PyTuple_Pack(1, view);
+            PyObject *kw = args ? Py_BuildValue("{sO}", "buffers", buffers) : NULL;
+            obj = kw ? PyObject_Call(st->loads, args, kw) : NULL;
+            Py_XDECREF(args);
+            Py_XDECREF(kw);
+        }
+        /* A Ctrl-C that landed in Python code the unpickler ran: the
+         * caller's, and the payload is still here to load again. */
+        if (obj != NULL || interrupt == NULL || *interrupt != NULL || attempt > 0 ||
+            !PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+            return obj;
+        *interrupt = cp_fetch_exc();
+    }
 }
 
 /* Write the pickle and its buffers into a segment (recycled or new), with
@@ -328,13 +339,13 @@ static void release_entry(cp_recy *entry, _Atomic int32_t *loading)
 }
 
 PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
-                          _Atomic int32_t *loading)
+                          _Atomic int32_t *loading, PyObject **interrupt)
 {
     const char *p = (const char *)(h + 1);
     if (!(h->flags & CP_F_LARGE)) {
         PyObject *view = PyMemoryView_FromMemory((char *)p, h->len, PyBUF_READ);
         if (view == NULL) return NULL;
-        PyObject *obj = deserialize(st, p, h->len, view, NULL);
+        PyObject *obj = deserialize(st, p, h->len, view, NULL, interrupt);
         Py_DECREF(view);
         return obj;
     }
@@ -403,7 +414,7 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
         PyList_SET_ITEM(views, i, v);
         off += CP_ALIGN64(sh->lens[i]);
     }
-    obj = deserialize(st, (const char *)addr + hdr, sh->pickle_len, pview, views);
+    obj = deserialize(st, (const char *)addr + hdr, sh->pickle_len, pview, views, interrupt);
 done:
     Py_XDECREF(pview);
     Py_XDECREF(views);

@@ -105,9 +105,10 @@ static cp_task *task_new(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kin
     return t;
 }
 
-/* Pickle obj into a new task; NULL with the exception. */
+/* Pickle obj into a new task; NULL with the exception.  `wait`: a large
+ * one may wait a little for a recycled segment (a map's chunks: see shm.c). */
 static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
-                          cp_blob *func, PyObject *obj)
+                          cp_blob *func, PyObject *obj, int wait)
 {
     if (c->sealed) { /* racy read, an early refusal only: enqueue decides */
         PyErr_SetString(PyExc_ValueError, "Pool not running");
@@ -116,7 +117,7 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
     cp_packed pk;
     cp_segdest dest = {.prefix = c->ctl->prefix, .tag = "t",
                        .seq = atomic_fetch_add(&c->seg_seq, 1), .recy = c->ctl->task_recy,
-                       .nrecy = CP_RECY_TASKS, .recy_tag = "T."};
+                       .nrecy = CP_RECY_TASKS, .recy_tag = "T.", .wait = wait};
     if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
         return NULL;
     return task_new(c, job, idx, kind, func, &pk);
@@ -139,6 +140,7 @@ static void kick(CoreObject *c)
 {
     atomic_store(&c->kicked, 1);
     cp_event_signal(&c->ctl->results);
+    cp_event_signal(&c->tok_ev); /* a collector napping while a waiter collects */
 }
 
 static void tell_template(CoreObject *c)
@@ -297,6 +299,20 @@ static void seal(CoreObject *c, int gil)
 
 /* ---- delivery (GIL held) -------------------------------------------------- */
 
+/* Leave obj._set(idx, status, value) to the collector thread. */
+static void defer(CoreObject *c, PyObject *obj, PyObject *pidx, PyObject *pst,
+                  PyObject *value)
+{
+    PyObject *t = PyTuple_Pack(4, obj, pidx, pst, value);
+    if (t == NULL || PyList_Append(c->deferred, t) < 0) {
+        PyErr_WriteUnraisable(obj);
+    } else {
+        atomic_store(&c->has_deferred, 1);
+        atomic_store(&c->kicked, 1);
+    }
+    Py_XDECREF(t);
+}
+
 /* obj._set(idx, status, value); errors are reported, except a Ctrl-C (or
  * the like) in a waiter that collects for itself: that one is the caller's,
  * raised when its round is over. */
@@ -310,11 +326,17 @@ static void call_set(CoreObject *c, PyObject *obj, PyObject *pidx, PyObject *pst
         Py_DECREF(r);
         return;
     }
-    if (PyThreadState_Get() != c->cts && c->interrupt == NULL &&
-        !PyErr_ExceptionMatches(PyExc_Exception))
-        c->interrupt = cp_fetch_exc();
-    else
-        PyErr_WriteUnraisable(obj);
+    if (PyThreadState_Get() != c->cts && !PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* A Ctrl-C landed in _set, in a waiter (where signal handlers run):
+         * the caller's.  The collector thread makes the delivery again (no
+         * handler runs there); _set is written to take a repeat. */
+        PyObject *exc = cp_fetch_exc();
+        if (c->interrupt == NULL) c->interrupt = exc;
+        else Py_XDECREF(exc);
+        defer(c, obj, pidx, pst, value);
+        return;
+    }
+    PyErr_WriteUnraisable(obj);
 }
 
 /* Hand one outcome to the job's result object: job._set(idx, status, value).
@@ -340,17 +362,19 @@ static void deliver(CoreObject *c, uint64_t job, uint32_t idx, int status,
         PyErr_WriteUnraisable(obj);
     } else if (PyThreadState_Get() != c->cts) {
         PyObject *d = PyObject_GetAttr(obj, c->st->str_defer);
-        int defer = d == NULL ? -1 : PyObject_IsTrue(d);
+        int later = d == NULL ? -1 : PyObject_IsTrue(d);
         Py_XDECREF(d);
-        PyObject *t = defer > 0 ? PyTuple_Pack(4, obj, pidx, pst, value ? value : Py_None)
-                                : NULL;
-        if (defer < 0 || (defer > 0 && (t == NULL || PyList_Append(c->deferred, t) < 0)))
+        if (later < 0) {
             PyErr_WriteUnraisable(obj);
-        else if (defer == 0)
+        } else if (later) {
+            defer(c, obj, pidx, pst, value ? value : Py_None);
+        } else {
+            /* A signal that arrived meanwhile runs its handler now, not at
+             * the first line of _set. */
+            if (c->interrupt == NULL && PyErr_CheckSignals() < 0)
+                c->interrupt = cp_fetch_exc();
             call_set(c, obj, pidx, pst, value ? value : Py_None);
-        else
-            atomic_store(&c->kicked, 1); /* the collector delivers it */
-        Py_XDECREF(t);
+        }
     } else {
         call_set(c, obj, pidx, pst, value ? value : Py_None);
     }
@@ -365,6 +389,7 @@ error:
 /* The collector thread: deliver what waiters left for it. */
 static void deliver_deferred(CoreObject *c)
 {
+    atomic_store(&c->has_deferred, 0); /* set and cleared with the GIL held */
     while (PyList_GET_SIZE(c->deferred) > 0) {
         PyObject *l = c->deferred;
         c->deferred = PyList_New(0);
@@ -442,9 +467,16 @@ static void set_broken(CoreObject *c, PyObject *exc, PyObject *tb, int init)
 static void drain(CoreObject *c, int i)
 {
     cp_ring *r = cp_result_ring(c->ctl, i);
+    int waiter = PyThreadState_Get() != c->cts;
     for (int k = 0; k < BATCH; k++) {
         const cp_rechdr *h = cp_ring_peek(r);
         if (h == NULL) return;
+        /* In a waiter, a pending Ctrl-C stops the round before a record is
+         * taken: nothing is half delivered. */
+        if (waiter && (c->interrupt != NULL || PyErr_CheckSignals() < 0)) {
+            if (c->interrupt == NULL) c->interrupt = cp_fetch_exc();
+            return;
+        }
         cp_rechdr hh = *h;
         cp_task *t = NULL;
         if (hh.kind != CP_K_INITERR) {
@@ -478,7 +510,8 @@ static void drain(CoreObject *c, int i)
                 Py_SETREF(value, exc);
             }
         } else {
-            value = cp_load_payload(c->st, h, c->ctl->slots[i].res_recy, NULL);
+            value = cp_load_payload(c->st, h, c->ctl->slots[i].res_recy, NULL,
+                                    waiter ? &c->interrupt : NULL);
             status = hh.kind == CP_K_OK ? CP_ST_OK : CP_ST_ERR;
             if (value == NULL) {
                 /* (why, whether it was an error report): Python names it. */
@@ -651,9 +684,9 @@ static void handle_death(CoreObject *c, int i)
 
 /* ---- the collector ------------------------------------------------------- */
 
-static int any_news(CoreObject *c)
+/* Results to deliver or a death to handle: what a waiter collects. */
+static int ring_news(CoreObject *c)
 {
-    if (atomic_load(&c->kicked) || atomic_load(&c->phase) == CP_TERMINATE) return 1;
     for (int i = 0; i < c->n; i++) {
         if (cp_ring_has_data(cp_result_ring(c->ctl, i))) return 1;
         if (atomic_load(&c->ctl->slots[i].state) == CP_S_DEAD) return 1;
@@ -661,7 +694,23 @@ static int any_news(CoreObject *c)
     return 0;
 }
 
+/* Work only the collector thread does: a kick (a phase change, tasks that
+ * could not be sent, a finished job of a closing pool) or deliveries left
+ * to it by waiters. */
+static int collector_owed(CoreObject *c)
+{
+    return atomic_load(&c->kicked) || atomic_load(&c->has_deferred) ||
+           atomic_load(&c->phase) != CP_RUN;
+}
+
+static int any_news(CoreObject *c)
+{
+    return atomic_load(&c->kicked) || atomic_load(&c->has_deferred) ||
+           atomic_load(&c->phase) == CP_TERMINATE || ring_news(c);
+}
+
 static int any_news_pred(void *c) { return any_news((CoreObject *)c); }
+static int ring_news_pred(void *c) { return ring_news((CoreObject *)c); }
 
 static int outstanding_locked(CoreObject *c)
 {
@@ -715,10 +764,9 @@ static void send_stops(CoreObject *c)
  * the workers once a closed pool is idle: 1 when they are all gone. */
 static int round_gil(CoreObject *c, int closing)
 {
-    atomic_store(&c->kicked, 0);
     int finished = 0;
     if (closing) deliver_deferred(c);
-    for (int i = 0; i < c->n; i++) {
+    for (int i = 0; i < c->n && c->interrupt == NULL; i++) {
         int dead = atomic_load(&c->ctl->slots[i].state) == CP_S_DEAD;
         drain(c, i);
         if (dead) {
@@ -768,6 +816,7 @@ static int collect_round(CoreObject *c)
         return -1;
     }
     if (!any_news(c)) return 0;
+    atomic_store(&c->kicked, 0);
     PyEval_RestoreThread(c->cts);
     int finished = round_gil(c, 1);
     c->cts = PyEval_SaveThread();
@@ -825,17 +874,17 @@ static int take_token(CoreObject *c)
  * long hold without a timeout. */
 static void give_token(CoreObject *c, int by_waiter)
 {
-    int wake = 1;
-    if (by_waiter) {
-        int64_t now = cp_now_ns();
-        int run = atomic_load(&c->phase) == CP_RUN;
-        if (!run) atomic_store(&c->kicked, 1); /* the collector acts on it */
-        wake = now - atomic_load(&c->tok) >= TOKEN_NAP_NS || !run ||
-               atomic_load(&c->kicked);
-        atomic_store(&c->waiter_seen, now);
-    }
-    atomic_store(&c->tok, 0);
-    if (wake) cp_event_signal(&c->tok_ev);
+    if (by_waiter && atomic_load(&c->phase) != CP_RUN)
+        atomic_store(&c->kicked, 1); /* the collector acts on it */
+    /* The clock is read after the token is given back, and await_token
+     * reads it before it looks at the token: a collector that saw a hold
+     * of TOKEN_NAP_NS or more (and sleeps untimed) is always woken here. */
+    int64_t since = atomic_exchange(&c->tok, 0);
+    int64_t now = cp_now_ns();
+    int owed = by_waiter && collector_owed(c);
+    if (by_waiter) atomic_store(&c->waiter_seen, now);
+    if (!by_waiter || owed || now - since >= TOKEN_NAP_NS) cp_event_signal(&c->tok_ev);
+    if (owed) cp_event_signal(&c->ctl->results); /* wherever it sleeps */
 }
 
 /* Sleep (no GIL) until the token is given back, at most `limit_ns` (<0: no
@@ -844,13 +893,15 @@ static void give_token(CoreObject *c, int by_waiter)
 static void await_token(CoreObject *c, int64_t limit_ns)
 {
     uint32_t seen = cp_event_prepare(&c->tok_ev);
+    int64_t now = cp_now_ns(); /* before the token: see give_token */
     int64_t since = atomic_load(&c->tok);
     if (since == 0) {
         cp_event_cancel(&c->tok_ev);
         return;
     }
-    int64_t age = cp_now_ns() - since;
-    int64_t nap = age >= TOKEN_NAP_NS ? -1 : TOKEN_NAP_NS - age;
+    int64_t age = now - since;
+    /* Untimed only in principle: a second at most, as a backstop. */
+    int64_t nap = age >= TOKEN_NAP_NS ? WATCHDOG_NS : TOKEN_NAP_NS - age;
     if (limit_ns >= 0 && (nap < 0 || nap > limit_ns)) nap = limit_ns;
     cp_event_sleep(&c->tok_ev, seen, nap);
 }
@@ -869,8 +920,7 @@ static void *collector_main(void *arg)
     delivering = c;
     for (;;) {
         int64_t quiet = cp_now_ns() - atomic_load(&c->waiter_seen);
-        if (quiet < TOKEN_NAP_NS && atomic_load(&c->phase) == CP_RUN &&
-            !atomic_load(&c->kicked)) {
+        if (quiet < TOKEN_NAP_NS && !collector_owed(c)) {
             /* A waiter collected a moment ago: it will be back. */
             uint32_t seen = cp_event_prepare(&c->tok_ev);
             cp_event_sleep(&c->tok_ev, seen, TOKEN_NAP_NS - quiet);
@@ -1171,7 +1221,7 @@ static PyObject *Core_submit_call(CoreObject *c, PyObject *args)
     if (PyErr_Occurred()) return NULL;
     PyObject *t = PyTuple_Pack(3, func, fargs, kwds);
     if (t == NULL) return NULL;
-    cp_task *task = task_pack(c, job, 0, CP_K_CALL, NULL, t);
+    cp_task *task = task_pack(c, job, 0, CP_K_CALL, NULL, t, 0);
     Py_DECREF(t);
     if (task == NULL) return NULL;
     if (enqueue(c, task, task, 1) < 0) return NULL;
@@ -1255,7 +1305,7 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
             Py_INCREF(x);
             PyList_SET_ITEM(chunk, k - lo, x);
         }
-        cp_task *t = task_pack(c, job, first + (uint32_t)count, kind, func, chunk);
+        cp_task *t = task_pack(c, job, first + (uint32_t)count, kind, func, chunk, progressive);
         Py_DECREF(chunk);
         if (t == NULL) goto error;
         if (tail) tail->next = t;
@@ -1359,6 +1409,7 @@ static PyObject *Core_collect(CoreObject *c, PyObject *args)
     if (c->owner != getpid() || atomic_load(&c->phase) == CP_TERMINATE ||
         atomic_load(&c->done) || delivering != NULL)
         return PyLong_FromLong(-1);
+    if (collector_owed(c)) return PyLong_FromLong(0); /* see below */
     int64_t left = -1;
     if (to != Py_None) {
         double t = PyFloat_AsDouble(to);
@@ -1377,17 +1428,19 @@ static PyObject *Core_collect(CoreObject *c, PyObject *args)
     int64_t slept = 0;
     PyObject *ret = NULL;
     for (;;) {
-        if (atomic_load(&c->phase) == CP_TERMINATE) { /* the collector's */
-            ret = PyLong_FromLong(1);
+        if (collector_owed(c)) {
+            /* Its work first (deferred deliveries come before any later
+             * one; a closing pool's end is its to see): it takes over, and
+             * this caller waits on its result. */
+            ret = PyLong_FromLong(0);
             break;
         }
-        if (any_news(c)) {
+        if (ring_news(c)) {
             round_gil(c, 0);
             lock_with_gil(c);
             dispatch_locked(c);
             pthread_mutex_unlock(&c->mu);
-            /* Outcomes left for the collector thread: it takes over. */
-            ret = PyLong_FromLong(PyList_GET_SIZE(c->deferred) ? 0 : 1);
+            ret = PyLong_FromLong(atomic_load(&c->has_deferred) ? 0 : 1);
             break;
         }
         int64_t slice = COLLECT_SLICE_NS;
@@ -1401,9 +1454,9 @@ static PyObject *Core_collect(CoreObject *c, PyObject *args)
         }
         int rc = 0;
         Py_BEGIN_ALLOW_THREADS
-        if (!cp_spin_until(any_news_pred, c)) {
+        if (!cp_spin_until(ring_news_pred, c)) {
             uint32_t seen = cp_event_prepare(&c->ctl->results);
-            if (any_news(c)) cp_event_cancel(&c->ctl->results);
+            if (ring_news(c) || collector_owed(c)) cp_event_cancel(&c->ctl->results);
             else rc = cp_event_sleep(&c->ctl->results, seen, slice);
         }
         Py_END_ALLOW_THREADS

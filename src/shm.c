@@ -84,7 +84,9 @@ void cp_seg_sweep(const char *prefix)
  * makes a one-shot one: a fresh segment's pages cost the kernel more than
  * the copy into them, and the consumer hands one back as soon as it has
  * read it, so a map of many large items is paced by its workers instead.
- * Bounded: the segments may be held by tasks that wait behind this one. */
+ * Bounded: the segments may be held by tasks that wait behind this one.
+ * Only where the producer has nothing better to do (a map's chunks, a
+ * worker's results): apply_async with queued large arguments does not. */
 #define RECY_WAIT_NS 5000000
 #define RECY_POLL_NS 50000
 
@@ -99,6 +101,7 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
     int64_t deadline = 0;
     for (int k = 0;; k++) {
         if (k == d->nrecy) {
+            if (!d->wait) return -1;
             int64_t now = cp_now_ns();
             if (deadline == 0) deadline = now + RECY_WAIT_NS;
             if (now >= deadline) return -1;

@@ -158,7 +158,7 @@ static PyObject *run(worker *w, const cp_rechdr *h)
 {
     cpool_state *st = w->core->st;
     if (h->kind == CP_K_CALL) {
-        PyObject *t = cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy);
+        PyObject *t = cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy, NULL);
         if (t == NULL) return NULL;
         PyObject *res = NULL;
         if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
@@ -184,7 +184,7 @@ static PyObject *run(worker *w, const cp_rechdr *h)
         PyErr_SetObject((PyObject *)Py_TYPE(w->func_error), w->func_error);
         return NULL;
     }
-    PyObject *items = cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy);
+    PyObject *items = cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy, NULL);
     if (items == NULL) return NULL;
     PyObject *seq = PySequence_Fast(items, "chunk is not a sequence");
     Py_DECREF(items);
@@ -212,7 +212,7 @@ static void set_func(worker *w, const cp_rechdr *h)
     Py_CLEAR(w->func);
     Py_CLEAR(w->func_error);
     w->func_job = h->job;
-    w->func = cp_load_payload(w->core->st, h, NULL, NULL);
+    w->func = cp_load_payload(w->core->st, h, NULL, NULL, NULL);
     if (w->func == NULL) w->func_error = cp_fetch_exc();
 }
 
@@ -227,7 +227,7 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
     snprintf(w.tag, sizeof w.tag, "r%d.%u.", slot, (unsigned)atomic_load(&w.slot->spawn_count));
     snprintf(w.recy_tag, sizeof w.recy_tag, "R%d.", slot);
     w.dest = (cp_segdest){.prefix = w.ctl->prefix, .tag = w.tag, .recy = w.slot->res_recy,
-                          .nrecy = CP_RECY_RESULTS, .recy_tag = w.recy_tag};
+                          .nrecy = CP_RECY_RESULTS, .recy_tag = w.recy_tag, .wait = 1};
 
     /* The template stores our pid too, after fork returns there; we may be
      * READY before that, and Pool() must not see a READY slot without one. */
