@@ -21,12 +21,11 @@
 
 /* Debug trace, switched on by CPOOL_DEBUG=1 in the environment; free when off. */
 extern int cp_debug_enabled;
-#define CP_DEBUG(...)                                                          \
-    do {                                                                       \
-        if (cp_debug_enabled) cp_debug_print(__VA_ARGS__);                     \
+#define CP_DEBUG(...)                                                                    \
+    do {                                                                                 \
+        if (cp_debug_enabled) cp_debug_print(__VA_ARGS__);                               \
     } while (0)
-CP_HIDDEN void cp_debug_print(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
+CP_HIDDEN void cp_debug_print(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- sync.c: futex-backed wake-up channels ----------------------------- */
 
@@ -161,8 +160,7 @@ CP_HIDDEN void cp_ring_reset(cp_ring *r);
 CP_HIDDEN size_t cp_ring_inline_max(const cp_ring *r);
 /* Producer: append a record whose payload is p[0..n); 0, or -1 if full.
  * Does not wake the consumer: call cp_event_signal(&r->data) after a batch. */
-CP_HIDDEN int cp_ring_try_put(cp_ring *r, const cp_rechdr *h, const void *p,
-                              size_t n);
+CP_HIDDEN int cp_ring_try_put(cp_ring *r, const cp_rechdr *h, const void *p, size_t n);
 /* Producer: the ring position just past the last record put. */
 CP_HIDDEN uint64_t cp_ring_tail(const cp_ring *r);
 /* Consumer: the next record, or NULL if none (skips fillers). */
@@ -266,9 +264,8 @@ typedef pid_t (*cp_spawn_fn)(void *arg, int slot);
 /* The template's loop: forks workers on request, reaps them, and goes (with
  * its workers and the pool's segments) when the parent goes.  Never returns.
  * cmd_fd is an eventfd the parent writes after setting a request. */
-CP_HIDDEN void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent,
-                                cp_spawn_fn spawn, void *arg)
-    __attribute__((noreturn));
+CP_HIDDEN void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent, cp_spawn_fn spawn,
+                                void *arg) __attribute__((noreturn));
 
 #ifdef CP_NEED_PYTHON
 #define PY_SSIZE_T_CLEAN
@@ -434,7 +431,8 @@ static inline void cp_restore_exc(PyObject *exc)
 #if PY_VERSION_HEX >= 0x030C0000
     PyErr_SetRaisedException(exc);
 #else
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
+                  PyException_GetTraceback(exc));
 #endif
 }
 

@@ -89,10 +89,11 @@ static void prefault(char *dst, size_t n)
     if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
 }
 
-PyDoc_STRVAR(rebuild_doc,
-"_rebuild($module, buffer, type, /)\n--\n\n"
-"A bytes or bytearray of `type` copied from `buffer` (an out-of-band pickle\n"
-"buffer): the copy runs without the GIL, into pages faulted in at once.");
+PyDoc_STRVAR(
+    rebuild_doc,
+    "_rebuild($module, buffer, type, /)\n--\n\n"
+    "A bytes or bytearray of `type` copied from `buffer` (an out-of-band pickle\n"
+    "buffer): the copy runs without the GIL, into pages faulted in at once.");
 
 static PyObject *rebuild(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -125,7 +126,8 @@ static PyMethodDef pack_functions[] = {
 
 int cp_pack_add_types(PyObject *module, cpool_state *st)
 {
-    st->mapping_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Mapping_spec, NULL);
+    st->mapping_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &Mapping_spec, NULL);
     if (st->mapping_type == NULL) return -1;
     return PyModule_AddFunctions(module, pack_functions);
 }
@@ -177,8 +179,9 @@ static int has_big_buffer(PyObject *o, int depth)
  * give back bytes: hence exact types only.) */
 static int plain(PyObject *o, int depth)
 {
-    if (o == Py_None || PyBool_Check(o) || PyLong_CheckExact(o) || PyFloat_CheckExact(o) ||
-        PyUnicode_CheckExact(o) || PyBytes_CheckExact(o) || PyComplex_CheckExact(o))
+    if (o == Py_None || PyBool_Check(o) || PyLong_CheckExact(o) ||
+        PyFloat_CheckExact(o) || PyUnicode_CheckExact(o) || PyBytes_CheckExact(o) ||
+        PyComplex_CheckExact(o))
         return 1;
     if (depth == 0) return 0;
     if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
@@ -263,10 +266,12 @@ static int write_segment(PyObject *pickled, PyObject *bufs, const cp_segdest *d,
     if (PyObject_GetBuffer(pickled, &views[0], PyBUF_SIMPLE) != 0) goto done;
     got = 1;
     for (Py_ssize_t i = 0; i < nb; i++, got++)
-        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, i), &views[i + 1], PyBUF_ANY_CONTIGUOUS) != 0)
+        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, i), &views[i + 1],
+                               PyBUF_ANY_CONTIGUOUS) != 0)
             goto done;
     for (Py_ssize_t i = 0; i <= nb; i++)
-        pieces[i] = (struct iovec){.iov_base = views[i].buf, .iov_len = (size_t)views[i].len};
+        pieces[i] =
+            (struct iovec){.iov_base = views[i].buf, .iov_len = (size_t)views[i].len};
     Py_BEGIN_ALLOW_THREADS
     rc = cp_seg_write(d, pieces, (int)nb + 1, ref);
     Py_END_ALLOW_THREADS
@@ -366,8 +371,8 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
     }
     /* Populated read-only, then made writable: MAP_POPULATE on a private
      * writable mapping would fault every page for writing, i.e. copy it. */
-    void *addr = mmap(NULL, ref.size ? ref.size : 1, PROT_READ,
-                      MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    void *addr =
+        mmap(NULL, ref.size ? ref.size : 1, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     saved = errno;
     close(fd);
     if (addr != MAP_FAILED &&
@@ -399,7 +404,8 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
     whole = PyMemoryView_FromObject((PyObject *)m);
     if (whole == NULL) goto done;
     uint64_t off = hdr;
-    pview = PySequence_GetSlice(whole, (Py_ssize_t)off, (Py_ssize_t)(off + sh->pickle_len));
+    pview =
+        PySequence_GetSlice(whole, (Py_ssize_t)off, (Py_ssize_t)(off + sh->pickle_len));
     if (pview == NULL) goto done;
     off += CP_ALIGN64(sh->pickle_len);
     views = PyList_New(sh->nbufs);
@@ -409,12 +415,14 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
             PyErr_Format(PyExc_ValueError, "cpool: %s is truncated", ref.name);
             goto done;
         }
-        PyObject *v = PySequence_GetSlice(whole, (Py_ssize_t)off, (Py_ssize_t)(off + sh->lens[i]));
+        PyObject *v =
+            PySequence_GetSlice(whole, (Py_ssize_t)off, (Py_ssize_t)(off + sh->lens[i]));
         if (v == NULL) goto done;
         PyList_SET_ITEM(views, i, v);
         off += CP_ALIGN64(sh->lens[i]);
     }
-    obj = deserialize(st, (const char *)addr + hdr, sh->pickle_len, pview, views, interrupt);
+    obj = deserialize(st, (const char *)addr + hdr, sh->pickle_len, pview, views,
+                      interrupt);
 done:
     Py_XDECREF(pview);
     Py_XDECREF(views);

@@ -80,8 +80,7 @@ static cp_task *task_new(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kin
     if (t == NULL) {
         if (pk->has_seg && pk->seg.recy >= 0)
             atomic_store(&c->ctl->task_recy[pk->seg.recy].state, CP_RECY_FREE);
-        else if (pk->has_seg)
-            cp_seg_unlink(pk->seg.name);
+        else if (pk->has_seg) cp_seg_unlink(pk->seg.name);
         Py_CLEAR(pk->bytes);
         PyErr_NoMemory();
         return NULL;
@@ -115,9 +114,13 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
         return NULL;
     }
     cp_packed pk;
-    cp_segdest dest = {.prefix = c->ctl->prefix, .tag = "t",
-                       .seq = atomic_fetch_add(&c->seg_seq, 1), .recy = c->ctl->task_recy,
-                       .nrecy = CP_RECY_TASKS, .recy_tag = "T.", .wait = wait};
+    cp_segdest dest = {.prefix = c->ctl->prefix,
+                       .tag = "t",
+                       .seq = atomic_fetch_add(&c->seg_seq, 1),
+                       .recy = c->ctl->task_recy,
+                       .nrecy = CP_RECY_TASKS,
+                       .recy_tag = "T.",
+                       .wait = wait};
     if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
         return NULL;
     return task_new(c, job, idx, kind, func, &pk);
@@ -172,8 +175,8 @@ static int put_func(CoreObject *c, cp_ring *r, cp_rechdr *h, const char *p, size
 {
     if (n <= cp_ring_inline_max(r)) return cp_ring_try_put(r, h, p, n) ? 1 : 0;
     if (!cp_ring_fits(r, sizeof *seg)) return 1;
-    cp_segdest d = {.prefix = c->ctl->prefix, .tag = "f",
-                    .seq = atomic_fetch_add(&c->seg_seq, 1)};
+    cp_segdest d = {
+        .prefix = c->ctl->prefix, .tag = "f", .seq = atomic_fetch_add(&c->seg_seq, 1)};
     struct iovec piece = {.iov_base = (void *)p, .iov_len = n};
     if (cp_seg_write(&d, &piece, 1, seg) != 0) return -1;
     h->flags = CP_F_LARGE;
@@ -196,8 +199,7 @@ static int put_task(cp_ring *r, cp_task *t)
 
 static void dispatch_locked(CoreObject *c)
 {
-    if (atomic_load(&c->phase) == CP_TERMINATE || atomic_load(&c->is_broken))
-        return;
+    if (atomic_load(&c->phase) == CP_TERMINATE || atomic_load(&c->is_broken)) return;
     while (c->pend_head != NULL) {
         cp_task *t = c->pend_head;
         int best = -1;
@@ -502,8 +504,8 @@ static void drain(CoreObject *c, int i)
         PyObject *value = NULL;
         int status;
         if (hh.len == 0 && hh.kind != CP_K_OK) {
-            value = PyUnicode_FromString(
-                "the worker could not pickle or describe its error");
+            value =
+                PyUnicode_FromString("the worker could not pickle or describe its error");
             status = CP_ST_LOCAL;
             if (value != NULL) {
                 PyObject *exc = PyObject_CallOneArg(PyExc_RuntimeError, value);
@@ -522,12 +524,11 @@ static void drain(CoreObject *c, int i)
         }
         cp_ring_consume(r, h);
         if (hh.kind == CP_K_INITERR) {
-            if (value != NULL && (status == CP_ST_ERR || status == CP_ST_UNPICKLE) && PyTuple_Check(value) &&
-                PyTuple_GET_SIZE(value) == 2)
+            if (value != NULL && (status == CP_ST_ERR || status == CP_ST_UNPICKLE) &&
+                PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 2)
                 set_broken(c, PyTuple_GET_ITEM(value, 0),
                            status == CP_ST_ERR ? PyTuple_GET_ITEM(value, 1) : NULL, 1);
-            else
-                set_broken(c, value ? value : Py_None, NULL, 1);
+            else set_broken(c, value ? value : Py_None, NULL, 1);
             Py_XDECREF(value);
             continue;
         }
@@ -567,7 +568,7 @@ static void handle_death(CoreObject *c, int i)
     for (cp_task *t = w->head, *next; t != NULL; t = next) {
         next = t->next;
         t->next = NULL;
-        if (t->end_pos <= held_upto) {   /* held: failed below */
+        if (t->end_pos <= held_upto) { /* held: failed below */
             t->held = t->end_pos <= head; /* its record (and segment) taken */
             *hp = t;
             hp = &t->next;
@@ -639,7 +640,8 @@ static void handle_death(CoreObject *c, int i)
     int32_t loading = atomic_exchange(&s->loading_recy, -1);
     if (loading >= 0) { /* it died loading a task's recycled segment */
         uint32_t busy = CP_RECY_BUSY;
-        atomic_compare_exchange_strong(&c->ctl->task_recy[loading].state, &busy, CP_RECY_FREE);
+        atomic_compare_exchange_strong(&c->ctl->task_recy[loading].state, &busy,
+                                       CP_RECY_FREE);
     }
     for (int k = 0; k < CP_RECY_RESULTS; k++) { /* ...or a recycled one */
         uint32_t busy = CP_RECY_BUSY;
@@ -857,7 +859,7 @@ static void check_template(CoreObject *c)
  * stays out of their way; it takes over TOKEN_NAP_NS after the last one,
  * or at once when a waiter leaves it work (deferred callbacks, a phase
  * change) or held the token long. */
-#define TOKEN_NAP_NS 1000000   /* the collector's nap while a waiter collects */
+#define TOKEN_NAP_NS 1000000 /* the collector's nap while a waiter collects */
 
 /* The core whose results this thread is delivering (callbacks run inside):
  * such a thread must not wait for the pool. */
@@ -1025,16 +1027,16 @@ static int check_owner(CoreObject *c)
 
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"processes", "maxtasks", "initializer", "initargs",
-                             "cache", "bootstrap", "pack_error", "spawn", NULL};
+    static char *kwlist[] = {"processes",  "maxtasks", "initializer",
+                             "initargs",   "cache",    "bootstrap",
+                             "pack_error", "spawn",    NULL};
     int n;
     unsigned long long maxtasks;
     PyObject *init, *initargs, *cache, *bootstrap, *pack_error, *spawn = Py_None;
     int ctl_fd = -1; /* the control segment's memfd, kept for an exec'ed template */
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOO!O!OO|O", kwlist, &n, &maxtasks,
-                                     &init, &PyTuple_Type, &initargs,
-                                     &PyDict_Type, &cache, &bootstrap, &pack_error,
-                                     &spawn))
+                                     &init, &PyTuple_Type, &initargs, &PyDict_Type,
+                                     &cache, &bootstrap, &pack_error, &spawn))
         return NULL;
     if (n < 1) {
         PyErr_SetString(PyExc_ValueError, "Number of processes must be at least 1");
@@ -1071,8 +1073,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         cp_oserror("memfd_create");
         goto error;
     }
-    snprintf(c->ctl->prefix, sizeof c->ctl->prefix, "/cpool.%d.%lu.",
-             (int)c->owner, atomic_fetch_add(&pool_counter, 1));
+    snprintf(c->ctl->prefix, sizeof c->ctl->prefix, "/cpool.%d.%lu.", (int)c->owner,
+             atomic_fetch_add(&pool_counter, 1));
     c->ctl->parent_pid = c->owner;
     c->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (c->evfd < 0) {
@@ -1202,15 +1204,12 @@ static void Core_dealloc(CoreObject *c)
     Py_DECREF(tp);
 }
 
-static uint64_t job_arg(PyObject *o)
-{
-    return PyLong_AsUnsignedLongLong(o);
-}
+static uint64_t job_arg(PyObject *o) { return PyLong_AsUnsignedLongLong(o); }
 
 PyDoc_STRVAR(submit_call_doc,
-"submit_call($self, job, func, args, kwds)\n--\n\n"
-"Pickle (func, args, kwds) and queue it as task 0 of `job`.  A pickling\n"
-"error is raised here, in the caller.");
+             "submit_call($self, job, func, args, kwds)\n--\n\n"
+             "Pickle (func, args, kwds) and queue it as task 0 of `job`.  A pickling\n"
+             "error is raised here, in the caller.");
 
 static PyObject *Core_submit_call(CoreObject *c, PyObject *args)
 {
@@ -1233,9 +1232,10 @@ static void blob_capsule_free(PyObject *cap)
     blob_decref(PyCapsule_GetPointer(cap, "cpool.func"));
 }
 
-PyDoc_STRVAR(func_blob_doc,
-"func_blob($self, func)\n--\n\n"
-"Pickle func once for a map-like job; the result is passed to submit_chunks.");
+PyDoc_STRVAR(
+    func_blob_doc,
+    "func_blob($self, func)\n--\n\n"
+    "Pickle func once for a map-like job; the result is passed to submit_chunks.");
 
 static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
 {
@@ -1256,13 +1256,15 @@ static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
     return cap;
 }
 
-PyDoc_STRVAR(submit_chunks_doc,
-"submit_chunks($self, job, func_blob, items, chunksize, star, first_idx, progressive)\n--\n\n"
-"Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
-"queue them as tasks first_idx, first_idx+1, ... of `job`.  A chunk that\n"
-"fails to pickle raises here.  progressive: send them 256 KiB of pickles at\n"
-"a time (batches sent before a failure run anyway); else all or nothing.\n"
-"Returns the number of chunks.");
+PyDoc_STRVAR(
+    submit_chunks_doc,
+    "submit_chunks($self, job, func_blob, items, chunksize, star, first_idx, "
+    "progressive)\n--\n\n"
+    "Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
+    "queue them as tasks first_idx, first_idx+1, ... of `job`.  A chunk that\n"
+    "fails to pickle raises here.  progressive: send them 256 KiB of pickles at\n"
+    "a time (batches sent before a failure run anyway); else all or nothing.\n"
+    "Returns the number of chunks.");
 
 static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
 {
@@ -1270,8 +1272,8 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
     Py_ssize_t chunksize;
     int star, progressive;
     unsigned int first;
-    if (!PyArg_ParseTuple(args, "OOOnpIp", &jobo, &cap, &items, &chunksize, &star,
-                          &first, &progressive))
+    if (!PyArg_ParseTuple(args, "OOOnpIp", &jobo, &cap, &items, &chunksize, &star, &first,
+                          &progressive))
         return NULL;
     if (check_owner(c) < 0) return NULL;
     uint64_t job = job_arg(jobo);
@@ -1285,8 +1287,8 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
     /* A range travels as range slices: a chunk pickles in a few bytes,
      * whatever its size (pool.map(f, range(n)) is the commonest map). */
     int ranged = PyRange_Check(items);
-    PyObject *seq = ranged ? Py_NewRef(items)
-                           : PySequence_Fast(items, "items must be a sequence");
+    PyObject *seq =
+        ranged ? Py_NewRef(items) : PySequence_Fast(items, "items must be a sequence");
     if (seq == NULL) return NULL;
     Py_ssize_t n = ranged ? PyObject_Size(seq) : PySequence_Fast_GET_SIZE(seq);
     if (n < 0) {
@@ -1305,7 +1307,8 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
             Py_INCREF(x);
             PyList_SET_ITEM(chunk, k - lo, x);
         }
-        cp_task *t = task_pack(c, job, first + (uint32_t)count, kind, func, chunk, progressive);
+        cp_task *t =
+            task_pack(c, job, first + (uint32_t)count, kind, func, chunk, progressive);
         Py_DECREF(chunk);
         if (t == NULL) goto error;
         if (tail) tail->next = t;
@@ -1391,16 +1394,16 @@ static int wait_done(CoreObject *c, double timeout)
 }
 
 PyDoc_STRVAR(collect_doc,
-"collect($self, timeout=None)\n--\n\n"
-"Collect results in this thread, for a caller waiting for one: take the\n"
-"collection token, deliver what has arrived (waiting for news without the\n"
-"GIL, at most `timeout` seconds), give the token back.  Returns 1 after a\n"
-"round that delivered or a timeout (check, and call again), 0 if another\n"
-"thread is collecting (it delivers: wait for the result as usual), -1 if\n"
-"this thread cannot collect (the pool is terminating or over, or this\n"
-"thread is delivering results already).");
+             "collect($self, timeout=None)\n--\n\n"
+             "Collect results in this thread, for a caller waiting for one: take the\n"
+             "collection token, deliver what has arrived (waiting for news without the\n"
+             "GIL, at most `timeout` seconds), give the token back.  Returns 1 after a\n"
+             "round that delivered or a timeout (check, and call again), 0 if another\n"
+             "thread is collecting (it delivers: wait for the result as usual), -1 if\n"
+             "this thread cannot collect (the pool is terminating or over, or this\n"
+             "thread is delivering results already).");
 
-#define COLLECT_SLICE_NS 100000000  /* Ctrl-C and the template are checked */
+#define COLLECT_SLICE_NS 100000000 /* Ctrl-C and the template are checked */
 
 static PyObject *Core_collect(CoreObject *c, PyObject *args)
 {
@@ -1477,9 +1480,9 @@ static PyObject *Core_collect(CoreObject *c, PyObject *args)
 }
 
 PyDoc_STRVAR(terminate_doc,
-"terminate($self)\n--\n\n"
-"Kill the workers now; fail what is unfinished.  Waits for the collector,\n"
-"unless called from a callback (then it returns at once).");
+             "terminate($self)\n--\n\n"
+             "Kill the workers now; fail what is unfinished.  Waits for the collector,\n"
+             "unless called from a callback (then it returns at once).");
 
 static PyObject *Core_terminate(CoreObject *c, PyObject *Py_UNUSED(ignored))
 {
@@ -1494,9 +1497,9 @@ static PyObject *Core_terminate(CoreObject *c, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(join_doc,
-"join($self, timeout=None)\n--\n\n"
-"Wait until the pool is over (closed and drained, or terminated).\n"
-"Returns True when it is, False on timeout.");
+             "join($self, timeout=None)\n--\n\n"
+             "Wait until the pool is over (closed and drained, or terminated).\n"
+             "Returns True when it is, False on timeout.");
 
 static PyObject *Core_join(CoreObject *c, PyObject *args)
 {
@@ -1515,8 +1518,8 @@ static PyObject *Core_join(CoreObject *c, PyObject *args)
 }
 
 PyDoc_STRVAR(wait_started_doc,
-"wait_started($self)\n--\n\n"
-"Wait until every slot that asked for a worker has one with a known pid.");
+             "wait_started($self)\n--\n\n"
+             "Wait until every slot that asked for a worker has one with a known pid.");
 
 static PyObject *Core_wait_started(CoreObject *c, PyObject *Py_UNUSED(ignored))
 {
@@ -1525,11 +1528,12 @@ static PyObject *Core_wait_started(CoreObject *c, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(workers_doc,
-"workers($self)\n--\n\n"
-"One (pid, state, wait_status) tuple per worker slot; pid 0 while a\n"
-"replacement is being forked.  States: 0 free, 1 spawn requested, 2 forked,\n"
-"3 ready, 4 dead.");
+PyDoc_STRVAR(
+    workers_doc,
+    "workers($self)\n--\n\n"
+    "One (pid, state, wait_status) tuple per worker slot; pid 0 while a\n"
+    "replacement is being forked.  States: 0 free, 1 spawn requested, 2 forked,\n"
+    "3 ready, 4 dead.");
 
 static PyObject *Core_workers(CoreObject *c, PyObject *Py_UNUSED(ignored))
 {
@@ -1585,33 +1589,31 @@ static PyMethodDef Core_methods[] = {
 
 static PyGetSetDef Core_getset[] = {
     {"broken", (getter)Core_get_broken, NULL,
-     "(exception, traceback text, raised by the initializer?) of a broken pool, or None", NULL},
+     "(exception, traceback text, raised by the initializer?) of a broken pool, or None",
+     NULL},
     {"done", (getter)Core_get_done, NULL, "True once the pool is over", NULL},
-    {"template_pid", (getter)Core_get_template_pid, NULL,
-     "pid of the template process", NULL},
+    {"template_pid", (getter)Core_get_template_pid, NULL, "pid of the template process",
+     NULL},
     {"segment_prefix", (getter)Core_get_segment_prefix, NULL,
      "name prefix of this pool's shared-memory segments", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-PyDoc_STRVAR(Core_doc,
-"Core(processes, maxtasks, initializer, initargs, cache, bootstrap, pack_error,\n"
-"     spawn=None)\n"
-"--\n\n"
-"The machinery of one pool: its template process, its workers, its rings\n"
-"and its collector thread.  cpool.Pool is the public face.  spawn: None to\n"
-"fork the template, or (executable, argv, fds) from cpool._template to exec\n"
-"it as a fresh interpreter.");
+PyDoc_STRVAR(
+    Core_doc,
+    "Core(processes, maxtasks, initializer, initargs, cache, bootstrap, pack_error,\n"
+    "     spawn=None)\n"
+    "--\n\n"
+    "The machinery of one pool: its template process, its workers, its rings\n"
+    "and its collector thread.  cpool.Pool is the public face.  spawn: None to\n"
+    "fork the template, or (executable, argv, fds) from cpool._template to exec\n"
+    "it as a fresh interpreter.");
 
 static PyType_Slot Core_slots[] = {
-    {Py_tp_new, Core_new},
-    {Py_tp_dealloc, Core_dealloc},
-    {Py_tp_traverse, Core_traverse},
-    {Py_tp_clear, Core_clear},
-    {Py_tp_methods, Core_methods},
-    {Py_tp_getset, Core_getset},
-    {Py_tp_doc, (void *)Core_doc},
-    {0, NULL},
+    {Py_tp_new, Core_new},           {Py_tp_dealloc, Core_dealloc},
+    {Py_tp_traverse, Core_traverse}, {Py_tp_clear, Core_clear},
+    {Py_tp_methods, Core_methods},   {Py_tp_getset, Core_getset},
+    {Py_tp_doc, (void *)Core_doc},   {0, NULL},
 };
 
 static PyType_Spec Core_spec = {

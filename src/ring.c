@@ -101,8 +101,7 @@ const cp_rechdr *cp_ring_peek(cp_ring *r)
         /* A filler is recognised by position alone when it is shorter than
          * a header (the producer wrote only what fitted). */
         if (r->cap - off < HDR || h->kind == CP_K_WRAP) {
-            atomic_store_explicit(&r->head, head + (r->cap - off),
-                                  memory_order_release);
+            atomic_store_explicit(&r->head, head + (r->cap - off), memory_order_release);
             continue;
         }
         return h;
@@ -112,8 +111,7 @@ const cp_rechdr *cp_ring_peek(cp_ring *r)
 void cp_ring_consume(cp_ring *r, const cp_rechdr *h)
 {
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-    atomic_store_explicit(&r->head, head + HDR + ALIGN8(h->len),
-                          memory_order_release);
+    atomic_store_explicit(&r->head, head + HDR + ALIGN8(h->len), memory_order_release);
     cp_event_signal(&r->space);
 }
 

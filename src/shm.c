@@ -65,8 +65,7 @@ void cp_seg_sweep(const char *prefix)
     char name[CP_SEGNAME_MAX + 2];
     while ((e = readdir(d)) != NULL) {
         if (strncmp(e->d_name, prefix + 1, plen) != 0) continue;
-        if (snprintf(name, sizeof name, "/%s", e->d_name) >= (int)sizeof name)
-            continue;
+        if (snprintf(name, sizeof name, "/%s", e->d_name) >= (int)sizeof name) continue;
         shm_unlink(name);
     }
     closedir(d);
@@ -112,7 +111,8 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
         }
         cp_recy *e = &d->recy[k];
         uint32_t st = atomic_load(&e->state);
-        if (st == CP_RECY_BUSY || !atomic_compare_exchange_strong(&e->state, &st, CP_RECY_BUSY))
+        if (st == CP_RECY_BUSY ||
+            !atomic_compare_exchange_strong(&e->state, &st, CP_RECY_BUSY))
             continue;
         snprintf(ref->name, sizeof ref->name, "%s%s%d", d->prefix, d->recy_tag, k);
         int fd;
@@ -122,8 +122,8 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
         /* The file's real size, not the entry's memory of it: a sweep (pool
          * end, a cleaner of /dev/shm) may have removed it. */
         struct stat fst;
-        if (fd >= 0 && (fstat(fd, &fst) != 0 ||
-                        ((uint64_t)fst.st_size < total && ftruncate(fd, (off_t)total) != 0))) {
+        if (fd >= 0 && (fstat(fd, &fst) != 0 || ((uint64_t)fst.st_size < total &&
+                                                 ftruncate(fd, (off_t)total) != 0))) {
             close(fd);
             fd = -1;
         }

@@ -49,8 +49,7 @@ void cp_cpu_relax(void)
 #endif
 }
 
-static long futex(_Atomic uint32_t *addr, int op, uint32_t val,
-                  const struct timespec *ts)
+static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
 {
     return syscall(SYS_futex, (uint32_t *)addr, op, val, ts, NULL, 0);
 }

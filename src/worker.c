@@ -92,15 +92,12 @@ static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
     PyObject *exc = cp_fetch_exc();
     PyObject *payload;
     if (exc == NULL) {
-        exc = PyObject_CallFunction(PyExc_SystemError, "s",
-                                    "error without an exception");
+        exc = PyObject_CallFunction(PyExc_SystemError, "s", "error without an exception");
         if (exc == NULL) exc = cp_fetch_exc();
     }
     if (value != NULL)
-        payload = PyObject_CallFunctionObjArgs(w->core->pack_error, exc, value,
-                                               NULL);
-    else
-        payload = PyObject_CallOneArg(w->core->pack_error, exc);
+        payload = PyObject_CallFunctionObjArgs(w->core->pack_error, exc, value, NULL);
+    else payload = PyObject_CallOneArg(w->core->pack_error, exc);
     Py_XDECREF(exc);
     cp_packed pk;
     if (payload == NULL || !PyBytes_Check(payload) ||
@@ -158,7 +155,8 @@ static PyObject *run(worker *w, const cp_rechdr *h)
 {
     cpool_state *st = w->core->st;
     if (h->kind == CP_K_CALL) {
-        PyObject *t = cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy, NULL);
+        PyObject *t =
+            cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy, NULL);
         if (t == NULL) return NULL;
         PyObject *res = NULL;
         if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
@@ -168,7 +166,8 @@ static PyObject *run(worker *w, const cp_rechdr *h)
             PyObject *k = PyTuple_GET_ITEM(t, 2);
             PyObject *args = PySequence_Tuple(a);
             if (args != NULL) {
-                res = PyObject_Call(f, args, PyDict_Check(k) && PyDict_GET_SIZE(k) ? k : NULL);
+                res = PyObject_Call(f, args,
+                                    PyDict_Check(k) && PyDict_GET_SIZE(k) ? k : NULL);
                 Py_DECREF(args);
             }
         }
@@ -184,7 +183,8 @@ static PyObject *run(worker *w, const cp_rechdr *h)
         PyErr_SetObject((PyObject *)Py_TYPE(w->func_error), w->func_error);
         return NULL;
     }
-    PyObject *items = cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy, NULL);
+    PyObject *items =
+        cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy, NULL);
     if (items == NULL) return NULL;
     PyObject *seq = PySequence_Fast(items, "chunk is not a sequence");
     Py_DECREF(items);
@@ -224,10 +224,15 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
     w.slot = &core->ctl->slots[slot];
     w.tasks = cp_task_ring(core->ctl, slot);
     w.results = cp_result_ring(core->ctl, slot);
-    snprintf(w.tag, sizeof w.tag, "r%d.%u.", slot, (unsigned)atomic_load(&w.slot->spawn_count));
+    snprintf(w.tag, sizeof w.tag, "r%d.%u.", slot,
+             (unsigned)atomic_load(&w.slot->spawn_count));
     snprintf(w.recy_tag, sizeof w.recy_tag, "R%d.", slot);
-    w.dest = (cp_segdest){.prefix = w.ctl->prefix, .tag = w.tag, .recy = w.slot->res_recy,
-                          .nrecy = CP_RECY_RESULTS, .recy_tag = w.recy_tag, .wait = 1};
+    w.dest = (cp_segdest){.prefix = w.ctl->prefix,
+                          .tag = w.tag,
+                          .recy = w.slot->res_recy,
+                          .nrecy = CP_RECY_RESULTS,
+                          .recy_tag = w.recy_tag,
+                          .wait = 1};
 
     /* The template stores our pid too, after fork returns there; we may be
      * READY before that, and Pool() must not see a READY slot without one. */
@@ -272,10 +277,10 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
             post_error(&w, CP_K_ERR, h->job, h->idx, NULL);
         } else {
             cp_packed pk;
-            if (cp_pack(core->st, res, cp_ring_inline_max(w.results), next_dest(&w), &pk) < 0)
+            if (cp_pack(core->st, res, cp_ring_inline_max(w.results), next_dest(&w),
+                        &pk) < 0)
                 post_error(&w, CP_K_ERR, h->job, h->idx, res);
-            else
-                post_packed(&w, CP_K_OK, h->job, h->idx, &pk);
+            else post_packed(&w, CP_K_OK, h->job, h->idx, &pk);
             Py_DECREF(res);
         }
         atomic_store(&w.slot->current_job, 0);
