@@ -173,38 +173,68 @@ static int has_big_buffer(PyObject *o, int depth)
     return 0;
 }
 
-/* 1 if o is plain data down to `depth` levels of exact tuples, lists and
- * dicts: what marshal writes and reads back as the same types and values.
- * (marshal would also take any buffer, a bytearray or a NumPy array, and
- * give back bytes: hence exact types only.) */
-static int plain(PyObject *o, int depth)
+/* What plain() finds: not plain data; plain data whose every container
+ * appears once (marshal without references will do, the fastest: version
+ * 2); or plain data where a container may appear twice, which marshal keeps
+ * shared only with references (version 3 and up, a hash table lookup per
+ * object with more than one reference: twice the time for a chunk of
+ * tuples). */
+enum { NOT_PLAIN = 0, PLAIN_SINGLE, PLAIN_SHARED };
+
+static int is_container(PyObject *o)
 {
-    if (o == Py_None || PyBool_Check(o) || PyLong_CheckExact(o) ||
-        PyFloat_CheckExact(o) || PyUnicode_CheckExact(o) || PyBytes_CheckExact(o) ||
-        PyComplex_CheckExact(o))
-        return 1;
-    if (depth == 0) return 0;
-    if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (!plain(PySequence_Fast_GET_ITEM(o, i), depth - 1)) return 0;
-        return 1;
-    }
-    if (PyDict_CheckExact(o)) {
-        Py_ssize_t pos = 0;
-        PyObject *k, *v;
-        while (PyDict_Next(o, &pos, &k, &v))
-            if (!plain(k, depth - 1) || !plain(v, depth - 1)) return 0;
-        return 1;
-    }
-    return 0;
+    return PyTuple_CheckExact(o) || PyList_CheckExact(o) || PyDict_CheckExact(o);
 }
 
-/* marshal for plain data, else a protocol-5 pickle: new bytes, or NULL. */
-static PyObject *serialize(cpool_state *st, PyObject *obj)
+/* Whether o is plain data down to `depth` levels of exact tuples, lists and
+ * dicts: what marshal writes and reads back as the same types and values.
+ * (marshal would also take any buffer, a bytearray or a NumPy array, and
+ * give back bytes: hence exact types only.)  `inner`: o is inside the
+ * payload.  A container inside with more than one reference may appear
+ * twice; that matters for a list or dict, or a tuple holding one, whose
+ * copies would be two objects; a tuple of scalars would only lose its
+ * identity, as strings do. */
+static int plain(PyObject *o, int depth, int inner)
 {
-    if (plain(obj, PLAIN_DEPTH)) {
-        PyObject *b = PyMarshal_WriteObjectToString(obj, Py_MARSHAL_VERSION);
+    if (o == Py_None || PyBool_Check(o) || PyLong_CheckExact(o) ||
+        PyFloat_CheckExact(o) || PyUnicode_CheckExact(o) || PyComplex_CheckExact(o))
+        return PLAIN_SINGLE;
+    if (PyBytes_CheckExact(o)) /* big ones go out of band */
+        return PyBytes_GET_SIZE(o) < OOB_MIN ? PLAIN_SINGLE : NOT_PLAIN;
+    if (depth == 0) return NOT_PLAIN;
+    int r = PLAIN_SINGLE, holds = 0;
+    if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *x = PySequence_Fast_GET_ITEM(o, i);
+            int k = plain(x, depth - 1, 1);
+            if (k == NOT_PLAIN) return NOT_PLAIN;
+            if (k == PLAIN_SHARED) r = PLAIN_SHARED;
+            holds |= is_container(x);
+        }
+    } else if (PyDict_CheckExact(o)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            int a = plain(k, depth - 1, 1), b = plain(v, depth - 1, 1);
+            if (a == NOT_PLAIN || b == NOT_PLAIN) return NOT_PLAIN;
+            if (a == PLAIN_SHARED || b == PLAIN_SHARED) r = PLAIN_SHARED;
+            holds |= is_container(k) || is_container(v);
+        }
+    } else {
+        return NOT_PLAIN;
+    }
+    if (inner && Py_REFCNT(o) > 1 && (!PyTuple_CheckExact(o) || holds)) r = PLAIN_SHARED;
+    return r;
+}
+
+/* marshal for plain data (what plain() said), else a protocol-5 pickle:
+ * new bytes, or NULL. */
+static PyObject *serialize(cpool_state *st, PyObject *obj, int is_plain)
+{
+    if (is_plain != NOT_PLAIN) {
+        PyObject *b = PyMarshal_WriteObjectToString(
+            obj, is_plain == PLAIN_SHARED ? Py_MARSHAL_VERSION : 2);
         if (b != NULL) return b;
         PyErr_Clear(); /* too deep or too large for marshal: pickle says */
     }
@@ -289,7 +319,10 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
     out->bytes = NULL;
     out->has_seg = 0;
     PyObject *pickled = NULL, *bufs = NULL;
-    if (has_big_buffer(obj, 2)) {
+    /* Plain data holds no big buffer (plain() turns down big bytes): one
+     * walk over a chunk of plain items, not two. */
+    int is_plain = plain(obj, PLAIN_DEPTH, 0);
+    if (is_plain == NOT_PLAIN && has_big_buffer(obj, 2)) {
         if (st->pack_oob == NULL) {
             PyObject *mod = PyImport_ImportModule("cpool.pool");
             if (mod == NULL) return -1;
@@ -309,7 +342,7 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
         bufs = Py_NewRef(PyTuple_GET_ITEM(r, 1));
         Py_DECREF(r);
     } else {
-        pickled = serialize(st, obj);
+        pickled = serialize(st, obj, is_plain);
         if (pickled == NULL) return -1;
         if ((size_t)PyBytes_GET_SIZE(pickled) <= inline_max) {
             out->bytes = pickled;

@@ -75,6 +75,27 @@ def test_sharing_within_a_chunk_survives(pool):
     assert all(c[0] is c[1] for c in chunk)
 
 
+def lists_shared(x):
+    a, b = x
+    return a is b, a[0] is b[0], a[0] == [1]
+
+
+def test_sharing_of_mutable_containers_survives_in_any_shape(pool):
+    # marshal without references (the fast path for chunks of plain tuples)
+    # would copy a shared list twice: such payloads take the slower path.
+    inner = [1]
+    for shared in ([(inner,), (inner,)], [{"k": inner}, {"k": inner}]):
+        got = pool.apply(identity, (shared,))
+        first, second = got
+        key = 0 if isinstance(first, tuple) else "k"
+        assert first[key] is second[key]
+        chunk = pool.map(identity, [shared] * 3, chunksize=3)
+        assert all(c[0][key] is c[1][key] for c in chunk)
+    t = ([1],)
+    assert pool.apply(lists_shared, ([t, t],)) == (True, True, True)
+    assert pool.map(lists_shared, [[t, t]] * 5, chunksize=5) == [(True, True, True)] * 5
+
+
 def test_a_large_plain_chunk_and_result(pool):
     # over the inline limit: the chunk and the result go through segments
     items = [(i, str(i), i * 0.5, None) for i in range(50_000)]
