@@ -243,6 +243,8 @@ def _timed(fn):
 def run_workload(w, subject, n, processes):
     """(seconds, items) of one run; raises if the result is wrong."""
     k = w.key
+    if k == "startup" and not _IN_STARTUP_CHILD:
+        return _startup_in_child(subject, n, processes)
     if k == "startup":
         # n pools, one after the other: the time from each Pool() call to its
         # first result (a single pool's few milliseconds would be noise).
@@ -309,6 +311,23 @@ def run_workload(w, subject, n, processes):
     if not ok:
         raise AssertionError(f"{subject.name}: wrong result in {w.title}")
     return dt, n
+
+
+_IN_STARTUP_CHILD = False
+
+
+def _startup_in_child(subject, n, processes):
+    """Start-up runs in a fresh interpreter for each pool: a fork costs
+    time in proportion to the memory of the process that forks (40 us per
+    MiB on the 2-CPU VM of the README), and the earlier workloads leave
+    this one hundreds of MiB larger than a program that starts its pool.
+    (With a large parent both pools pay about the same: two forks.)"""
+    import subprocess
+    out = subprocess.run(
+        [sys.executable, "-m", "cpool.bench", "--startup-child", subject.name,
+         "--processes", str(processes), "--only", str(n)],
+        check=True, capture_output=True, text=True).stdout
+    return float(out.split()[0]), n
 
 
 _ref_cache = {}
@@ -473,7 +492,17 @@ def main(argv=None):
     ap.add_argument("--against", default="",
                     help="comma-separated peers to add: concurrent.futures,loky,mpire")
     ap.add_argument("--only", default="", help="comma-separated workload keys")
+    ap.add_argument("--startup-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.startup_child:  # see _startup_in_child: --only carries n
+        global _IN_STARTUP_CHILD
+        _IN_STARTUP_CHILD = True
+        peers = [] if args.startup_child in ("multiprocessing", "cpool") else [args.startup_child]
+        subject = next(s for s in subjects(args.processes, peers)
+                       if s.name == args.startup_child)
+        w = next(w for w in WORKLOADS if w.key == "startup")
+        print(run_workload(w, subject, int(args.only), args.processes)[0])
+        return 0
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.processes is None:
