@@ -510,6 +510,7 @@ class IMapIterator:
                 got = self._take()
                 if got is None:
                     if self._length is not None and self._consumed >= self._length:
+                        self._check_complete()  # again, in case a Ctrl-C cut it short
                         raise StopIteration
                     if self._submitted > self._consumed or self._length is not None:
                         left = None if deadline is None else deadline - _monotonic()
@@ -545,7 +546,12 @@ class IMapIterator:
             # once it is half empty (_feed checks again, under its lock).
             if self._length is None and \
                     self._submitted - self._consumed <= self._window // 2:
-                self._feed()
+                try:
+                    self._feed()
+                except BaseException:  # Ctrl-C: the value taken is not lost
+                    if got is not None and got[1] is not _NO_VALUE:
+                        self._buf.appendleft(got[1])
+                    raise
             if got is not None and got[1] is not _NO_VALUE:
                 return got[1]
 
