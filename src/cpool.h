@@ -115,7 +115,6 @@ enum { CP_RECY_NONE = 0, CP_RECY_FREE, CP_RECY_BUSY };
 typedef struct {
     _Atomic uint32_t state;
     uint32_t pad;
-    uint64_t size;  /* the file's size: written by the holder of BUSY */
 } cp_recy;
 
 /* Where a producer puts large records. */

@@ -241,9 +241,9 @@ static PyObject *serialize(cpool_state *st, PyObject *obj, int is_plain)
     return cp_dumps(st, obj);
 }
 
-/* Read back what serialize() or a pickler wrote.  Large payloads are read
- * with the cyclic GC paused: building a big list of tuples would run it
- * over and over, for nothing to collect.  New reference, or NULL. */
+/* Read back what serialize() or a pickler wrote.  Large marshal payloads
+ * are read with the cyclic GC paused: building a big list of tuples would
+ * run it over and over, for nothing to collect.  New reference, or NULL. */
 static PyObject *deserialize(cpool_state *st, const char *p, size_t n, PyObject *view,
                              PyObject *buffers, PyObject **interrupt)
 {
@@ -344,10 +344,9 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
     } else {
         pickled = serialize(st, obj, is_plain);
         if (pickled == NULL) return -1;
-        if ((size_t)PyBytes_GET_SIZE(pickled) <= inline_max) {
-            out->bytes = pickled;
-            return 0;
-        }
+        int rc = cp_pack_pickled(pickled, inline_max, dest, out);
+        Py_DECREF(pickled);
+        return rc;
     }
     int rc = write_segment(pickled, bufs, dest, &out->seg);
     Py_DECREF(pickled);
@@ -468,7 +467,6 @@ done:
             /* An object (a NumPy array) lives on this private mapping, which
              * would see the producer's next writes: retire the segment. */
             cp_seg_unlink(ref.name);
-            entry->size = 0;
             atomic_store(&entry->state, CP_RECY_NONE);
         }
     }

@@ -40,14 +40,17 @@ void *cp_shared_map_fd(size_t size, int *fd_out)
     return p == MAP_FAILED ? NULL : p;
 }
 
-int cp_seg_open_fd(const char *name)
+/* shm_open, mode 0600 (private to the user), retried on EINTR. */
+static int seg_open(const char *name, int flags)
 {
     int fd;
     do {
-        fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+        fd = shm_open(name, flags | O_CLOEXEC, 0600);
     } while (fd < 0 && errno == EINTR);
     return fd;
 }
+
+int cp_seg_open_fd(const char *name) { return seg_open(name, O_RDONLY); }
 
 void cp_seg_unlink(const char *name)
 {
@@ -115,10 +118,7 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
             !atomic_compare_exchange_strong(&e->state, &st, CP_RECY_BUSY))
             continue;
         snprintf(ref->name, sizeof ref->name, "%s%s%d", d->prefix, d->recy_tag, k);
-        int fd;
-        do {
-            fd = shm_open(ref->name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        } while (fd < 0 && errno == EINTR);
+        int fd = seg_open(ref->name, O_RDWR | O_CREAT);
         /* The file's real size, not the entry's memory of it: a sweep (pool
          * end, a cleaner of /dev/shm) may have removed it. */
         struct stat fst;
@@ -131,7 +131,6 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
             atomic_store(&e->state, st); /* as it was */
             return -1;
         }
-        if ((uint64_t)fst.st_size < total) e->size = total;
         ref->recy = k;
         *taken = e;
         *was = st;
@@ -198,9 +197,7 @@ int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, cp_segr
             errno = ENAMETOOLONG;
             goto done;
         }
-        do {
-            fd = shm_open(ref->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        } while (fd < 0 && errno == EINTR);
+        fd = seg_open(ref->name, O_RDWR | O_CREAT | O_EXCL);
         if (fd < 0) goto done;
         rc = ftruncate(fd, (off_t)total) == 0 ? write_pieces(fd, h, hdr, pieces, n) : -1;
         int saved = errno;
@@ -214,13 +211,11 @@ done:
     return rc;
 }
 
-#define ALIGN64(n) (((n) + 63u) & ~(uint64_t)63u)
-
 cp_ctl *cp_ctl_create(uint32_t n, uint64_t ring_cap, int *fd_out)
 {
-    uint64_t head = ALIGN64(sizeof(cp_ctl) + n * sizeof(cp_slot));
-    uint64_t ring_bytes = ALIGN64(sizeof(cp_ring)) + ring_cap;
-    uint64_t size = head + 2 * n * ALIGN64(ring_bytes);
+    uint64_t head = CP_ALIGN64(sizeof(cp_ctl) + n * sizeof(cp_slot));
+    uint64_t ring_bytes = CP_ALIGN64(sizeof(cp_ring)) + ring_cap;
+    uint64_t size = head + 2 * n * CP_ALIGN64(ring_bytes);
     cp_ctl *c = cp_shared_map_fd(size, fd_out);
     if (!c) return NULL;
     c->magic = CP_MAGIC;
@@ -231,10 +226,10 @@ cp_ctl *cp_ctl_create(uint32_t n, uint64_t ring_cap, int *fd_out)
         atomic_store(&c->slots[i].loading_recy, -1);
         c->slots[i].task_off = off;
         cp_ring_init(cp_task_ring(c, (int)i), ring_cap);
-        off += ALIGN64(ring_bytes);
+        off += CP_ALIGN64(ring_bytes);
         c->slots[i].result_off = off;
         cp_ring_init(cp_result_ring(c, (int)i), ring_cap);
-        off += ALIGN64(ring_bytes);
+        off += CP_ALIGN64(ring_bytes);
     }
     return c;
 }
