@@ -90,6 +90,17 @@ def shutdown(pool, timeout=JOIN_TIMEOUT):
                     f"after terminate()")
 
 
+def module_pool(processes):
+    """A module-scoped fixture: one pool of `processes` workers for the
+    module's tests, shut down (with a time limit) after the last."""
+    @pytest.fixture(scope="module")
+    def fixture():
+        p = cpool.Pool(processes)
+        yield p
+        shutdown(p)
+    return fixture
+
+
 @pytest.fixture
 def pool(request):
     kwargs = getattr(request, "param", None) or {"processes": 4}

@@ -31,6 +31,7 @@ import tracemalloc
 import pytest
 
 import cpool
+from conftest import module_pool
 
 N = 1000
 WARMUP = 200
@@ -108,20 +109,8 @@ def leaky_square(x):
 
 # -- fixtures -------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pool2():
-    pool = cpool.Pool(2)
-    yield pool
-    pool.terminate()
-    pool.join()
-
-
-@pytest.fixture(scope="module")
-def pool1():
-    pool = cpool.Pool(1)
-    yield pool
-    pool.terminate()
-    pool.join()
+pool2 = module_pool(2)
+pool1 = module_pool(1)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,6 +8,7 @@ import math
 import pytest
 
 import cpool
+from conftest import module_pool
 
 T = 60
 
@@ -31,12 +32,7 @@ def shape(x):
     return type(x).__name__, repr(x)
 
 
-@pytest.fixture(scope="module")
-def pool():
-    p = cpool.Pool(2)
-    yield p
-    p.terminate()
-    p.join()
+pool = module_pool(2)
 
 
 PLAIN = [None, True, False, 0, -1, 2 ** 100, -(2 ** 70), 1.5, -0.0, float("inf"),
