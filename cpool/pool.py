@@ -921,26 +921,29 @@ class _Big:
         return _cpool._rebuild, (pickle.PickleBuffer(self.obj), type(self.obj))
 
 
-def _swap_big(o, depth):
+def _swap_big(o, depth, bigs):
     t = type(o)
     if (t is bytes or t is bytearray) and len(o) >= _OOB_MIN:
-        return _Big(o)
+        bigs.append(_Big(o))
+        return bigs[-1]
     if depth:
         if t is tuple:
-            return tuple([_swap_big(x, depth - 1) for x in o])
+            return tuple([_swap_big(x, depth - 1, bigs) for x in o])
         if t is list:
-            return [_swap_big(x, depth - 1) for x in o]
+            return [_swap_big(x, depth - 1, bigs) for x in o]
         if t is dict:
-            return {k: _swap_big(v, depth - 1) for k, v in o.items()}
+            return {k: _swap_big(v, depth - 1, bigs) for k, v in o.items()}
     return o
 
 
 def _pack_oob(obj):
-    """(pickle, [buffers]) of an object holding large buffers (called from C
-    only for those): protocol 5, the buffers out of band."""
-    bufs = []
-    data = pickle.dumps(_swap_big(obj, 2), protocol=5, buffer_callback=bufs.append)
-    return data, bufs
+    """(pickle, [buffers], copied) of an object holding large buffers (called
+    from C only for those): protocol 5, the buffers out of band.  copied:
+    every buffer is a _Big's, which the receiver copies out (no object keeps
+    a view of the shared memory it came in)."""
+    bufs, bigs = [], []
+    data = pickle.dumps(_swap_big(obj, 2, bigs), protocol=5, buffer_callback=bufs.append)
+    return data, bufs, len(bufs) == len(bigs)
 
 
 class _ShortRepr:

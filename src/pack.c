@@ -41,20 +41,24 @@ typedef struct {
     PyObject_HEAD
     char *addr;
     size_t size;
+    int kept;     /* a cp_segmap's: not ours to unmap */
+    int readonly; /* shared with the producer (a kept mapping) */
 } MappingObject;
 
 static void Mapping_dealloc(MappingObject *m)
 {
     PyTypeObject *tp = Py_TYPE(m);
-    if (m->addr != NULL) munmap(m->addr, m->size ? m->size : 1);
+    if (m->addr != NULL && !m->kept) munmap(m->addr, m->size ? m->size : 1);
     tp->tp_free(m);
     Py_DECREF(tp);
 }
 
 static int Mapping_getbuffer(MappingObject *m, Py_buffer *view, int flags)
 {
-    /* Private copy-on-write mapping: NumPy arrays built on it are writable. */
-    return PyBuffer_FillInfo(view, (PyObject *)m, m->addr, (Py_ssize_t)m->size, 0, flags);
+    /* A private copy-on-write mapping: NumPy arrays built on it are writable.
+     * A kept one is shared with the producer, and read-only. */
+    return PyBuffer_FillInfo(view, (PyObject *)m, m->addr, (Py_ssize_t)m->size,
+                             m->readonly, flags);
 }
 
 static PyType_Slot Mapping_slots[] = {
@@ -281,8 +285,8 @@ static PyObject *deserialize(cpool_state *st, const char *p, size_t n, PyObject 
 
 /* Write the pickle and its buffers into a segment (recycled or new), with
  * the GIL released.  0, or -1 with an exception. */
-static int write_segment(PyObject *pickled, PyObject *bufs, const cp_segdest *d,
-                         cp_segref *ref)
+static int write_segment(PyObject *pickled, PyObject *bufs, int copied,
+                         const cp_segdest *d, cp_segref *ref)
 {
     Py_ssize_t nb = bufs ? PyList_GET_SIZE(bufs) : 0;
     Py_buffer *views = PyMem_Calloc((size_t)nb + 1, sizeof(Py_buffer));
@@ -306,6 +310,7 @@ static int write_segment(PyObject *pickled, PyObject *bufs, const cp_segdest *d,
     rc = cp_seg_write(d, pieces, (int)nb + 1, ref);
     Py_END_ALLOW_THREADS
     if (rc != 0) cp_oserror(ref->name);
+    else if (copied) ref->flags |= CP_SEG_COPIED;
 done:
     for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
     PyMem_Free(views);
@@ -319,6 +324,7 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
     out->bytes = NULL;
     out->has_seg = 0;
     PyObject *pickled = NULL, *bufs = NULL;
+    int copied = 0;
     /* Plain data holds no big buffer (plain() turns down big bytes): one
      * walk over a chunk of plain items, not two. */
     int is_plain = plain(obj, PLAIN_DEPTH, 0);
@@ -332,7 +338,7 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
         }
         PyObject *r = PyObject_CallOneArg(st->pack_oob, obj);
         if (r == NULL) return -1;
-        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2 ||
+        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 3 ||
             !PyList_Check(PyTuple_GET_ITEM(r, 1))) {
             Py_DECREF(r);
             PyErr_SetString(PyExc_SystemError, "cpool: _pack_oob returned junk");
@@ -340,6 +346,7 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
         }
         pickled = Py_NewRef(PyTuple_GET_ITEM(r, 0));
         bufs = Py_NewRef(PyTuple_GET_ITEM(r, 1));
+        copied = PyTuple_GET_ITEM(r, 2) == Py_True;
         Py_DECREF(r);
     } else {
         pickled = serialize(st, obj, is_plain);
@@ -348,7 +355,7 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
         Py_DECREF(pickled);
         return rc;
     }
-    int rc = write_segment(pickled, bufs, dest, &out->seg);
+    int rc = write_segment(pickled, bufs, copied, dest, &out->seg);
     Py_DECREF(pickled);
     Py_XDECREF(bufs);
     if (rc == 0) out->has_seg = 1;
@@ -364,7 +371,8 @@ int cp_pack_pickled(PyObject *pickled, size_t inline_max, const cp_segdest *dest
         out->bytes = Py_NewRef(pickled);
         return 0;
     }
-    if (write_segment(pickled, NULL, dest, &out->seg) < 0) return -1;
+    /* Unpickling copies out of the pickle: nothing keeps a view of it. */
+    if (write_segment(pickled, NULL, 1, dest, &out->seg) < 0) return -1;
     out->has_seg = 1;
     return 0;
 }
@@ -375,8 +383,23 @@ static void release_entry(cp_recy *entry, _Atomic int32_t *loading)
     atomic_store(&entry->state, CP_RECY_FREE);
 }
 
+/* A private mapping of the segment open on fd, populated: NULL with errno. */
+static char *map_private(int fd, size_t size)
+{
+    /* Populated read-only, then made writable: MAP_POPULATE on a private
+     * writable mapping would fault every page for writing, i.e. copy it. */
+    void *addr = mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    if (addr != MAP_FAILED && mprotect(addr, size, PROT_READ | PROT_WRITE) != 0) {
+        int saved = errno;
+        munmap(addr, size);
+        errno = saved;
+        addr = MAP_FAILED;
+    }
+    return addr == MAP_FAILED ? NULL : addr;
+}
+
 PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
-                          _Atomic int32_t *loading, PyObject **interrupt)
+                          cp_segmap *maps, _Atomic int32_t *loading, PyObject **interrupt)
 {
     const char *p = (const char *)(h + 1);
     if (!(h->flags & CP_F_LARGE)) {
@@ -389,6 +412,9 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
     cp_segref ref;
     memcpy(&ref, p, sizeof ref);
     cp_recy *entry = (recy != NULL && ref.recy >= 0) ? &recy[ref.recy] : NULL;
+    cp_segmap *kept = (entry != NULL && maps != NULL && (ref.flags & CP_SEG_COPIED))
+                          ? &maps[ref.recy]
+                          : NULL;
     /* Say which entry we hold: if we die before handing it back, the parent
      * does.  Cleared before every hand-back, so it never names an entry
      * someone else may have taken since. */
@@ -401,35 +427,31 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
         errno = saved;
         return cp_oserror(ref.name);
     }
-    /* Populated read-only, then made writable: MAP_POPULATE on a private
-     * writable mapping would fault every page for writing, i.e. copy it. */
-    void *addr =
-        mmap(NULL, ref.size ? ref.size : 1, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    size_t size = ref.size ? ref.size : 1;
+    char *addr = kept ? cp_segmap_get(kept, fd, 0, size) : NULL;
+    if (addr != NULL) size = kept->len;
+    else addr = map_private(fd, size);
     saved = errno;
     close(fd);
-    if (addr != MAP_FAILED &&
-        mprotect(addr, ref.size ? ref.size : 1, PROT_READ | PROT_WRITE) != 0) {
-        saved = errno;
-        munmap(addr, ref.size ? ref.size : 1);
-        addr = MAP_FAILED;
-    }
-    if (addr == MAP_FAILED) {
+    if (addr == NULL) {
         if (entry != NULL) release_entry(entry, loading);
         errno = saved;
         return cp_oserror("mmap");
     }
+    int is_kept = kept != NULL && addr == kept->addr;
     MappingObject *m = (MappingObject *)st->mapping_type->tp_alloc(st->mapping_type, 0);
     if (m == NULL) {
-        munmap(addr, ref.size ? ref.size : 1);
+        if (!is_kept) munmap(addr, size);
         if (entry != NULL) release_entry(entry, loading);
         return NULL;
     }
     m->addr = addr;
-    m->size = ref.size;
+    m->size = size;
+    m->kept = m->readonly = is_kept;
     PyObject *obj = NULL, *whole = NULL, *views = NULL, *pview = NULL;
-    cp_seghdr *sh = addr;
+    cp_seghdr *sh = (cp_seghdr *)addr;
     uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr) + (size_t)sh->nbufs * sizeof(uint64_t));
-    if (sh->magic != CP_SEG_MAGIC || hdr + sh->pickle_len > ref.size) {
+    if (sh->magic != CP_SEG_MAGIC || hdr + sh->pickle_len > ref.size || ref.size > size) {
         PyErr_Format(PyExc_ValueError, "cpool: %s is not a cpool segment", ref.name);
         goto done;
     }
@@ -464,8 +486,14 @@ done:
             release_entry(entry, loading); /* nothing maps it: reuse */
         } else {
             if (loading != NULL) atomic_store(loading, -1);
-            /* An object (a NumPy array) lives on this private mapping, which
-             * would see the producer's next writes: retire the segment. */
+            /* An object (a NumPy array) lives on this mapping, which would
+             * see the producer's next writes: retire the segment.  A kept
+             * mapping becomes the object's (it broke CP_SEG_COPIED's word). */
+            if (is_kept) {
+                (void)madvise(addr, size, MADV_DOFORK);
+                m->kept = 0;
+                kept->addr = NULL;
+            }
             cp_seg_unlink(ref.name);
             atomic_store(&entry->state, CP_RECY_NONE);
         }

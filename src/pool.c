@@ -120,7 +120,8 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
                        .recy = c->ctl->task_recy,
                        .nrecy = CP_RECY_TASKS,
                        .recy_tag = "T.",
-                       .wait = wait};
+                       .wait = wait,
+                       .maps = c->task_maps};
     if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
         return NULL;
     return task_new(c, job, idx, kind, func, &pk);
@@ -512,7 +513,8 @@ static void drain(CoreObject *c, int i)
                 Py_SETREF(value, exc);
             }
         } else {
-            value = cp_load_payload(c->st, h, c->ctl->slots[i].res_recy, NULL,
+            value = cp_load_payload(c->st, h, c->ctl->slots[i].res_recy,
+                                    c->res_maps + (size_t)i * CP_RECY_RESULTS, NULL,
                                     waiter ? &c->interrupt : NULL);
             status = hh.kind == CP_K_OK ? CP_ST_OK : CP_ST_ERR;
             if (value == NULL) {
@@ -797,6 +799,30 @@ static int round_gil(CoreObject *c, int closing)
     return finished;
 }
 
+/* Unmap the kept mappings of the pool's recycled segments, so that their
+ * memory goes with the sweep that unlinks them.  The token holder reads the
+ * result ones; a task one is skipped while a producer holds its entry (a
+ * submit racing the pool's end), and dealloc unmaps it later (all: nothing
+ * else runs). */
+static void drop_maps(CoreObject *c, int all)
+{
+    for (int i = 0; c->res_maps && i < c->n * CP_RECY_RESULTS; i++)
+        cp_segmap_drop(&c->res_maps[i]);
+    for (int k = 0; k < CP_RECY_TASKS; k++) {
+        if (all) {
+            cp_segmap_drop(&c->task_maps[k]);
+            continue;
+        }
+        _Atomic uint32_t *state = &c->ctl->task_recy[k].state;
+        uint32_t st = atomic_load(state);
+        if (st == CP_RECY_BUSY ||
+            !atomic_compare_exchange_strong(state, &st, CP_RECY_BUSY))
+            continue;
+        cp_segmap_drop(&c->task_maps[k]);
+        atomic_store(state, st);
+    }
+}
+
 /* One round of the collector thread (token held, GIL not): 1 if it did
  * something, 0 if idle, -1 when the pool is over. */
 static int collect_round(CoreObject *c)
@@ -814,6 +840,7 @@ static int collect_round(CoreObject *c)
         }
         fail_all(c, CP_ST_TERMINATED, NULL, 1);
         c->cts = PyEval_SaveThread();
+        drop_maps(c, 0);
         cp_seg_sweep(c->ctl->prefix); /* after the drain: results live there */
         return -1;
     }
@@ -826,6 +853,7 @@ static int collect_round(CoreObject *c)
         atomic_store(&c->ctl->tmpl_cmd, CP_CMD_EXIT);
         tell_template(c);
         wait_template(c);
+        drop_maps(c, 0);
         cp_seg_sweep(c->ctl->prefix);
         return -1;
     }
@@ -1064,7 +1092,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->ws = calloc((size_t)n, sizeof *c->ws);
     c->touched = calloc((size_t)n, 1);
     c->full = calloc((size_t)n, 1);
-    if (c->ws == NULL || c->touched == NULL || c->full == NULL) {
+    c->res_maps = calloc((size_t)n * CP_RECY_RESULTS, sizeof *c->res_maps);
+    if (c->ws == NULL || c->touched == NULL || c->full == NULL || c->res_maps == NULL) {
         PyErr_NoMemory();
         goto error;
     }
@@ -1192,6 +1221,7 @@ static void Core_dealloc(CoreObject *c)
         free_list(c, c->pend_head);
         free_list(c, c->failed);
         for (int i = 0; c->ws && i < c->n; i++) free_list(c, c->ws[i].head);
+        drop_maps(c, 1);
         cp_ctl_destroy(c->ctl);
         pthread_mutex_destroy(&c->mu);
     }
@@ -1199,6 +1229,7 @@ static void Core_dealloc(CoreObject *c)
     free(c->ws);
     free(c->touched);
     free(c->full);
+    free(c->res_maps);
     Py_CLEAR(c->module);
     tp->tp_free(c);
     Py_DECREF(tp);

@@ -76,11 +76,13 @@ void cp_seg_sweep(const char *prefix)
 
 /* ---- writing large records --------------------------------------------------
  *
- * Written with pwrite, never through a mapping: no page faults on the
- * producer's side, a full /dev/shm is ENOSPC from the write (through a
- * mapping it would be a SIGBUS), and tmpfs does not zero a new page that a
- * write fills whole, where fallocate or a fault would.  The consumer maps
- * the segment (pack.c). */
+ * A one-shot segment is written with pwrite, never through a mapping: no
+ * page faults on the producer's side, a full /dev/shm is ENOSPC from the
+ * write (through a mapping it would be a SIGBUS), and tmpfs does not zero a
+ * new page that a write fills whole, where fallocate or a fault would.  A
+ * recycled segment is written through the producer's kept mapping
+ * (cp_segmap), its space allocated once.  The consumer maps the segment,
+ * or reads it through its own kept mapping (pack.c). */
 
 /* How long a producer waits for a recycled segment to come back before it
  * makes a one-shot one: a fresh segment's pages cost the kernel more than
@@ -138,6 +140,43 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
     }
 }
 
+char *cp_segmap_get(cp_segmap *m, int fd, int writable, uint64_t need)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) return NULL;
+    if (m->addr != NULL && m->ino == (uint64_t)st.st_ino && m->len >= need)
+        return m->addr;
+    cp_segmap_drop(m);
+    size_t len = (size_t)st.st_size;
+    if (len < need || len == 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (writable) {
+        int rc;
+        do {
+            rc = fallocate(fd, 0, 0, (off_t)len);
+        } while (rc != 0 && errno == EINTR);
+        if (rc != 0) return NULL;
+    }
+    void *p = mmap(NULL, len, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+                   MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) return NULL;
+    /* A child forked by this process (another pool's template, a user's
+     * fork) would keep the segment's memory alive after it is unlinked. */
+    (void)madvise(p, len, MADV_DONTFORK);
+    m->addr = p;
+    m->len = len;
+    m->ino = (uint64_t)st.st_ino;
+    return p;
+}
+
+void cp_segmap_drop(cp_segmap *m)
+{
+    if (m->addr != NULL) munmap(m->addr, m->len);
+    m->addr = NULL;
+}
+
 /* pwrite all of it: 0, or -1 with errno (ENOSPC when /dev/shm is full). */
 static int pwrite_all(int fd, const char *p, size_t n, uint64_t off)
 {
@@ -168,9 +207,22 @@ static int write_pieces(int fd, const cp_seghdr *h, uint64_t hdr,
     return 0;
 }
 
+/* The same, through a kept mapping. */
+static void copy_pieces(char *base, const cp_seghdr *h, uint64_t hdr,
+                        const struct iovec *pieces, int n)
+{
+    memcpy(base, h, hdr);
+    uint64_t off = hdr;
+    for (int i = 0; i < n; i++) {
+        memcpy(base + off, pieces[i].iov_base, pieces[i].iov_len);
+        off += CP_ALIGN64((uint64_t)pieces[i].iov_len);
+    }
+}
+
 int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, cp_segref *ref)
 {
     ref->name[0] = '\0';
+    ref->flags = 0;
     uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr) + (size_t)(n - 1) * sizeof(uint64_t));
     uint64_t total = hdr;
     for (int i = 0; i < n; i++) total += CP_ALIGN64((uint64_t)pieces[i].iov_len);
@@ -186,7 +238,13 @@ int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, cp_segr
     uint32_t was;
     int fd = take_recycled(d, total, ref, &e, &was);
     if (fd >= 0) {
-        rc = write_pieces(fd, h, hdr, pieces, n);
+        char *base = d->maps ? cp_segmap_get(&d->maps[ref->recy], fd, 1, total) : NULL;
+        if (base != NULL) {
+            copy_pieces(base, h, hdr, pieces, n);
+            rc = 0;
+        } else {
+            rc = write_pieces(fd, h, hdr, pieces, n);
+        }
         close(fd);
         if (rc != 0) atomic_store(&e->state, was); /* a one-shot may still do */
     }

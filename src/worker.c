@@ -27,6 +27,8 @@ typedef struct {
     char recy_tag[16];     /* recycled segment tag: "R<slot>." */
     cp_segdest dest;
     uint64_t seg_seq;
+    cp_segmap res_maps[CP_RECY_RESULTS]; /* kept: written through */
+    cp_segmap task_maps[CP_RECY_TASKS];  /* kept: read through */
     PyObject *func;        /* cached function of func_job */
     PyObject *func_error;  /* or why it could not be unpickled */
     uint64_t func_job;
@@ -155,8 +157,8 @@ static PyObject *run(worker *w, const cp_rechdr *h)
 {
     cpool_state *st = w->core->st;
     if (h->kind == CP_K_CALL) {
-        PyObject *t =
-            cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy, NULL);
+        PyObject *t = cp_load_payload(st, h, w->ctl->task_recy, w->task_maps,
+                                      &w->slot->loading_recy, NULL);
         if (t == NULL) return NULL;
         PyObject *res = NULL;
         if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
@@ -183,8 +185,8 @@ static PyObject *run(worker *w, const cp_rechdr *h)
         PyErr_SetObject((PyObject *)Py_TYPE(w->func_error), w->func_error);
         return NULL;
     }
-    PyObject *items =
-        cp_load_payload(st, h, w->ctl->task_recy, &w->slot->loading_recy, NULL);
+    PyObject *items = cp_load_payload(st, h, w->ctl->task_recy, w->task_maps,
+                                      &w->slot->loading_recy, NULL);
     if (items == NULL) return NULL;
     PyObject *seq = PySequence_Fast(items, "chunk is not a sequence");
     Py_DECREF(items);
@@ -212,7 +214,7 @@ static void set_func(worker *w, const cp_rechdr *h)
     Py_CLEAR(w->func);
     Py_CLEAR(w->func_error);
     w->func_job = h->job;
-    w->func = cp_load_payload(w->core->st, h, NULL, NULL, NULL);
+    w->func = cp_load_payload(w->core->st, h, NULL, NULL, NULL, NULL);
     if (w->func == NULL) w->func_error = cp_fetch_exc();
 }
 
@@ -232,7 +234,8 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
                           .recy = w.slot->res_recy,
                           .nrecy = CP_RECY_RESULTS,
                           .recy_tag = w.recy_tag,
-                          .wait = 1};
+                          .wait = 1,
+                          .maps = w.res_maps};
 
     /* The template stores our pid too, after fork returns there; we may be
      * READY before that, and Pool() must not see a READY slot without one. */

@@ -4,6 +4,7 @@ tuples, lists, dicts of them) travels as marshal, everything else as a
 protocol-5 pickle; the choice must never show."""
 import enum
 import math
+import pickle
 
 import pytest
 
@@ -109,6 +110,85 @@ def test_large_buffers_cross_out_of_band_unchanged(pool, kind, size):
     got = pool.map(identity, [value, (1, value)], chunksize=1)
     assert type(got[0]) is kind and got[0] == value
     assert got[1] == (1, value) and type(got[1][1]) is kind
+
+
+class Holder(bytearray):
+    """A buffer, sent out of band like a NumPy array, that arrives as a Kept:
+    an object living on the memory its buffer came in (not copied out)."""
+
+    def __reduce_ex__(self, protocol):
+        return Kept, (pickle.PickleBuffer(self),)
+
+
+class Kept:
+    def __init__(self, buf):
+        self.view = memoryview(buf)
+
+
+held = []
+
+
+def hold(kept):
+    held.append(kept)
+    return len(held)
+
+
+def held_sums():
+    return [sum(k.view[::4096]) for k in held]
+
+
+def make_holder(byte, size):
+    return Holder(bytes([byte]) * size)
+
+
+def test_an_object_living_on_received_memory_keeps_it():
+    """Recycled segments are reused for the next large records, through
+    mappings each side keeps.  An object that keeps a view of the memory it
+    arrived in (not copied out) must keep its own copy of the bytes, writable
+    as a private mapping is, however many records follow: in both directions,
+    with the producer's kept mapping left behind for the segment's new file."""
+    size = 3 << 20
+    with cpool.Pool(1) as p:
+        for i in range(3):   # to the worker, which keeps each
+            assert p.apply(hold, (Holder(bytes([i + 1]) * size),)) == i + 1
+            assert p.map(len, [bytes([i]) * size] * 20, 1) == [size] * 20
+            assert p.map(identity, [bytes([i]) * size] * 4, 1) == [bytes([i]) * size] * 4
+        assert p.apply(held_sums) == [(i + 1) * (size // 4096) for i in range(3)]
+        back = []
+        for i in range(3):   # to the parent, which keeps each
+            back.append(p.apply(make_holder, (i + 7, size)))
+            assert p.map(identity, [bytes([i]) * size] * 20, 1) == [bytes([i]) * size] * 20
+        for i, kept in enumerate(back):
+            assert type(kept) is Kept and not kept.view.readonly
+            assert kept.view.tobytes() == bytes([i + 7]) * size
+            kept.view[0] = 0
+        p.close()
+        p.join()
+
+
+def segments_mapped(prefix):
+    with open("/proc/self/maps") as f:
+        return [line.split()[-2] for line in f if prefix in line]
+
+
+def test_kept_mappings_are_not_inherited_and_go_with_the_pool():
+    """The mappings kept for recycled segments are this process's own: a
+    child forked meanwhile does not map them (it would keep their memory
+    alive after the pool unlinks them), and the pool's end unmaps them."""
+    import os
+    with cpool.Pool(2) as p:
+        prefix = p._core.segment_prefix
+        data = [bytes([i]) * (1 << 20) for i in range(8)]
+        assert p.map(identity, data, 1) == data
+        assert segments_mapped(prefix), "the parent keeps mappings while the pool runs"
+        pid = os.fork()
+        if pid == 0:
+            os._exit(1 if segments_mapped(prefix) else 0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "a forked child inherited them"
+        p.close()
+        p.join()
+    assert segments_mapped(prefix) == []
 
 
 def test_a_full_dev_shm_is_an_oserror_not_a_crash():
