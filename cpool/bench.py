@@ -6,7 +6,8 @@ the other, with the same worker count; every result is checked against an
 in-process reference; the table gives throughputs and the ratio
 cpool / multiprocessing (higher is better for cpool).  The floor of this
 machine, measured in the same run, says how far each figure is from the
-limit: a futex round trip between two processes, and memcpy bandwidth.
+limit: a futex round trip between two processes (and the same hand-off
+when both sides spin), and memcpy bandwidth.
 
     python -m cpool.bench [--quick] [--repeat N] [--processes P]
                           [--json] [--plot FILE.png]
@@ -364,9 +365,11 @@ def _progress(done, total, label):
 
 
 def measure_floor():
-    rtt = min(_cpool.futex_roundtrip(20000) for _ in range(3))
+    rtt = min(_cpool.futex_roundtrip(5000) for _ in range(3))
+    spin = min(_cpool.futex_roundtrip(20000, spin=True) for _ in range(3))
     bw = _cpool.memcpy_bandwidth(64 * MiB, 5)
-    return {"futex_roundtrip_us": rtt * 1e6, "memcpy_GBps": bw / 1e9}
+    return {"futex_roundtrip_us": rtt * 1e6, "spin_handoff_us": spin * 1e6,
+            "memcpy_GBps": bw / 1e9}
 
 
 def run(args):
@@ -436,12 +439,14 @@ def table(report):
     f = report["floor"]
     apply_row = next((r for r in report["results"] if r["key"] == "apply"), None)
     lines.append("")
-    lines.append(f"floor: futex round trip between two processes {f['futex_roundtrip_us']:.2f} us; "
-                 f"memcpy {f['memcpy_GBps']:.2f} GB/s")
+    lines.append(f"floor: futex round trip between two processes {f['futex_roundtrip_us']:.2f} us "
+                 f"(each side sleeps and is woken); the same hand-off with both sides "
+                 f"spinning {f['spin_handoff_us']:.2f} us; memcpy {f['memcpy_GBps']:.2f} GB/s")
     if apply_row and apply_row["by"].get("cpool"):
         rt = 1e6 / apply_row["by"]["cpool"]
         lines.append(f"cpool apply round trip {rt:.1f} us = "
-                     f"{rt / f['futex_roundtrip_us']:.1f}x the futex round trip")
+                     f"{rt / f['futex_roundtrip_us']:.1f}x the futex round trip, "
+                     f"{rt / f['spin_handoff_us']:.1f}x the spinning hand-off")
     for key in ("echo", "to_workers", "big_result"):
         row = next((r for r in report["results"] if r["key"] == key), None)
         if row and row["by"].get("cpool"):

@@ -1,6 +1,7 @@
 /* floor.c: the physical limits the benchmark compares against, measured in
  * the same run on the same machine: a futex round trip between two
- * processes, and memcpy bandwidth.  No pool code here: what any pool on
+ * processes (and the same hand-off when both sides spin), and memcpy
+ * bandwidth.  No pool code here: what any pool on
  * this machine could at best reach.
  */
 #define CP_NEED_PYTHON
@@ -17,12 +18,14 @@
 #include <unistd.h>
 
 /* The two sides take turns on one sequence word: each waits until it
- * moves to its own turn, bumps it, and wakes the other (a short spin first,
- * as cpool's own waits do). */
-static void turn(_Atomic uint32_t *seq, uint32_t mine)
+ * moves to its own turn, bumps it, and wakes the other.  `spins` pauses
+ * before sleeping: 0 is a futex round trip proper (each side sleeps in
+ * FUTEX_WAIT and is woken by FUTEX_WAKE); 256 (~6 us here) is a spinning
+ * hand-off, where the sleep is rare: what two busy processes can reach. */
+static void turn(_Atomic uint32_t *seq, uint32_t mine, int spins)
 {
     for (int spin = 0; atomic_load(seq) != mine; spin++) {
-        if (spin < 256) {
+        if (spin < spins) {
             cp_cpu_relax();
             continue;
         }
@@ -39,13 +42,18 @@ static void pass(_Atomic uint32_t *seq)
 }
 
 PyDoc_STRVAR(futex_roundtrip_doc,
-             "futex_roundtrip(n)\n--\n\n"
+             "futex_roundtrip(n, spin=False)\n--\n\n"
              "Seconds per round trip of a futex ping-pong between this process and a\n"
-             "forked child, over n round trips.");
+             "forked child, over n round trips.  spin: each side spins a few\n"
+             "microseconds before it sleeps, so that it rarely does.");
 
-static PyObject *futex_roundtrip(PyObject *Py_UNUSED(m), PyObject *arg)
+static PyObject *futex_roundtrip(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
 {
-    long n = PyLong_AsLong(arg);
+    static char *names[] = {"n", "spin", NULL};
+    long n;
+    int spin = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "l|p", names, &n, &spin)) return NULL;
+    int spins = spin ? 256 : 0;
     if (n < 1) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "n must be positive");
         return NULL;
@@ -60,7 +68,7 @@ static PyObject *futex_roundtrip(PyObject *Py_UNUSED(m), PyObject *arg)
     }
     if (pid == 0) {
         for (long i = 0; i < n; i++) {
-            turn(seq, (uint32_t)(2 * i + 1));
+            turn(seq, (uint32_t)(2 * i + 1), spins);
             pass(seq);
         }
         _exit(0);
@@ -70,7 +78,7 @@ static PyObject *futex_roundtrip(PyObject *Py_UNUSED(m), PyObject *arg)
     t0 = cp_now_ns();
     for (long i = 0; i < n; i++) {
         pass(seq);
-        turn(seq, (uint32_t)(2 * i + 2));
+        turn(seq, (uint32_t)(2 * i + 2), spins);
     }
     t1 = cp_now_ns();
     int st;
@@ -119,7 +127,8 @@ static PyObject *memcpy_bandwidth(PyObject *Py_UNUSED(m), PyObject *args)
 }
 
 static PyMethodDef floor_methods[] = {
-    {"futex_roundtrip", futex_roundtrip, METH_O, futex_roundtrip_doc},
+    {"futex_roundtrip", (PyCFunction)(void (*)(void))futex_roundtrip,
+     METH_VARARGS | METH_KEYWORDS, futex_roundtrip_doc},
     {"memcpy_bandwidth", memcpy_bandwidth, METH_VARARGS, memcpy_bandwidth_doc},
     {NULL, NULL, 0, NULL},
 };

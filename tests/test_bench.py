@@ -21,6 +21,7 @@ def test_benchmark_quick_json_covers_every_workload():
             assert row["by"][name] > 0, row
         assert row["ratio"] == row["by"]["cpool"] / row["by"]["multiprocessing"]
     assert report["floor"]["futex_roundtrip_us"] > 0
+    assert report["floor"]["spin_handoff_us"] > 0
     assert report["floor"]["memcpy_GBps"] > 0
     assert "[" in p.stderr    # the progress bar
 
