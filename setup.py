@@ -27,6 +27,7 @@ SOURCES = [
     "src/ring.c",      # single-producer single-consumer record rings
     "src/sync.c",      # futex waits and wake-ups
     "src/shm.c",       # the control segment and large-record segments
+    "src/copy.c",      # large copies into fresh memory, in two halves at once
 ]
 
 cflags = ["-std=c11", "-Wall", "-Wextra", "-fvisibility=hidden",

@@ -54,6 +54,8 @@ def main():
             raise AssertionError("no error")
         big = b"v" * (1 << 20)                      # a segment each way
         assert pool.apply(echo, (big,)) == big
+        big = bytes(range(256)) * (12 << 10) + b"!"  # rebuilt in two halves, twice:
+        assert pool.map(echo, [big, big], 1) == [big, big]   # kept mappings reused
         counter = cpool.Value("i", 0)
         assert sum(pool.starmap(bump, [(counter, 5)] * 2)) >= 10
         assert counter.value == 10

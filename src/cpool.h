@@ -54,6 +54,13 @@ CP_HIDDEN int cp_event_sleep(cp_event *e, uint32_t seen, int64_t timeout_ns);
 CP_HIDDEN void cp_event_cancel(cp_event *e);
 /* Short spin before sleeping: calls pred(arg) up to a bound, 1 if it held. */
 CP_HIDDEN int cp_spin_until(int (*pred)(void *), void *arg);
+
+/* ---- copy.c: large copies into fresh memory ------------------------------ */
+
+/* memcpy(dst, src, n) into memory not yet touched (a new bytes object):
+ * its pages faulted in at once, and a large copy done in two halves at the
+ * same time, one on a helper thread.  No Python: call it without the GIL. */
+CP_HIDDEN void cp_copy_fresh(char *dst, const char *src, size_t n);
 CP_HIDDEN void cp_cpu_relax(void);
 
 /* ---- ring.c: single-producer single-consumer record rings -------------- */

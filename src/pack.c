@@ -77,27 +77,12 @@ static PyType_Spec Mapping_spec = {
 
 /* ---- out-of-band bytes and bytearrays, rebuilt --------------------------- */
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-#define PREFAULT_MIN (1u << 20)
-
-/* Fault in the fresh pages of dst before copying into them: one madvise
- * instead of a page fault per 4 KiB (200 MiB: 250 ms -> 135 ms here).
- * Best effort: kernels before 5.14 say EINVAL and the copy faults. */
-static void prefault(char *dst, size_t n)
-{
-    if (n < PREFAULT_MIN) return;
-    uintptr_t lo = ((uintptr_t)dst + 4095) & ~(uintptr_t)4095;
-    uintptr_t hi = ((uintptr_t)dst + n) & ~(uintptr_t)4095;
-    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
-}
-
 PyDoc_STRVAR(
     rebuild_doc,
     "_rebuild($module, buffer, type, /)\n--\n\n"
     "A bytes or bytearray of `type` copied from `buffer` (an out-of-band pickle\n"
-    "buffer): the copy runs without the GIL, into pages faulted in at once.");
+    "buffer): the copy runs without the GIL, into pages faulted in at once, in\n"
+    "two halves at the same time when it is large.");
 
 static PyObject *rebuild(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -115,8 +100,7 @@ static PyObject *rebuild(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize
     if (out != NULL && v.len > 0) {
         char *dst = is_bytes ? PyBytes_AS_STRING(out) : PyByteArray_AS_STRING(out);
         Py_BEGIN_ALLOW_THREADS
-        prefault(dst, (size_t)v.len);
-        memcpy(dst, v.buf, (size_t)v.len);
+        cp_copy_fresh(dst, v.buf, (size_t)v.len);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&v);

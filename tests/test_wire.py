@@ -191,6 +191,40 @@ def test_kept_mappings_are_not_inherited_and_go_with_the_pool():
     assert segments_mapped(prefix) == []
 
 
+def test_large_rebuilds_in_threads_and_in_a_forked_child():
+    """A large out-of-band buffer is rebuilt in two halves at once, one on a
+    helper thread per process.  Threads that rebuild at the same time (two
+    pools' collectors) each get their own bytes whole, and so does a forked
+    child, where the parent's helper thread does not exist."""
+    import os
+    import threading
+    from cpool import _cpool
+    sources = [bytes(range(256)) * (12289 + 7 * i) + b"tail%d" % i for i in range(4)]
+    bad = []
+
+    def rebuild_many(src):
+        for _ in range(10):
+            got = _cpool._rebuild(memoryview(src), bytes)
+            if got != src:
+                bad.append(len(src))
+        arr = _cpool._rebuild(memoryview(src), bytearray)
+        if type(arr) is not bytearray or arr != src:
+            bad.append(("bytearray", len(src)))
+
+    threads = [threading.Thread(target=rebuild_many, args=(s,)) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(T)
+    assert bad == []
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if all(_cpool._rebuild(memoryview(s), bytes) == s for s in sources)
+                 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_a_full_dev_shm_is_an_oserror_not_a_crash():
     """Records too large for a ring go through /dev/shm.  When it is full,
     the producer gets ENOSPC from its write (never a SIGBUS from a mapping):
