@@ -54,14 +54,15 @@ CP_HIDDEN int cp_event_sleep(cp_event *e, uint32_t seen, int64_t timeout_ns);
 CP_HIDDEN void cp_event_cancel(cp_event *e);
 /* Short spin before sleeping: calls pred(arg) up to a bound, 1 if it held. */
 CP_HIDDEN int cp_spin_until(int (*pred)(void *), void *arg);
+CP_HIDDEN void cp_cpu_relax(void);
 
 /* ---- copy.c: large copies into fresh memory ------------------------------ */
 
 /* memcpy(dst, src, n) into memory not yet touched (a new bytes object):
  * its pages faulted in at once, and a large copy done in two halves at the
- * same time, one on a helper thread.  No Python: call it without the GIL. */
+ * same time, one on a thread of its own.  No Python: call it without the
+ * GIL. */
 CP_HIDDEN void cp_copy_fresh(char *dst, const char *src, size_t n);
-CP_HIDDEN void cp_cpu_relax(void);
 
 /* ---- ring.c: single-producer single-consumer record rings -------------- */
 
@@ -210,10 +211,13 @@ CP_HIDDEN void cp_seg_sweep(const char *prefix);
 /* Write pieces[0] (a pickle) and pieces[1..n-1] (its out-of-band buffers)
  * into a segment in the cp_seghdr layout: one of d's recycled segments if
  * one is free or frees up soon, else a new one named prefix+tag+seq; fill
- * *ref.  No Python: call it without the GIL.  0, or -1 with errno. */
+ * *ref.  copied: every object is copied out as it loads (CP_SEG_COPIED), so
+ * the segment goes through the producer's kept mapping; else with pwrite,
+ * and the producer keeps no mapping of a file its consumer may retire.  No
+ * Python: call it without the GIL.  0, or -1 with errno. */
 struct iovec;
 CP_HIDDEN int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n,
-                           cp_segref *ref);
+                           int copied, cp_segref *ref);
 /* The kept mapping of the segment open on fd, at least `need` bytes long:
  * *m's, or made anew when the file changed or grew.  A writer's file is
  * allocated whole first, so that writing through the mapping cannot fault

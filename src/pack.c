@@ -291,10 +291,9 @@ static int write_segment(PyObject *pickled, PyObject *bufs, int copied,
         pieces[i] =
             (struct iovec){.iov_base = views[i].buf, .iov_len = (size_t)views[i].len};
     Py_BEGIN_ALLOW_THREADS
-    rc = cp_seg_write(d, pieces, (int)nb + 1, ref);
+    rc = cp_seg_write(d, pieces, (int)nb + 1, copied, ref);
     Py_END_ALLOW_THREADS
     if (rc != 0) cp_oserror(ref->name);
-    else if (copied) ref->flags |= CP_SEG_COPIED;
 done:
     for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
     PyMem_Free(views);
@@ -396,9 +395,13 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
     cp_segref ref;
     memcpy(&ref, p, sizeof ref);
     cp_recy *entry = (recy != NULL && ref.recy >= 0) ? &recy[ref.recy] : NULL;
-    cp_segmap *kept = (entry != NULL && maps != NULL && (ref.flags & CP_SEG_COPIED))
-                          ? &maps[ref.recy]
-                          : NULL;
+    cp_segmap *kept = entry != NULL && maps != NULL ? &maps[ref.recy] : NULL;
+    if (kept != NULL && !(ref.flags & CP_SEG_COPIED)) {
+        /* An object may live on this record's memory, and the file then be
+         * retired: keep no mapping of it (it would keep the file alive). */
+        cp_segmap_drop(kept);
+        kept = NULL;
+    }
     /* Say which entry we hold: if we die before handing it back, the parent
      * does.  Cleared before every hand-back, so it never names an entry
      * someone else may have taken since. */

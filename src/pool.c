@@ -179,7 +179,7 @@ static int put_func(CoreObject *c, cp_ring *r, cp_rechdr *h, const char *p, size
     cp_segdest d = {
         .prefix = c->ctl->prefix, .tag = "f", .seq = atomic_fetch_add(&c->seg_seq, 1)};
     struct iovec piece = {.iov_base = (void *)p, .iov_len = n};
-    if (cp_seg_write(&d, &piece, 1, seg) != 0) return -1;
+    if (cp_seg_write(&d, &piece, 1, 0, seg) != 0) return -1;
     h->flags = CP_F_LARGE;
     if (cp_ring_try_put(r, h, seg, sizeof *seg) != 0) {
         cp_seg_unlink(seg->name);

@@ -219,7 +219,8 @@ static void copy_pieces(char *base, const cp_seghdr *h, uint64_t hdr,
     }
 }
 
-int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, cp_segref *ref)
+int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, int copied,
+                 cp_segref *ref)
 {
     ref->name[0] = '\0';
     ref->flags = 0;
@@ -238,7 +239,10 @@ int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, cp_segr
     uint32_t was;
     int fd = take_recycled(d, total, ref, &e, &was);
     if (fd >= 0) {
-        char *base = d->maps ? cp_segmap_get(&d->maps[ref->recy], fd, 1, total) : NULL;
+        cp_segmap *map = d->maps ? &d->maps[ref->recy] : NULL;
+        char *base = NULL;
+        if (map != NULL && copied) base = cp_segmap_get(map, fd, 1, total);
+        else if (map != NULL) cp_segmap_drop(map);
         if (base != NULL) {
             copy_pieces(base, h, hdr, pieces, n);
             rc = 0;
@@ -263,7 +267,10 @@ int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, cp_segr
         if (rc != 0) shm_unlink(ref->name);
         errno = saved;
     }
-    if (rc == 0) ref->size = total;
+    if (rc == 0) {
+        ref->size = total;
+        if (copied) ref->flags = CP_SEG_COPIED;
+    }
 done:
     free(h);
     return rc;

@@ -148,15 +148,28 @@ def test_an_object_living_on_received_memory_keeps_it():
     as a private mapping is, however many records follow: in both directions,
     with the producer's kept mapping left behind for the segment's new file."""
     size = 3 << 20
+
+    def retired(where):
+        maps = segments_mapped(prefix) if where == "parent" else \
+            p.apply(segments_mapped, (prefix,))
+        return [m for m in maps if "(deleted)" in m]
+
     with cpool.Pool(1) as p:
+        prefix = p._core.segment_prefix
         for i in range(3):   # to the worker, which keeps each
             assert p.apply(hold, (Holder(bytes([i + 1]) * size),)) == i + 1
+            # Each lives on its own retired segment (a private mapping); no
+            # mapping the pool keeps (shared) holds a retired one alive.
+            assert [m[:5] for m in retired("worker")] == ["rw-p "] * (i + 1)
+            assert retired("parent") == []
             assert p.map(len, [bytes([i]) * size] * 20, 1) == [size] * 20
             assert p.map(identity, [bytes([i]) * size] * 4, 1) == [bytes([i]) * size] * 4
         assert p.apply(held_sums) == [(i + 1) * (size // 4096) for i in range(3)]
         back = []
         for i in range(3):   # to the parent, which keeps each
             back.append(p.apply(make_holder, (i + 7, size)))
+            assert [m[:5] for m in retired("parent")] == ["rw-p "] * (i + 1)
+            assert len(retired("worker")) == 3   # its own three, still
             assert p.map(identity, [bytes([i]) * size] * 20, 1) == [bytes([i]) * size] * 20
         for i, kept in enumerate(back):
             assert type(kept) is Kept and not kept.view.readonly
@@ -167,8 +180,10 @@ def test_an_object_living_on_received_memory_keeps_it():
 
 
 def segments_mapped(prefix):
+    """'perms path' of this process's mappings of the pool's segments."""
     with open("/proc/self/maps") as f:
-        return [line.split()[-2] for line in f if prefix in line]
+        return [" ".join([line.split()[1], line.split(None, 5)[-1].strip()])
+                for line in f if prefix in line]
 
 
 def test_kept_mappings_are_not_inherited_and_go_with_the_pool():
