@@ -979,10 +979,13 @@ static void *collector_main(void *arg)
         if (rc == ETIMEDOUT) check_template(c);
     }
     delivering = NULL;
+    /* Done is said with the GIL held, and our reference dropped before it is
+     * let go: a join() that returns finds the pool's resources (its eventfd)
+     * released with the last reference of its own, not a moment later. */
+    PyEval_RestoreThread(c->cts);
     atomic_store(&c->done, 1);
     cp_event_signal(&c->done_ev);
     cp_event_signal(&c->tok_ev); /* waiters for the token: it is over */
-    PyEval_RestoreThread(c->cts);
     Py_DECREF(c);
     PyGILState_Release(g);
     return NULL;
