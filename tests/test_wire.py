@@ -145,8 +145,8 @@ def test_an_object_living_on_received_memory_keeps_it():
     """Recycled segments are reused for the next large records, through
     mappings each side keeps.  An object that keeps a view of the memory it
     arrived in (not copied out) must keep its own copy of the bytes, writable
-    as a private mapping is, however many records follow: in both directions,
-    with the producer's kept mapping left behind for the segment's new file."""
+    as a private mapping is, however many records follow, in both directions;
+    and no mapping the pool keeps may hold such a retired segment alive."""
     size = 3 << 20
 
     def retired(where):
@@ -219,7 +219,8 @@ def test_large_rebuilds_in_threads_and_in_a_forked_child():
     bad = []
     before = len(os.listdir("/proc/self/task"))
     assert _cpool._rebuild(memoryview(sources[0]), bytes) == sources[0]
-    assert len(os.listdir("/proc/self/task")) == before
+    # (<=: a thread of an earlier test's pool may be ending meanwhile)
+    assert len(os.listdir("/proc/self/task")) <= before
 
     def rebuild_many(src):
         for _ in range(10):
