@@ -9,8 +9,12 @@
   seconds fails the test.
 * ``run_python(source, timeout=60)``: run a Python snippet in a fresh
   interpreter (PYTHONPATH = the repository root, so ``import cpool`` works from
-  any cwd) and return the CompletedProcess; a snippet that outlives its
-  timeout has its whole process group killed and fails the test.
+  any cwd, and this folder, for ``procs``) and return the CompletedProcess; a
+  snippet that outlives its timeout has its whole process group killed and
+  fails the test.
+* ``run_threads(target, argss, timeout)``: target(*args) for each args, each
+  in a thread of its own, all at once; a thread still running after the
+  timeout fails the test.
 """
 import faulthandler
 import os
@@ -25,7 +29,8 @@ import pytest
 
 import cpool
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(TESTS_DIR)
 HANG_TIMEOUT = 60
 JOIN_TIMEOUT = 30
 # cpool.Pool's start methods: the template forked, or a fresh interpreter.
@@ -111,10 +116,19 @@ def pool(request):
         shutdown(p)
 
 
+def run_threads(target, argss, timeout):
+    threads = [threading.Thread(target=target, args=args) for args in argss]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish in time"
+
+
 def python_env():
     env = dict(os.environ)
     old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + old if old else "")
+    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, TESTS_DIR] + ([old] if old else []))
     env.pop("CPOOL_DEBUG", None)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env

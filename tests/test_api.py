@@ -22,7 +22,7 @@ import pytest
 
 import cpool
 from cpool import pool as cpool_pool
-from conftest import START_METHODS, each_start_method, join_within, shutdown
+from conftest import START_METHODS, each_start_method, join_within, run_threads, shutdown
 
 T = 30  # seconds: the bound on every wait for a result
 
@@ -810,12 +810,7 @@ def test_concurrent_submitters(pool):
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=submit, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(T)
-    assert not any(t.is_alive() for t in threads)
+    run_threads(submit, [(k,) for k in range(4)], T)
     assert errors == []
     assert results == {k: (True, True) for k in range(4)}
 
@@ -991,12 +986,8 @@ def test_many_threads_waiting_at_once(pool):
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(T)
-    assert errors == [] and not any(t.is_alive() for t in threads)
+    run_threads(run, [(k,) for k in range(6)], T)
+    assert errors == []
     for k, got in out.items():
         assert got[:200] == [(k * 1000 + i) ** 2 for i in range(200)]
         assert got[200:500] == [i * i for i in range(k, k + 300)]

@@ -9,12 +9,11 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import python_env
 
 
 def start(src):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(src)], env=env,
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(src)], env=python_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -96,18 +95,9 @@ def test_pool_made_in_a_short_lived_thread_keeps_its_workers():
 def test_no_process_fd_or_segment_left_after_many_pools():
     out = run("""
         import gc, os, cpool
+        from procs import children
         def inc(x):
             return x + 1
-        def children():
-            me, kids = str(os.getpid()), []
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if st[1] == me and st[0] != "Z":
-                    kids.append(pid)
-            return kids
         warm = cpool.Pool(2); warm.map(inc, range(4)); warm.close(); warm.join()
         del warm; gc.collect()
         fds = len(os.listdir("/proc/self/fd"))
@@ -438,15 +428,7 @@ def test_maxtasksperchild_with_logging_threads_never_deadlocks():
 def test_a_hundred_pools_leak_nothing():
     out = run("""
         import gc, os, cpool
-        def children():
-            me, kids = str(os.getpid()), 0
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                kids += st[1] == me and st[0] != "Z"
-            return kids
+        from procs import children
         warm = cpool.Pool(2); warm.map(abs, range(4)); warm.close(); warm.join()
         fds = len(os.listdir("/proc/self/fd"))
         for i in range(100):
@@ -456,7 +438,7 @@ def test_a_hundred_pools_leak_nothing():
             (pool.close if i % 2 else pool.terminate)()
             pool.join()
         del pool; gc.collect()
-        print(len(os.listdir("/proc/self/fd")) - fds, children(), os.getpid())
+        print(len(os.listdir("/proc/self/fd")) - fds, len(children()), os.getpid())
     """, timeout=180)
     fd_growth, kids, pid = out.split()
     assert (fd_growth, kids) == ("0", "0")

@@ -234,21 +234,13 @@ def _alive(pid):
 def test_no_process_or_fd_left_by_exec_templates(tmp_path):
     r = run_script(tmp_path, """
         import gc, os, time, cpool
+        from procs import children
         def inc(x):
             return x + 1
-        def children():
-            me, kids = str(os.getpid()), 0
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                kids += st[1] == me and st[0] != "Z"
-            return kids
         if __name__ == "__main__":
             warm = cpool.Pool(1, context="spawn"); warm.map(inc, range(2))
             warm.close(); warm.join()
-            fds, kids = len(os.listdir("/proc/self/fd")), children()  # + resource tracker
+            fds, kids = len(os.listdir("/proc/self/fd")), len(children())  # + resource tracker
             for i in range(6):
                 pool = cpool.Pool(2, context=("spawn", "forkserver")[i % 2])
                 assert pool.map(inc, range(20)) == list(range(1, 21))
@@ -260,7 +252,7 @@ def test_no_process_or_fd_left_by_exec_templates(tmp_path):
                 if len(os.listdir("/proc/self/fd")) <= fds:
                     break
                 time.sleep(0.02)
-            print(len(os.listdir("/proc/self/fd")) - fds, children() - kids)
+            print(len(os.listdir("/proc/self/fd")) - fds, len(children()) - kids)
     """, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "0"]

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 import cpool
-from conftest import module_pool
+from conftest import module_pool, run_threads
 
 T = 60
 
@@ -213,7 +213,6 @@ def test_large_rebuilds_in_threads_and_in_a_forked_child():
     and so does a forked child; no thread stays behind (it would make every
     later fork warn that the process is multi-threaded)."""
     import os
-    import threading
     from cpool import _cpool
     sources = [bytes(range(256)) * (12289 + 7 * i) + b"tail%d" % i for i in range(4)]
     bad = []
@@ -231,11 +230,7 @@ def test_large_rebuilds_in_threads_and_in_a_forked_child():
         if type(arr) is not bytearray or arr != src:
             bad.append(("bytearray", len(src)))
 
-    threads = [threading.Thread(target=rebuild_many, args=(s,)) for s in sources]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(T)
+    run_threads(rebuild_many, [(s,) for s in sources], T)
     assert bad == []
     pid = os.fork()
     if pid == 0:
