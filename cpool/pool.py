@@ -691,20 +691,18 @@ class Pool:
         self._lazy = weakref.WeakSet()
         self._owner = os.getpid()
         self._start_method = method
-        if method == "fork":
-            self._core = _cpool.Core(processes, maxtasksperchild or 0, initializer,
-                                     tuple(initargs), self._cache, _worker_bootstrap,
-                                     _pack_error)
-        else:
+        spawn = None    # fork the template; else exec it (cpool._template)
+        if method != "fork":
             from . import _template
             spawn = _template.spec(method, processes, maxtasksperchild or 0,
                                    initializer, initargs, _worker_bootstrap,
                                    _pack_error)
-            try:
-                self._core = _cpool.Core(processes, maxtasksperchild or 0,
-                                         initializer, tuple(initargs), self._cache,
-                                         _worker_bootstrap, _pack_error, spawn)
-            finally:
+        try:
+            self._core = _cpool.Core(processes, maxtasksperchild or 0, initializer,
+                                     tuple(initargs), self._cache, _worker_bootstrap,
+                                     _pack_error, spawn)
+        finally:
+            if spawn is not None:
                 _template.spawn_done(spawn)
         self._state = RUN
         _live_pools.add(self)
