@@ -918,8 +918,8 @@ static void give_token(CoreObject *c, int by_waiter)
 }
 
 /* Sleep (no GIL) until the token is given back, at most `limit_ns` (<0: no
- * limit) and, unless `long_holds`, a nap: a waiter that holds it long wakes
- * us when it gives it back, a short holder does not. */
+ * limit) and a nap while the hold is young: a waiter that holds it long
+ * wakes us when it gives it back, a short holder does not. */
 static void await_token(CoreObject *c, int64_t limit_ns)
 {
     uint32_t seen = cp_event_prepare(&c->tok_ev);
@@ -1392,12 +1392,12 @@ static PyObject *Core_kick(CoreObject *c, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* Wait for the collector to finish, releasing the GIL; Ctrl-C gets through.
- * 1 done, 0 timed out, -1 with an exception. */
 /* 1 in the collector thread, or in a thread collecting for itself: a
  * callback runs there, and must not wait for the pool. */
 static int in_collector(const CoreObject *c) { return delivering == c; }
 
+/* Wait for the collector to finish, releasing the GIL; Ctrl-C gets through.
+ * 1 done, 0 timed out, -1 with an exception. */
 static int wait_done(CoreObject *c, double timeout)
 {
     if (!atomic_load(&c->thread_started)) return 1;

@@ -96,7 +96,7 @@ void cp_seg_sweep(const char *prefix)
 
 /* Take one of d's recycled segments for `total` bytes: its descriptor,
  * open for writing and at least that large, or -1 when none is free within
- * RECY_WAIT_NS (or it cannot be opened or grown): then *e is NULL. */
+ * RECY_WAIT_NS (or it cannot be opened or grown): then *taken is NULL. */
 static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
                          cp_recy **taken, uint32_t *was)
 {
