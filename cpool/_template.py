@@ -10,8 +10,9 @@ its arguments (by reference, as multiprocessing pickles them), and then runs
 the same C loop as a forked template, forking every worker from itself.
 
 ``spec()`` runs in the parent, ``main()`` in the new interpreter.  What
-travels: fds 3 and 4 are the pool's control segment and request eventfd (the
-C side puts them there); fd 5 is a memfd holding two pickles, written before
+travels: fds 3, 4 and 5 are the pool's control segment, request eventfd and the
+workers' end of the socketpair their result segments travel on (the C side puts
+them there); fd 6 is a memfd holding two pickles, written before
 the exec so that Pool() never waits for the child to read: first the
 preparation data with the parent's pid and the resource tracker's fd, then
 the pool's (processes, maxtasks, initializer, initargs, bootstrap,
@@ -25,7 +26,7 @@ import sys
 
 __all__ = ["spec", "main"]
 
-_FIRST_EXTRA_FD = 5   # after the control segment (3) and the eventfd (4)
+_FIRST_EXTRA_FD = 6   # after the control segment (3), the eventfd (4), the socket (5)
 _ENTRY = "from cpool._template import main; main()"
 
 
@@ -88,7 +89,7 @@ def spawn_done(spec_):
 def main():
     """The exec'ed template: prepare, unpickle, run the C loop (never returns)."""
     from . import _cpool
-    ctl_fd, ev_fd, boot_fd = 3, 4, _FIRST_EXTRA_FD
+    ctl_fd, ev_fd, sock_fd, boot_fd = 3, 4, 5, _FIRST_EXTRA_FD
     try:
         with open(boot_fd, "rb") as f:
             prep, parent, tracker, method = pickle.load(f)
@@ -102,8 +103,8 @@ def main():
             finally:
                 del me._inheriting
         processes, maxtasks, initializer, initargs, bootstrap, pack_error = cfg
-        _cpool._template_main(ctl_fd, ev_fd, parent, processes, maxtasks, initializer,
-                              initargs, bootstrap, pack_error)   # never returns
+        _cpool._template_main(ctl_fd, ev_fd, sock_fd, parent, processes, maxtasks,
+                              initializer, initargs, bootstrap, pack_error)  # never returns
     except BaseException as e:
         _abort(_cpool, ctl_fd, method if "method" in locals() else "spawn", e)
 

@@ -102,23 +102,32 @@ typedef struct {
     uint64_t job;
 } cp_rechdr;        /* 24 bytes; records are 8-byte aligned */
 
-#define CP_SEGNAME_MAX 64
+/* A large record's payload: where its segment is.  Segments are memfds, so
+ * they have no name another user could predict, take first or open: the
+ * producer's descriptor travels instead (see shm.c). */
 typedef struct {
     uint64_t size;
     int32_t recy;   /* index in the producer's recycler, or -1: one-shot */
     uint32_t flags; /* CP_SEG_COPIED */
-    char name[CP_SEGNAME_MAX];
+    int32_t fd;     /* the producer's descriptor: the parent's, opened by a
+                     * worker through /proc/<parent>/fd/<fd> */
+    uint32_t pad;
+    uint64_t ino;   /* the file's inode: the consumer checks it got that one */
+    uint64_t tag;   /* worker -> parent: the message carrying the descriptor */
 } cp_segref;
+/* A tag's bits from here up are the worker's slot. */
+#define CP_TAG_SLOT_SHIFT 40
 /* Every object is copied out of the segment as it is loaded (no view into it
  * outlives the load): a consumer may read it through a mapping it keeps. */
 #define CP_SEG_COPIED 1u
 
-/* Recyclable segments.  A fresh tmpfs segment costs far more than the copy
- * into it (the kernel allocates and zeroes every page), so each direction
- * keeps a few segments and reuses them: the producer takes a free one (CAS
- * FREE or NONE to BUSY), grows it if needed, writes, sends its name; the
- * consumer hands it back (BUSY to FREE) once nothing maps it any more, or
- * retires it (unlink, NONE) when an object still lives on its memory. */
+/* Recyclable segments.  A fresh segment costs far more than the copy into
+ * it (the kernel allocates and zeroes every page), so each direction keeps a
+ * few segments and reuses them: the producer takes a free one (CAS FREE or
+ * NONE to BUSY), grows it if needed, writes, sends a reference; the consumer
+ * hands it back (BUSY to FREE) once nothing maps it any more, or retires it
+ * (NONE: the producer makes a new file) when an object still lives on its
+ * memory. */
 enum { CP_RECY_NONE = 0, CP_RECY_FREE, CP_RECY_BUSY };
 #define CP_RECY_RESULTS 4            /* per worker */
 #define CP_RECY_TASKS 8              /* per pool */
@@ -132,25 +141,36 @@ typedef struct {
  * record (MAP_SHARED, not inherited by fork): the producer writes through
  * it and the consumer reads through it, where mapping 4 MiB anew costs
  * ~0.7 ms here and pwrite ~0.7 ms against a memcpy's ~0.2 ms.  It is valid
- * while the name still opens the same file (a sweep may have replaced it),
- * and is used only while its cp_recy entry is held (BUSY). */
+ * while the entry's file is the same (st_ino: a retired entry gets a new
+ * file), and is used only while its cp_recy entry is held (BUSY). */
 typedef struct {
     uint64_t ino;
     size_t len;
     char *addr; /* NULL: none */
 } cp_segmap;
 
-/* Where a producer puts large records. */
+/* Where a producer puts large records: one-shot segments, or the entries
+ * of a recycler (recy != NULL), whose files this process keeps open in
+ * fds[] (-1: none yet) and maps in maps[]. */
 typedef struct {
-    const char *prefix;     /* the pool's */
-    const char *tag;        /* one-shot names: prefix + tag + seq */
-    uint64_t seq;
-    cp_recy *recy;          /* recyclable names: prefix + recy_tag + index */
+    cp_recy *recy;
     int nrecy;
-    const char *recy_tag;
     int wait;               /* wait (bounded) for a recycled one to come back */
     cp_segmap *maps;        /* the producer's mappings of recy[], or NULL */
+    int *fds;               /* the producer's descriptors of recy[] */
+    uint64_t tag;           /* goes into the reference (worker -> parent) */
 } cp_segdest;
+
+/* Where a consumer finds a large record's file: a new descriptor of
+ * ref's file (checked by the caller), or -1 with errno. */
+typedef int (*cp_segget_fn)(void *arg, const cp_segref *ref);
+typedef struct {
+    cp_segget_fn get;
+    void *arg;
+    cp_recy *recy;              /* the producer's recycler, or NULL */
+    cp_segmap *maps;            /* this process's kept mappings of recy[], or NULL */
+    _Atomic int32_t *loading;   /* the recycler entry being loaded, or NULL */
+} cp_segsrc;
 
 /* A large record's segment: this header, then the pickle, then its
  * out-of-band buffers, each at a 64-byte boundary. */
@@ -203,25 +223,33 @@ CP_HIDDEN int cp_ring_fits(cp_ring *r, size_t n);
 CP_HIDDEN void *cp_shared_map(size_t size);
 /* The same; with fd_out, the memfd stays open (close-on-exec) in *fd_out. */
 CP_HIDDEN void *cp_shared_map_fd(size_t size, int *fd_out);
-/* Open an existing segment read-only: a descriptor, or -1 with errno. */
-CP_HIDDEN int cp_seg_open_fd(const char *name);
-CP_HIDDEN void cp_seg_unlink(const char *name);
-/* Unlink every segment whose name starts with `prefix`. */
-CP_HIDDEN void cp_seg_sweep(const char *prefix);
+/* A new segment: a memfd, mode 0600, sealed against shrinking (so no
+ * process, ours included, can truncate it under a mapping: no SIGBUS); with
+ * fixed_size > 0, that large and sealed against growing too.  A
+ * descriptor, or -1 with errno. */
+CP_HIDDEN int cp_memfd(const char *name, uint64_t fixed_size);
+/* Check the file open on fd before it is mapped or read: a regular file of
+ * this user, mode 0600, sealed against shrinking, at least `size` bytes,
+ * and (ino != 0) that inode.  NULL if it passes, else why not. */
+CP_HIDDEN const char *cp_seg_check(int fd, uint64_t ino, uint64_t size);
+/* Open the descriptor `fd` of process `pid` (/proc/<pid>/fd/<fd>), read-only:
+ * a descriptor, or -1 with errno. */
+CP_HIDDEN int cp_open_proc_fd(pid_t pid, int fd, int flags);
 /* Write pieces[0] (a pickle) and pieces[1..n-1] (its out-of-band buffers)
  * into a segment in the cp_seghdr layout: one of d's recycled segments if
- * one is free or frees up soon, else a new one named prefix+tag+seq; fill
- * *ref.  copied: every object is copied out as it loads (CP_SEG_COPIED), so
- * the segment goes through the producer's kept mapping; else with pwrite,
- * and the producer keeps no mapping of a file its consumer may retire.  No
- * Python: call it without the GIL.  0, or -1 with errno. */
+ * one is free or frees up soon, else a new one-shot segment, whose
+ * descriptor (ref->fd) the caller then owns; fill *ref.  copied: every
+ * object is copied out as it loads (CP_SEG_COPIED), so the segment goes
+ * through the producer's kept mapping; else with pwrite, and the producer
+ * keeps no mapping of a file its consumer may retire.  No Python: call it
+ * without the GIL.  0, or -1 with errno. */
 struct iovec;
 CP_HIDDEN int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n,
                            int copied, cp_segref *ref);
 /* The kept mapping of the segment open on fd, at least `need` bytes long:
  * *m's, or made anew when the file changed or grew.  A writer's file is
  * allocated whole first, so that writing through the mapping cannot fault
- * for want of space in /dev/shm (fallocate says ENOSPC instead).  NULL with
+ * for want of memory (fallocate says ENOSPC or ENOMEM instead).  NULL with
  * errno. */
 CP_HIDDEN char *cp_segmap_get(cp_segmap *m, int fd, int writable, uint64_t need);
 CP_HIDDEN void cp_segmap_drop(cp_segmap *m);
@@ -269,7 +297,6 @@ typedef struct {
     _Atomic int32_t tmpl_pid;
     int32_t parent_pid;
     int32_t pad2;
-    char prefix[48];           /* segment name prefix of this pool */
     cp_recy task_recy[CP_RECY_TASKS];
     cp_slot slots[];
 } cp_ctl;
@@ -362,22 +389,23 @@ typedef struct {
 CP_HIDDEN int cp_pack_add_types(PyObject *module, cpool_state *st);
 /* Pickle obj for a ring whose records carry at most inline_max bytes; a
  * larger pickle, or one with large buffers (sent out of band), goes into a
- * segment named prefix+tag+seq.  0, or -1 with the exception. */
+ * segment of dest's.  0, or -1 with the exception. */
 CP_HIDDEN int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max,
                       const cp_segdest *dest, cp_packed *out);
 /* The same for an already pickled bytes object (no out-of-band buffers). */
 CP_HIDDEN int cp_pack_pickled(PyObject *pickled, size_t inline_max,
                               const cp_segdest *dest, cp_packed *out);
-/* Unpickle a record's payload: inline, or from its segment, which is then
- * handed back to `recy` (the producer's recycler) or unlinked.  `maps`
- * (NULL, or one per entry of `recy`): this process's kept mappings, for a
- * segment whose objects are all copied out (CP_SEG_COPIED).  With
- * `interrupt` (a thread where signal handlers run), a KeyboardInterrupt
- * raised by Python code during the load is stored there (if empty) and the
- * load made again, so the payload is not lost.  New reference, or NULL. */
-CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
-                                    cp_segmap *maps, _Atomic int32_t *loading,
-                                    PyObject **interrupt);
+/* Unpickle a record's payload: inline, or from its segment, got from
+ * src->get and checked (cp_seg_check: a file that fails is never mapped,
+ * let alone unpickled), then handed back to src->recy (the producer's
+ * recycler) if it came from there.  src->maps (NULL, or one per entry of
+ * src->recy): this process's kept mappings, for a segment whose objects are
+ * all copied out (CP_SEG_COPIED).  With `interrupt` (a thread where signal
+ * handlers run), a KeyboardInterrupt raised by Python code during the load
+ * is stored there (if empty) and the load made again, so the payload is not
+ * lost.  New reference, or NULL. */
+CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h,
+                                    const cp_segsrc *src, PyObject **interrupt);
 
 /* The parent's private bookkeeping of a task: its pickled payload stays here
  * until the result arrives, so a task a dead worker never took can be sent
@@ -393,7 +421,7 @@ typedef struct cp_task {
     uint64_t job;
     uint32_t idx;
     uint16_t kind;
-    uint16_t has_seg;  /* sent through a named segment (seg.name) */
+    uint16_t has_seg;  /* sent through a segment (seg; a one-shot's seg.fd is ours) */
     cp_blob *func;     /* MAP/STARMAP: the job's pickled function (shared) */
     uint64_t end_pos;  /* task-ring position just past this record */
     int64_t sent_ns;   /* when it went into a ring */
@@ -410,8 +438,14 @@ typedef struct {
     int has_func;
     uint64_t func_job;    /* the job whose function the worker holds */
     uint64_t func_end;    /* task-ring position just past that FUNC record */
-    uint16_t func_has_seg;
-    cp_segref func_seg;   /* the FUNC record's segment, if it had one */
+    /* One-shot segments of FUNC records sent (their descriptors, and the
+     * task-ring position past each record): closed once the worker has
+     * loaded the function, i.e. answered a task put after it. */
+    struct cp_fseg {
+        int fd;
+        uint64_t end;
+    } *fsegs;
+    int nfsegs, capfsegs;
     uint64_t sent;        /* tasks sent to the current incarnation */
 } cp_wstate;
 
@@ -427,6 +461,15 @@ typedef struct CoreObject {
     pid_t owner;                /* the process that made the pool */
     pid_t tmpl;
     int evfd;                   /* eventfd: requests to the template */
+    int sock;                   /* the parent's end of the socketpair that
+                                 * carries result segments' descriptors */
+    int wsock;                  /* the workers' end (closed in the parent once
+                                 * the template has it) */
+    struct cp_fdmsg {
+        uint64_t tag;
+        int fd;
+    } *stash;                   /* descriptors received ahead of their record */
+    int nstash, capstash;
     PyObject *initializer, *initargs, *cache, *bootstrap, *pack_error;
     PyObject *broken;           /* (exc, tb) of a failed initializer */
     pthread_mutex_t mu;         /* guards pending, ws, failed */
@@ -434,8 +477,8 @@ typedef struct CoreObject {
     size_t npend;
     cp_task *failed;            /* tasks that could not be sent */
     cp_wstate *ws;
-    _Atomic uint64_t seg_seq;
     cp_segmap task_maps[CP_RECY_TASKS]; /* written through, as a task's producer */
+    int task_fds[CP_RECY_TASKS];        /* the task recycler's files */
     cp_segmap *res_maps;        /* read through: CP_RECY_RESULTS per slot */
     int64_t task_ns;            /* moving average of a task's round trip; <0 unknown */
     _Atomic int phase;

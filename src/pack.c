@@ -1,7 +1,7 @@
 /* pack.c: pickles as they travel through the rings.
  *
  * A small pickle goes inline in a ring record.  A large one goes into a
- * named segment of its own, laid out as a header, the pickle, then its
+ * segment of its own (a memfd: shm.c), laid out as a header, the pickle, then its
  * out-of-band buffers: an object holding a large buffer (bytes, bytearray
  * of 64 KiB or more, or anything protocol 5 hands out of band, as NumPy
  * arrays) is pickled with protocol 5 and a buffer_callback, so each buffer
@@ -107,8 +107,25 @@ static PyObject *rebuild(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize
     return out;
 }
 
+PyDoc_STRVAR(check_segment_doc,
+             "_check_segment($module, fd, size, /)\n--\n\n"
+             "Why the file open on `fd` would be refused as a segment of `size`\n"
+             "bytes (a string), or None if a pool would map it: the check every\n"
+             "received segment and attached arena passes first (for the tests).");
+
+static PyObject *check_segment(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    int fd;
+    unsigned long long size;
+    if (!PyArg_ParseTuple(args, "iK", &fd, &size)) return NULL;
+    const char *why = cp_seg_check(fd, 0, size);
+    if (why == NULL) Py_RETURN_NONE;
+    return PyUnicode_FromString(why);
+}
+
 static PyMethodDef pack_functions[] = {
     {"_rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, rebuild_doc},
+    {"_check_segment", check_segment, METH_VARARGS, check_segment_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -293,7 +310,7 @@ static int write_segment(PyObject *pickled, PyObject *bufs, int copied,
     Py_BEGIN_ALLOW_THREADS
     rc = cp_seg_write(d, pieces, (int)nb + 1, copied, ref);
     Py_END_ALLOW_THREADS
-    if (rc != 0) cp_oserror(ref->name);
+    if (rc != 0) cp_oserror("cpool: writing a shared-memory segment");
 done:
     for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
     PyMem_Free(views);
@@ -381,8 +398,28 @@ static char *map_private(int fd, size_t size)
     return addr == MAP_FAILED ? NULL : addr;
 }
 
-PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
-                          cp_segmap *maps, _Atomic int32_t *loading, PyObject **interrupt)
+/* A descriptor of the segment ref names, from src, checked: -1 with the
+ * exception set. */
+static int open_segment(const cp_segsrc *src, const cp_segref *ref)
+{
+    int fd = src->get(src->arg, ref);
+    if (fd < 0) {
+        cp_oserror("cpool: opening a shared-memory segment");
+        return -1;
+    }
+    const char *why = cp_seg_check(fd, ref->ino, ref->size);
+    if (why != NULL) {
+        close(fd);
+        PyErr_Format(PyExc_PermissionError,
+                     "cpool: refused a shared-memory segment: %s; it was not loaded",
+                     why);
+        return -1;
+    }
+    return fd;
+}
+
+PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, const cp_segsrc *src,
+                          PyObject **interrupt)
 {
     const char *p = (const char *)(h + 1);
     if (!(h->flags & CP_F_LARGE)) {
@@ -394,8 +431,9 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
     }
     cp_segref ref;
     memcpy(&ref, p, sizeof ref);
-    cp_recy *entry = (recy != NULL && ref.recy >= 0) ? &recy[ref.recy] : NULL;
-    cp_segmap *kept = entry != NULL && maps != NULL ? &maps[ref.recy] : NULL;
+    _Atomic int32_t *loading = src->loading;
+    cp_recy *entry = (src->recy != NULL && ref.recy >= 0) ? &src->recy[ref.recy] : NULL;
+    cp_segmap *kept = entry != NULL && src->maps != NULL ? &src->maps[ref.recy] : NULL;
     if (kept != NULL && !(ref.flags & CP_SEG_COPIED)) {
         /* An object may live on this record's memory, and the file then be
          * retired: keep no mapping of it (it would keep the file alive). */
@@ -406,19 +444,16 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
      * does.  Cleared before every hand-back, so it never names an entry
      * someone else may have taken since. */
     if (entry != NULL && loading != NULL) atomic_store(loading, ref.recy);
-    int fd = cp_seg_open_fd(ref.name);
-    int saved = errno;
-    if (entry == NULL) cp_seg_unlink(ref.name); /* one-shot: consumed (or unreadable) */
+    int fd = open_segment(src, &ref);
     if (fd < 0) {
         if (entry != NULL) release_entry(entry, loading);
-        errno = saved;
-        return cp_oserror(ref.name);
+        return NULL;
     }
     size_t size = ref.size ? ref.size : 1;
     char *addr = kept ? cp_segmap_get(kept, fd, 0, size) : NULL;
     if (addr != NULL) size = kept->len;
     else addr = map_private(fd, size);
-    saved = errno;
+    int saved = errno;
     close(fd);
     if (addr == NULL) {
         if (entry != NULL) release_entry(entry, loading);
@@ -437,9 +472,13 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
     m->kept = m->readonly = is_kept;
     PyObject *obj = NULL, *whole = NULL, *views = NULL, *pview = NULL;
     cp_seghdr *sh = (cp_seghdr *)addr;
-    uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr) + (size_t)sh->nbufs * sizeof(uint64_t));
-    if (sh->magic != CP_SEG_MAGIC || hdr + sh->pickle_len > ref.size || ref.size > size) {
-        PyErr_Format(PyExc_ValueError, "cpool: %s is not a cpool segment", ref.name);
+    uint64_t hdr =
+        ref.size >= sizeof(cp_seghdr)
+            ? CP_ALIGN64(sizeof(cp_seghdr) + (uint64_t)sh->nbufs * sizeof(uint64_t))
+            : UINT64_MAX;
+    if (hdr > ref.size || sh->magic != CP_SEG_MAGIC || sh->pickle_len > ref.size - hdr ||
+        ref.size > size) {
+        PyErr_SetString(PyExc_ValueError, "cpool: not a cpool segment");
         goto done;
     }
     whole = PyMemoryView_FromObject((PyObject *)m);
@@ -453,7 +492,8 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, cp_recy *recy,
     if (views == NULL) goto done;
     for (uint32_t i = 0; i < sh->nbufs; i++) {
         if (off + sh->lens[i] > ref.size) {
-            PyErr_Format(PyExc_ValueError, "cpool: %s is truncated", ref.name);
+            PyErr_SetString(PyExc_ValueError,
+                            "cpool: a segment shorter than its buffers");
             goto done;
         }
         PyObject *v =
@@ -481,7 +521,6 @@ done:
                 m->kept = 0;
                 kept->addr = NULL;
             }
-            cp_seg_unlink(ref.name);
             atomic_store(&entry->state, CP_RECY_NONE);
         }
     }

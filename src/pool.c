@@ -23,6 +23,7 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -43,8 +44,6 @@
 #endif
 #define SEND_BATCH_BYTES (256u * 1024u) /* map chunks are sent this much at a time */
 
-static _Atomic unsigned long pool_counter;
-
 /* ---- tasks --------------------------------------------------------------- */
 
 static void blob_decref(cp_blob *b)
@@ -58,14 +57,22 @@ static void task_free(cp_task *t)
     free(t);
 }
 
-/* A task that will not be sent (again) gives up its segment: a recycled one
- * goes back to the recycler, unless a dead worker had taken the task (it may
- * have handed the segment back already, and someone else taken it since). */
+/* Give up a packed segment nobody will read: a recycled one goes back to
+ * the recycler, a one-shot one is closed (its memory goes with the last
+ * descriptor or mapping of it). */
+static void drop_packed_segment(CoreObject *c, const cp_segref *seg)
+{
+    if (seg->recy < 0) close(seg->fd);
+    else atomic_store(&c->ctl->task_recy[seg->recy].state, CP_RECY_FREE);
+}
+
+/* A task that will not be sent (again) gives up its segment; a recycled one
+ * not when a worker had taken the task (it hands the segment back itself,
+ * or the parent does for a dead one, and someone else may have it since). */
 static void task_drop_segment(CoreObject *c, cp_task *t)
 {
     if (!t->has_seg) return;
-    if (t->seg.recy < 0) cp_seg_unlink(t->seg.name);
-    else if (!t->held) atomic_store(&c->ctl->task_recy[t->seg.recy].state, CP_RECY_FREE);
+    if (t->seg.recy < 0 || !t->held) drop_packed_segment(c, &t->seg);
     t->has_seg = 0;
 }
 
@@ -78,9 +85,7 @@ static cp_task *task_new(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kin
     size_t n = pk->has_seg ? 0 : (size_t)PyBytes_GET_SIZE(pk->bytes);
     cp_task *t = malloc(sizeof *t + n);
     if (t == NULL) {
-        if (pk->has_seg && pk->seg.recy >= 0)
-            atomic_store(&c->ctl->task_recy[pk->seg.recy].state, CP_RECY_FREE);
-        else if (pk->has_seg) cp_seg_unlink(pk->seg.name);
+        if (pk->has_seg) drop_packed_segment(c, &pk->seg);
         Py_CLEAR(pk->bytes);
         PyErr_NoMemory();
         return NULL;
@@ -114,14 +119,11 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
         return NULL;
     }
     cp_packed pk;
-    cp_segdest dest = {.prefix = c->ctl->prefix,
-                       .tag = "t",
-                       .seq = atomic_fetch_add(&c->seg_seq, 1),
-                       .recy = c->ctl->task_recy,
+    cp_segdest dest = {.recy = c->ctl->task_recy,
                        .nrecy = CP_RECY_TASKS,
-                       .recy_tag = "T.",
                        .wait = wait,
-                       .maps = c->task_maps};
+                       .maps = c->task_maps,
+                       .fds = c->task_fds};
     if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
         return NULL;
     return task_new(c, job, idx, kind, func, &pk);
@@ -169,23 +171,41 @@ static int slot_accepts(CoreObject *c, int i)
     return c->maxtasks == 0 || w->sent < c->maxtasks;
 }
 
-/* Put one FUNC record, inline or through a new segment (each worker
- * consumes, and unlinks, its own): 0 sent, 1 ring full, -1 failed (errno). */
-static int put_func(CoreObject *c, cp_ring *r, cp_rechdr *h, const char *p, size_t n,
-                    cp_segref *seg, uint16_t *has_seg)
+/* Close w's FUNC segments put before ring position `upto`: loaded. */
+static void close_fsegs(cp_wstate *w, uint64_t upto)
+{
+    int k = 0;
+    for (int j = 0; j < w->nfsegs; j++) {
+        if (w->fsegs[j].end < upto) close(w->fsegs[j].fd);
+        else w->fsegs[k++] = w->fsegs[j];
+    }
+    w->nfsegs = k;
+}
+
+/* Put one FUNC record, inline or through a new segment of its own, kept
+ * open in w->fsegs until the worker has loaded it: 0 sent, 1 ring full, -1
+ * failed (errno). */
+static int put_func(cp_wstate *w, cp_ring *r, cp_rechdr *h, const char *p, size_t n)
 {
     if (n <= cp_ring_inline_max(r)) return cp_ring_try_put(r, h, p, n) ? 1 : 0;
-    if (!cp_ring_fits(r, sizeof *seg)) return 1;
-    cp_segdest d = {
-        .prefix = c->ctl->prefix, .tag = "f", .seq = atomic_fetch_add(&c->seg_seq, 1)};
+    cp_segref seg;
+    if (!cp_ring_fits(r, sizeof seg)) return 1;
+    if (w->nfsegs == w->capfsegs) {
+        int cap = w->capfsegs ? 2 * w->capfsegs : 4;
+        struct cp_fseg *f = realloc(w->fsegs, (size_t)cap * sizeof *f);
+        if (f == NULL) return -1;
+        w->fsegs = f;
+        w->capfsegs = cap;
+    }
+    cp_segdest d = {0}; /* one-shot */
     struct iovec piece = {.iov_base = (void *)p, .iov_len = n};
-    if (cp_seg_write(&d, &piece, 1, 0, seg) != 0) return -1;
+    if (cp_seg_write(&d, &piece, 1, 0, &seg) != 0) return -1;
     h->flags = CP_F_LARGE;
-    if (cp_ring_try_put(r, h, seg, sizeof *seg) != 0) {
-        cp_seg_unlink(seg->name);
+    if (cp_ring_try_put(r, h, &seg, sizeof seg) != 0) {
+        close(seg.fd);
         return 1;
     }
-    *has_seg = 1;
+    w->fsegs[w->nfsegs++] = (struct cp_fseg){.fd = seg.fd, .end = cp_ring_tail(r)};
     return 0;
 }
 
@@ -215,10 +235,7 @@ static void dispatch_locked(CoreObject *c)
         if (t->func != NULL && (!w->has_func || w->func_job != t->job)) {
             /* The function travels once per job and worker, then is cached. */
             cp_rechdr fh = {.kind = CP_K_FUNC, .job = t->job};
-            if (w->func_has_seg) cp_seg_unlink(w->func_seg.name); /* consumed or stale */
-            w->func_has_seg = 0;
-            rc = put_func(c, r, &fh, t->func->data, t->func->len, &w->func_seg,
-                          &w->func_has_seg);
+            rc = put_func(w, r, &fh, t->func->data, t->func->len);
             if (rc == 0) {
                 w->has_func = 1;
                 w->func_job = t->job;
@@ -466,6 +483,95 @@ static void set_broken(CoreObject *c, PyObject *exc, PyObject *tb, int init)
     atomic_store(&c->is_broken, 1);
 }
 
+/* ---- result segments' descriptors (token held) ---------------------------- */
+
+/* Receive the next message from the workers' socket into *tag and *fd: 1,
+ * or 0 when none is waiting, or -1 with errno.  Only the template and the
+ * workers hold the other end; a message without a descriptor is skipped. */
+static int recv_segment(CoreObject *c, uint64_t *tag, int *fd)
+{
+    for (;;) {
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(sizeof(int))];
+        } u;
+        struct iovec iov = {.iov_base = tag, .iov_len = sizeof *tag};
+        struct msghdr msg = {.msg_iov = &iov,
+                             .msg_iovlen = 1,
+                             .msg_control = u.buf,
+                             .msg_controllen = sizeof u.buf};
+        ssize_t n = recvmsg(c->sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        if (cm == NULL || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS ||
+            cm->cmsg_len != CMSG_LEN(sizeof(int)))
+            continue;
+        memcpy(fd, CMSG_DATA(cm), sizeof(int));
+        if (n == (ssize_t)sizeof *tag) return 1;
+        close(*fd);
+    }
+}
+
+/* Keep a descriptor that arrived ahead of its record; 0, or -1 (closed). */
+static int stash_push(CoreObject *c, uint64_t tag, int fd)
+{
+    if (c->nstash == c->capstash) {
+        int cap = c->capstash ? 2 * c->capstash : 8;
+        struct cp_fdmsg *s = realloc(c->stash, (size_t)cap * sizeof *s);
+        if (s == NULL) {
+            close(fd);
+            return -1;
+        }
+        c->stash = s;
+        c->capstash = cap;
+    }
+    c->stash[c->nstash++] = (struct cp_fdmsg){.tag = tag, .fd = fd};
+    return 0;
+}
+
+/* A cp_segget_fn: the descriptor a worker sent for ref's segment (before it
+ * posted the record, so it is here), or -1 with errno. */
+static int take_result_segment(void *arg, const cp_segref *ref)
+{
+    CoreObject *c = arg;
+    for (int k = 0; k < c->nstash; k++) {
+        if (c->stash[k].tag != ref->tag) continue;
+        int fd = c->stash[k].fd;
+        c->stash[k] = c->stash[--c->nstash];
+        return fd;
+    }
+    for (;;) {
+        uint64_t tag;
+        int fd, rc = recv_segment(c, &tag, &fd);
+        if (rc < 0) return -1;
+        if (rc == 0) {
+            errno = ENOENT; /* cannot happen: the worker sent it first */
+            return -1;
+        }
+        if (tag == ref->tag) return fd;
+        stash_push(c, tag, fd);
+    }
+}
+
+/* Close the descriptors slot i's dead worker sent for records it never
+ * posted (the others were taken with their records). */
+static void drop_stashed(CoreObject *c, int i)
+{
+    uint64_t tag;
+    int fd, rc;
+    while ((rc = recv_segment(c, &tag, &fd)) != 0) {
+        if (rc < 0) break;
+        stash_push(c, tag, fd);
+    }
+    int k = 0;
+    for (int j = 0; j < c->nstash; j++) {
+        if ((c->stash[j].tag >> CP_TAG_SLOT_SHIFT) == (uint64_t)i) close(c->stash[j].fd);
+        else c->stash[k++] = c->stash[j];
+    }
+    c->nstash = k;
+}
+
 /* Deliver up to BATCH results of slot i. */
 static void drain(CoreObject *c, int i)
 {
@@ -493,6 +599,7 @@ static void drain(CoreObject *c, int i)
                 w->head = t->next;
                 if (w->head == NULL) w->tail = NULL;
                 w->n--;
+                close_fsegs(w, t->end_pos); /* the worker has loaded them */
                 int64_t took = cp_now_ns() - t->sent_ns;
                 c->task_ns = c->task_ns < 0 ? took : (7 * c->task_ns + took) / 8;
                 dispatch_locked(c);
@@ -513,9 +620,11 @@ static void drain(CoreObject *c, int i)
                 Py_SETREF(value, exc);
             }
         } else {
-            value = cp_load_payload(c->st, h, c->ctl->slots[i].res_recy,
-                                    c->res_maps + (size_t)i * CP_RECY_RESULTS, NULL,
-                                    waiter ? &c->interrupt : NULL);
+            cp_segsrc src = {.get = take_result_segment,
+                             .arg = c,
+                             .recy = c->ctl->slots[i].res_recy,
+                             .maps = c->res_maps + (size_t)i * CP_RECY_RESULTS};
+            value = cp_load_payload(c->st, h, &src, waiter ? &c->interrupt : NULL);
             status = hh.kind == CP_K_OK ? CP_ST_OK : CP_ST_ERR;
             if (value == NULL) {
                 /* (why, whether it was an error report): Python names it. */
@@ -534,7 +643,11 @@ static void drain(CoreObject *c, int i)
             Py_XDECREF(value);
             continue;
         }
-        if (t != NULL) task_free(t);
+        if (t != NULL) {
+            t->held = 1; /* the worker handed a recycled segment back itself */
+            task_drop_segment(c, t);
+            task_free(t);
+        }
         deliver(c, hh.job, hh.idx, status, value);
         Py_XDECREF(value);
     }
@@ -565,8 +678,7 @@ static void handle_death(CoreObject *c, int i)
         if (t->end_pos > held_upto) held_upto = t->end_pos;
         break;
     }
-    if (w->func_has_seg) cp_seg_unlink(w->func_seg.name);
-    w->func_has_seg = 0;
+    close_fsegs(w, UINT64_MAX);
     for (cp_task *t = w->head, *next; t != NULL; t = next) {
         next = t->next;
         t->next = NULL;
@@ -635,10 +747,7 @@ static void handle_death(CoreObject *c, int i)
     int sealed = c->sealed;
     pthread_mutex_unlock(&c->mu);
 
-    char prefix[CP_SEGNAME_MAX];
-    snprintf(prefix, sizeof prefix, "%sr%d.%u.", c->ctl->prefix, i,
-             (unsigned)atomic_load(&s->spawn_count));
-    cp_seg_sweep(prefix); /* a result it was writing when it died */
+    drop_stashed(c, i); /* a result segment it sent but never posted */
     int32_t loading = atomic_exchange(&s->loading_recy, -1);
     if (loading >= 0) { /* it died loading a task's recycled segment */
         uint32_t busy = CP_RECY_BUSY;
@@ -799,18 +908,26 @@ static int round_gil(CoreObject *c, int closing)
     return finished;
 }
 
-/* Unmap the kept mappings of the pool's recycled segments, so that their
- * memory goes with the sweep that unlinks them.  The token holder reads the
- * result ones; a task one is skipped while a producer holds its entry (a
- * submit racing the pool's end), and dealloc unmaps it later (all: nothing
- * else runs). */
+/* Free the task recycler's entry k: its kept mapping and its file. */
+static void drop_task_entry(CoreObject *c, int k)
+{
+    cp_segmap_drop(&c->task_maps[k]);
+    if (c->task_fds[k] >= 0) close(c->task_fds[k]);
+    c->task_fds[k] = -1;
+}
+
+/* Unmap the kept mappings of the pool's recycled segments and close the
+ * task recycler's files, so that their memory goes when the pool ends.  The
+ * token holder reads the result ones; a task one is skipped while a
+ * producer holds its entry (a submit racing the pool's end), and dealloc
+ * frees it later (all: nothing else runs). */
 static void drop_maps(CoreObject *c, int all)
 {
     for (int i = 0; c->res_maps && i < c->n * CP_RECY_RESULTS; i++)
         cp_segmap_drop(&c->res_maps[i]);
     for (int k = 0; k < CP_RECY_TASKS; k++) {
         if (all) {
-            cp_segmap_drop(&c->task_maps[k]);
+            drop_task_entry(c, k);
             continue;
         }
         _Atomic uint32_t *state = &c->ctl->task_recy[k].state;
@@ -818,8 +935,8 @@ static void drop_maps(CoreObject *c, int all)
         if (st == CP_RECY_BUSY ||
             !atomic_compare_exchange_strong(state, &st, CP_RECY_BUSY))
             continue;
-        cp_segmap_drop(&c->task_maps[k]);
-        atomic_store(state, st);
+        drop_task_entry(c, k);
+        atomic_store(state, CP_RECY_NONE); /* a file made anew if used again */
     }
 }
 
@@ -841,7 +958,6 @@ static int collect_round(CoreObject *c)
         fail_all(c, CP_ST_TERMINATED, NULL, 1);
         c->cts = PyEval_SaveThread();
         drop_maps(c, 0);
-        cp_seg_sweep(c->ctl->prefix); /* after the drain: results live there */
         return -1;
     }
     if (!any_news(c)) return 0;
@@ -854,7 +970,6 @@ static int collect_round(CoreObject *c)
         tell_template(c);
         wait_template(c);
         drop_maps(c, 0);
-        cp_seg_sweep(c->ctl->prefix);
         return -1;
     }
     pthread_mutex_lock(&c->mu);
@@ -1077,7 +1192,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (module == NULL) return NULL;
     CoreObject *c = (CoreObject *)type->tp_alloc(type, 0);
     if (c == NULL) return NULL;
-    c->evfd = -1;
+    c->evfd = c->sock = c->wsock = -1;
+    for (int k = 0; k < CP_RECY_TASKS; k++) c->task_fds[k] = -1;
     c->task_ns = -1;
     c->module = Py_NewRef(module);
     c->st = cp_get_state(module);
@@ -1105,14 +1221,21 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         cp_oserror("memfd_create");
         goto error;
     }
-    snprintf(c->ctl->prefix, sizeof c->ctl->prefix, "/cpool.%d.%lu.", (int)c->owner,
-             atomic_fetch_add(&pool_counter, 1));
     c->ctl->parent_pid = c->owner;
     c->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (c->evfd < 0) {
         cp_oserror("eventfd");
         goto error;
     }
+    /* Workers hand their result segments over on this (SCM_RIGHTS): a
+     * datagram socketpair, the workers' end shared by all of them. */
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        cp_oserror("socketpair");
+        goto error;
+    }
+    c->sock = sv[0];
+    c->wsock = sv[1];
     for (int i = 0; i < n; i++) atomic_store(&c->ctl->slots[i].state, CP_S_SPAWN_REQ);
 
     pid_t pid;
@@ -1127,6 +1250,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         pid = fork();
         if (pid == 0) {
             PyOS_AfterFork_Child();
+            close(c->sock); /* the parent's end */
+            c->sock = -1;
             cp_template_main(c->ctl, c->evfd, c->owner, cp_spawn_worker, c);
         }
         int saved = errno;
@@ -1142,6 +1267,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     c->tmpl = pid;
     atomic_store(&c->ctl->tmpl_pid, pid);
+    close(c->wsock); /* the template has it: a worker's end is the workers' */
+    c->wsock = -1;
     if (warned < 0) { /* the warning raised (an error filter, 3.15+) */
         atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
         tell_template(c);
@@ -1223,12 +1350,20 @@ static void Core_dealloc(CoreObject *c)
         /* The collector held a reference, so it is done: nothing else runs. */
         free_list(c, c->pend_head);
         free_list(c, c->failed);
-        for (int i = 0; c->ws && i < c->n; i++) free_list(c, c->ws[i].head);
+        for (int i = 0; c->ws && i < c->n; i++) {
+            free_list(c, c->ws[i].head);
+            close_fsegs(&c->ws[i], UINT64_MAX);
+            free(c->ws[i].fsegs);
+        }
+        for (int k = 0; k < c->nstash; k++) close(c->stash[k].fd);
         drop_maps(c, 1);
         cp_ctl_destroy(c->ctl);
         pthread_mutex_destroy(&c->mu);
     }
     if (c->evfd >= 0) close(c->evfd);
+    if (c->sock >= 0) close(c->sock);
+    if (c->wsock >= 0) close(c->wsock);
+    free(c->stash);
     free(c->ws);
     free(c->touched);
     free(c->full);
@@ -1602,11 +1737,6 @@ static PyObject *Core_get_template_pid(CoreObject *c, void *Py_UNUSED(closure))
     return PyLong_FromLong((long)c->tmpl);
 }
 
-static PyObject *Core_get_segment_prefix(CoreObject *c, void *Py_UNUSED(closure))
-{
-    return PyUnicode_FromString(c->ctl ? c->ctl->prefix : "");
-}
-
 static PyMethodDef Core_methods[] = {
     {"submit_call", (PyCFunction)Core_submit_call, METH_VARARGS, submit_call_doc},
     {"func_blob", (PyCFunction)Core_func_blob, METH_O, func_blob_doc},
@@ -1628,8 +1758,6 @@ static PyGetSetDef Core_getset[] = {
     {"done", (getter)Core_get_done, NULL, "True once the pool is over", NULL},
     {"template_pid", (getter)Core_get_template_pid, NULL, "pid of the template process",
      NULL},
-    {"segment_prefix", (getter)Core_get_segment_prefix, NULL,
-     "name prefix of this pool's shared-memory segments", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -1,15 +1,19 @@
-/* shm.c: shared memory.  The control segment of a pool (anonymous, a memfd
- * mapped before any fork, so it has no name to leak) and the named segments
+/* shm.c: shared memory.  The control segment of a pool and the segments
  * that carry records too large for a ring.
  *
- * No Python here.  Named segments are created with mode 0600 (private to the
- * user) under a per-pool prefix, unlinked by whoever consumes them, and swept
- * by prefix when a producer may have died half-way: by the parent after a
- * worker death and at shutdown, by the template when the parent dies.
+ * No Python here.  Every segment is a memfd: it has no name, so another
+ * local user can neither predict one, create it first, nor open it (a
+ * memfd is reached only through a descriptor, or /proc/<pid>/fd/<n>, which
+ * the kernel opens only for the process's own user); its mode is 0600 all
+ * the same, whatever the umask; it is sealed against shrinking, so nobody,
+ * the pool's own user included, can truncate it under a mapping (a SIGBUS);
+ * and it goes when the last process holding it does, so a killed pool
+ * leaves nothing behind.  Whoever is handed a segment checks it
+ * (cp_seg_check) before mapping it.  docs/security.md says why each of
+ * these matters.
  */
 #include "cpool.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -17,19 +21,68 @@
 #include <string.h>
 #include <time.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 void *cp_shared_map(size_t size) { return cp_shared_map_fd(size, NULL); }
 
+/* Raise this process's soft limit on descriptors to its hard limit: 0 if
+ * it rose.  A segment is a descriptor, and a task waiting to be sent keeps
+ * its one-shot segment's open: many queued large tasks would otherwise meet
+ * the usual soft limit of 1024, which is low so that select() keeps
+ * working, and the hard limit is there for programs that need more (as
+ * systemd and Go do for theirs). */
+static int raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return -1;
+    rl.rlim_cur = rl.rlim_max;
+    return setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+/* A new memfd, mode 0600, sealed against shrinking: -1 with errno. */
+static int new_memfd(const char *name)
+{
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 && errno == EMFILE && raise_nofile() == 0)
+        fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return -1;
+    if (fchmod(fd, 0600) != 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+/* Size fd's file for good: grown to `size`, then sealed against any change
+ * of size.  0, or -1 with errno. */
+static int fix_size(int fd, uint64_t size)
+{
+    if (ftruncate(fd, (off_t)size) != 0) return -1;
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SEAL);
+}
+
+int cp_memfd(const char *name, uint64_t fixed_size)
+{
+    int fd = new_memfd(name);
+    if (fd >= 0 && fixed_size > 0 && fix_size(fd, fixed_size) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
 void *cp_shared_map_fd(size_t size, int *fd_out)
 {
-    int fd = memfd_create("cpool", MFD_CLOEXEC);
+    int fd = cp_memfd("cpool-ctl", size);
     if (fd < 0) return NULL;
-    void *p = MAP_FAILED;
-    if (ftruncate(fd, (off_t)size) == 0)
-        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     int saved = errno;
     if (p != MAP_FAILED && fd_out != NULL) {
         *fd_out = fd; /* for an exec'ed template, which cannot inherit a mapping */
@@ -40,49 +93,41 @@ void *cp_shared_map_fd(size_t size, int *fd_out)
     return p == MAP_FAILED ? NULL : p;
 }
 
-/* shm_open, mode 0600 (private to the user), retried on EINTR. */
-static int seg_open(const char *name, int flags)
+const char *cp_seg_check(int fd, uint64_t ino, uint64_t size)
 {
-    int fd;
+    struct stat st;
+    if (fstat(fd, &st) != 0) return "fstat failed";
+    if (!S_ISREG(st.st_mode)) return "not a regular file";
+    if (st.st_uid != geteuid()) return "not owned by this user";
+    if ((st.st_mode & 07777) != 0600) return "not mode 0600";
+    if (ino != 0 && (uint64_t)st.st_ino != ino) return "not the file the record names";
+    if ((uint64_t)st.st_size < size) return "smaller than the record says";
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK)) return "not sealed against shrinking";
+    return NULL;
+}
+
+int cp_open_proc_fd(pid_t pid, int fd, int flags)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)pid, fd);
+    int nfd;
     do {
-        fd = shm_open(name, flags | O_CLOEXEC, 0600);
-    } while (fd < 0 && errno == EINTR);
-    return fd;
-}
-
-int cp_seg_open_fd(const char *name) { return seg_open(name, O_RDONLY); }
-
-void cp_seg_unlink(const char *name)
-{
-    /* ENOENT is expected: the consumer may have unlinked it already. */
-    (void)shm_unlink(name);
-}
-
-void cp_seg_sweep(const char *prefix)
-{
-    /* prefix starts with '/', as shm_open names do. */
-    DIR *d = opendir("/dev/shm");
-    if (!d) return;
-    size_t plen = strlen(prefix + 1);
-    struct dirent *e;
-    char name[CP_SEGNAME_MAX + 2];
-    while ((e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, prefix + 1, plen) != 0) continue;
-        if (snprintf(name, sizeof name, "/%s", e->d_name) >= (int)sizeof name) continue;
-        shm_unlink(name);
-    }
-    closedir(d);
+        nfd = open(path, flags | O_CLOEXEC);
+    } while (nfd < 0 && errno == EINTR);
+    return nfd;
 }
 
 /* ---- writing large records --------------------------------------------------
  *
  * A one-shot segment is written with pwrite, never through a mapping: no
- * page faults on the producer's side, a full /dev/shm is ENOSPC from the
+ * page faults on the producer's side, memory running out is ENOSPC from the
  * write (through a mapping it would be a SIGBUS), and tmpfs does not zero a
- * new page that a write fills whole, where fallocate or a fault would.  A
- * recycled segment is written through the producer's kept mapping
- * (cp_segmap), its space allocated once.  The consumer maps the segment,
- * or reads it through its own kept mapping (pack.c). */
+ * new page that a write fills whole, where fallocate or a fault would; then
+ * its size is sealed.  A recycled segment is written through the
+ * producer's kept mapping (cp_segmap), its space allocated once, and grows
+ * (never shrinks) as records need.  The consumer maps the segment, or
+ * reads it through its own kept mapping (pack.c). */
 
 /* How long a producer waits for a recycled segment to come back before it
  * makes a one-shot one: a fresh segment's pages cost the kernel more than
@@ -94,9 +139,10 @@ void cp_seg_sweep(const char *prefix)
 #define RECY_WAIT_NS 5000000
 #define RECY_POLL_NS 50000
 
-/* Take one of d's recycled segments for `total` bytes: its descriptor,
- * open for writing and at least that large, or -1 when none is free within
- * RECY_WAIT_NS (or it cannot be opened or grown): then *taken is NULL. */
+/* Take one of d's recycled segments for `total` bytes: its descriptor
+ * (d->fds[k], still the producer's), at least that large, or -1 when none
+ * is free within RECY_WAIT_NS (or it cannot be made or grown): then
+ * *taken is NULL. */
 static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
                          cp_recy **taken, uint32_t *was)
 {
@@ -119,24 +165,24 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
         if (st == CP_RECY_BUSY ||
             !atomic_compare_exchange_strong(&e->state, &st, CP_RECY_BUSY))
             continue;
-        snprintf(ref->name, sizeof ref->name, "%s%s%d", d->prefix, d->recy_tag, k);
-        int fd = seg_open(ref->name, O_RDWR | O_CREAT);
-        /* The file's real size, not the entry's memory of it: a sweep (pool
-         * end, a cleaner of /dev/shm) may have removed it. */
-        struct stat fst;
-        if (fd >= 0 && (fstat(fd, &fst) != 0 || ((uint64_t)fst.st_size < total &&
-                                                 ftruncate(fd, (off_t)total) != 0))) {
-            close(fd);
-            fd = -1;
+        int *fd = &d->fds[k];
+        if (st == CP_RECY_NONE && *fd >= 0) {
+            /* Retired by its consumer (an object lives on it): a new file. */
+            close(*fd);
+            *fd = -1;
+            if (d->maps != NULL) cp_segmap_drop(&d->maps[k]);
         }
-        if (fd < 0) {
+        if (*fd < 0) *fd = new_memfd("cpool-seg");
+        struct stat fst;
+        if (*fd < 0 || fstat(*fd, &fst) != 0 ||
+            ((uint64_t)fst.st_size < total && ftruncate(*fd, (off_t)total) != 0)) {
             atomic_store(&e->state, st); /* as it was */
             return -1;
         }
         ref->recy = k;
         *taken = e;
         *was = st;
-        return fd;
+        return *fd;
     }
 }
 
@@ -222,8 +268,9 @@ static void copy_pieces(char *base, const cp_seghdr *h, uint64_t hdr,
 int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, int copied,
                  cp_segref *ref)
 {
-    ref->name[0] = '\0';
-    ref->flags = 0;
+    memset(ref, 0, sizeof *ref);
+    ref->fd = -1;
+    ref->tag = d->tag;
     uint64_t hdr = CP_ALIGN64(sizeof(cp_seghdr) + (size_t)(n - 1) * sizeof(uint64_t));
     uint64_t total = hdr;
     for (int i = 0; i < n; i++) total += CP_ALIGN64((uint64_t)pieces[i].iov_len);
@@ -249,28 +296,31 @@ int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, int cop
         } else {
             rc = write_pieces(fd, h, hdr, pieces, n);
         }
-        close(fd);
         if (rc != 0) atomic_store(&e->state, was); /* a one-shot may still do */
     }
     if (rc != 0) {
         ref->recy = -1;
-        if (snprintf(ref->name, sizeof ref->name, "%s%s%llu", d->prefix, d->tag,
-                     (unsigned long long)d->seq) >= (int)sizeof ref->name) {
-            errno = ENAMETOOLONG;
+        fd = new_memfd("cpool-seg");
+        if (fd < 0) goto done;
+        rc = fix_size(fd, total) == 0 ? write_pieces(fd, h, hdr, pieces, n) : -1;
+        if (rc != 0) {
+            int saved = errno;
+            close(fd);
+            errno = saved;
             goto done;
         }
-        fd = seg_open(ref->name, O_RDWR | O_CREAT | O_EXCL);
-        if (fd < 0) goto done;
-        rc = ftruncate(fd, (off_t)total) == 0 ? write_pieces(fd, h, hdr, pieces, n) : -1;
-        int saved = errno;
-        close(fd);
-        if (rc != 0) shm_unlink(ref->name);
-        errno = saved;
     }
-    if (rc == 0) {
-        ref->size = total;
-        if (copied) ref->flags = CP_SEG_COPIED;
+    struct stat st;
+    if (fstat(fd, &st) != 0) { /* cannot fail on an open memfd; checked all the same */
+        if (ref->recy < 0) close(fd);
+        else atomic_store(&e->state, was);
+        rc = -1;
+        goto done;
     }
+    ref->fd = fd;
+    ref->ino = (uint64_t)st.st_ino;
+    ref->size = total;
+    if (copied) ref->flags = CP_SEG_COPIED;
 done:
     free(h);
     return rc;

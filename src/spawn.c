@@ -5,9 +5,10 @@
  * and forkserver it execs a new interpreter instead, with posix_spawn: none
  * of the parent's threads, held locks or fork hooks reach the template.  The
  * child gets the control segment's memfd as fd 3, the request eventfd as
- * fd 4, and the descriptors cpool._template asks for (its boot memfd, the
- * resource tracker's pipe, descriptors that the pickled initargs refer to)
- * as fds 5, 6, ...; every other descriptor keeps its close-on-exec flag.
+ * fd 4, the workers' end of the result socketpair as fd 5, and the
+ * descriptors cpool._template asks for (its boot memfd, the resource
+ * tracker's pipe, descriptors that the pickled initargs refer to) as fds 6,
+ * 7, ...; every other descriptor keeps its close-on-exec flag.
  * SIGINT starts blocked: a Ctrl-C while the interpreter boots stays pending
  * and is dropped when the template ignores it, as a forked template does.
  *
@@ -33,7 +34,9 @@
 
 extern char **environ;
 
-#define FIRST_FD 3 /* the child's control segment; then the eventfd, then spec's */
+/* The child's control segment; then the eventfd, the socket, then spec's
+ * (cpool/_template.py knows these numbers). */
+#define FIRST_FD 3
 
 Py_ssize_t cp_count_threads(void)
 {
@@ -123,7 +126,7 @@ pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
     fds = args ? PySequence_Fast(fdl, "fds must be a sequence") : NULL;
     if (fds == NULL) goto done;
     nargs = PySequence_Fast_GET_SIZE(args);
-    nfd = 2 + PySequence_Fast_GET_SIZE(fds);
+    nfd = 3 + PySequence_Fast_GET_SIZE(fds);
     argb = PyMem_Calloc((size_t)nargs + 1, sizeof *argb);
     argv = PyMem_Calloc((size_t)nargs + 1, sizeof *argv);
     src = PyMem_Calloc((size_t)nfd, sizeof *src);
@@ -138,8 +141,9 @@ pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
     }
     src[0] = ctl_fd;
     src[1] = c->evfd;
-    for (Py_ssize_t k = 2; k < nfd; k++) {
-        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fds, k - 2));
+    src[2] = c->wsock;
+    for (Py_ssize_t k = 3; k < nfd; k++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fds, k - 3));
         if (fd == -1 && PyErr_Occurred()) goto done;
         if (fd < 0 || fd > INT32_MAX) {
             PyErr_SetString(PyExc_ValueError, "bad file descriptor in spawn spec");
@@ -205,12 +209,14 @@ done:
 /* ---- in the exec'ed template ---------------------------------------------- */
 
 /* Map the control segment the parent made, from its memfd.  NULL with
- * errno (EINVAL: not a control segment of this build). */
+ * errno (EINVAL: not a control segment of this build, or not a memfd the
+ * parent made: shm.c's checks). */
 static cp_ctl *map_ctl(int fd)
 {
     struct stat sb;
     if (fstat(fd, &sb) != 0) return NULL;
-    if ((size_t)sb.st_size < sizeof(cp_ctl)) {
+    if ((size_t)sb.st_size < sizeof(cp_ctl) ||
+        cp_seg_check(fd, 0, sizeof(cp_ctl)) != NULL) {
         errno = EINVAL;
         return NULL;
     }
@@ -227,18 +233,19 @@ static cp_ctl *map_ctl(int fd)
 
 PyDoc_STRVAR(
     template_main_doc,
-    "_template_main(ctl_fd, ev_fd, parent, processes, maxtasks, initializer, initargs,\n"
-    "               bootstrap, pack_error)\n--\n\n"
+    "_template_main(ctl_fd, ev_fd, sock_fd, parent, processes, maxtasks, initializer,\n"
+    "               initargs, bootstrap, pack_error)\n--\n\n"
     "Run an exec'ed template: fork the pool's workers on request, reap them,\n"
     "and go with the parent.  Never returns (raises if it cannot start).");
 
 static PyObject *template_main(PyObject *module, PyObject *args)
 {
-    int ctl_fd, ev_fd, parent, n;
+    int ctl_fd, ev_fd, sock_fd, parent, n;
     unsigned long long maxtasks;
     PyObject *init, *initargs, *bootstrap, *pack_error;
-    if (!PyArg_ParseTuple(args, "iiiiKOO!OO", &ctl_fd, &ev_fd, &parent, &n, &maxtasks,
-                          &init, &PyTuple_Type, &initargs, &bootstrap, &pack_error))
+    if (!PyArg_ParseTuple(args, "iiiiiKOO!OO", &ctl_fd, &ev_fd, &sock_fd, &parent, &n,
+                          &maxtasks, &init, &PyTuple_Type, &initargs, &bootstrap,
+                          &pack_error))
         return NULL;
     cp_ctl *ctl = map_ctl(ctl_fd);
     if (ctl == NULL) return cp_oserror("mmap (the control segment)");
@@ -247,11 +254,13 @@ static PyObject *template_main(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "cpool: not this pool's control segment");
         return NULL;
     }
-    /* The mapping is what the workers inherit; the eventfd stays ours
-     * (workers are forked, not exec'ed: close-on-exec keeps it from their
-     * own children). */
+    /* The mapping is what the workers inherit; the eventfd and the socket
+     * stay ours and theirs (workers are forked, not exec'ed: close-on-exec
+     * keeps them from their own children). */
     close(ctl_fd);
-    if (fcntl(ev_fd, F_SETFD, FD_CLOEXEC) != 0) return cp_oserror("fcntl");
+    if (fcntl(ev_fd, F_SETFD, FD_CLOEXEC) != 0 ||
+        fcntl(sock_fd, F_SETFD, FD_CLOEXEC) != 0)
+        return cp_oserror("fcntl");
     cpool_state *st = cp_get_state(module);
     CoreObject *c = (CoreObject *)st->core_type->tp_alloc(st->core_type, 0);
     if (c == NULL) return NULL;
@@ -265,6 +274,8 @@ static PyObject *template_main(PyObject *module, PyObject *args)
     c->owner = parent;
     c->tmpl = getpid();
     c->evfd = ev_fd;
+    c->sock = -1;
+    c->wsock = sock_fd;
     c->initializer = Py_NewRef(init);
     c->initargs = Py_NewRef(initargs);
     c->bootstrap = Py_NewRef(bootstrap);

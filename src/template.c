@@ -53,7 +53,7 @@ static void spawn_requested(cp_ctl *ctl, cp_spawn_fn spawn, void *arg)
     for (uint32_t i = 0; i < ctl->nslots; i++) {
         cp_slot *s = &ctl->slots[i];
         if (atomic_load(&s->state) != CP_S_SPAWN_REQ) continue;
-        /* Counted before the fork: the worker names its segments by it. */
+        /* Counted before the fork: the worker's incarnation. */
         atomic_fetch_add(&s->spawn_count, 1);
         pid_t pid;
         for (int attempt = 0;; attempt++) {
@@ -80,9 +80,9 @@ static void spawn_requested(cp_ctl *ctl, cp_spawn_fn spawn, void *arg)
 }
 
 /* Kill every worker (or not: they are stopping), reap them all, and leave.
- * The pool's segments are the parent's to remove once it has drained the
- * results they carry; only when the parent is gone does the template. */
-static void __attribute__((noreturn)) finish(cp_ctl *ctl, int kill_them, int sweep)
+ * The pool's segments are memfds: they go with the last process that holds
+ * one, nothing to remove. */
+static void __attribute__((noreturn)) finish(cp_ctl *ctl, int kill_them)
 {
     if (kill_them) {
         for (uint32_t i = 0; i < ctl->nslots; i++) {
@@ -93,7 +93,6 @@ static void __attribute__((noreturn)) finish(cp_ctl *ctl, int kill_them, int swe
         }
     }
     reap(ctl, 1);
-    if (sweep) cp_seg_sweep(ctl->prefix);
     _exit(0);
 }
 
@@ -115,12 +114,12 @@ void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent, cp_spawn_fn spawn, 
          * applies there), checked once against a race with the parent. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
     }
-    if (getppid() != parent || sfd < 0) finish(ctl, 1, 1);
+    if (getppid() != parent || sfd < 0) finish(ctl, 1);
 
     for (;;) {
         uint32_t cmd = atomic_load(&ctl->tmpl_cmd);
-        if (cmd == CP_CMD_TERMINATE) finish(ctl, 1, 0);
-        if (cmd == CP_CMD_EXIT) finish(ctl, 0, 0);
+        if (cmd == CP_CMD_TERMINATE) finish(ctl, 1);
+        if (cmd == CP_CMD_EXIT) finish(ctl, 0);
         reap(ctl, 0); /* first: zombies count against the process limit */
         spawn_requested(ctl, spawn, arg);
 
@@ -132,11 +131,11 @@ void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent, cp_spawn_fn spawn, 
         int rc = poll(fds, pfd >= 0 ? 3 : 2, -1);
         if (rc < 0) {
             if (errno == EINTR) continue;
-            finish(ctl, 1, 1);
+            finish(ctl, 1);
         }
         if (pfd >= 0 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
             CP_DEBUG("template: parent %d is gone", (int)parent);
-            finish(ctl, 1, 1);
+            finish(ctl, 1);
         }
         if (fds[0].revents & POLLIN) {
             uint64_t v;

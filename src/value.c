@@ -85,18 +85,10 @@ static PyObject *Arena_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     uint64_t token;
     if (getrandom(&token, sizeof token, 0) != (ssize_t)sizeof token)
         return cp_oserror("getrandom");
-    int fd = memfd_create("cpool-shared", MFD_CLOEXEC);
+    /* Mode 0600 and its size sealed (shm.c): no other user opens it, and
+     * nobody can shrink it under the processes that map it. */
+    int fd = cp_memfd("cpool-shared", ARENA_HDR + (uint64_t)size);
     if (fd < 0) return cp_oserror("memfd_create");
-    int rc;
-    do {
-        rc = ftruncate(fd, (off_t)(ARENA_HDR + (size_t)size));
-    } while (rc != 0 && errno == EINTR);
-    if (rc != 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
-        return cp_oserror("ftruncate");
-    }
     return arena_from_fd(type, fd, (size_t)size, 1, token);
 }
 
@@ -110,17 +102,20 @@ static PyObject *Arena_attach(PyTypeObject *type, PyObject *args)
     unsigned long long token;
     Py_ssize_t size;
     if (!PyArg_ParseTuple(args, "iiKn", &pid, &fd, &token, &size)) return NULL;
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
-    int nfd;
-    do {
-        nfd = open(path, O_RDWR | O_CLOEXEC);
-    } while (nfd < 0 && errno == EINTR);
-    if (nfd < 0) return cp_oserror(path);
-    struct stat st;
-    if (fstat(nfd, &st) != 0 || (size_t)st.st_size < ARENA_HDR + (size_t)size) {
+    int nfd = cp_open_proc_fd(pid, fd, O_RDWR);
+    if (nfd < 0) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
+        return cp_oserror(path);
+    }
+    /* Checked before it is mapped: an arena is a sealed memfd of our own. */
+    const char *why =
+        size > 0 ? cp_seg_check(nfd, 0, ARENA_HDR + (uint64_t)size) : "empty";
+    if (why != NULL) {
         close(nfd);
-        PyErr_Format(PyExc_ValueError, "cpool: %s is not a shared arena", path);
+        PyErr_Format(PyExc_PermissionError,
+                     "cpool: process %d's descriptor %d is not a shared arena: %s", pid,
+                     fd, why);
         return NULL;
     }
     return arena_from_fd(type, nfd, (size_t)size, 0, token);

@@ -12,10 +12,12 @@
 #include "cpool.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 typedef struct {
@@ -23,12 +25,13 @@ typedef struct {
     cp_ctl *ctl;
     cp_slot *slot;
     cp_ring *tasks, *results;
-    char tag[32];          /* one-shot segment tag: "r<slot>.<incarnation>." */
-    char recy_tag[16];     /* recycled segment tag: "R<slot>." */
+    int slot_no;
     cp_segdest dest;
     uint64_t seg_seq;
     cp_segmap res_maps[CP_RECY_RESULTS]; /* kept: written through */
+    int res_fds[CP_RECY_RESULTS];        /* the result recycler's files */
     cp_segmap task_maps[CP_RECY_TASKS];  /* kept: read through */
+    cp_segsrc tasks_src, func_src;       /* where task segments come from */
     PyObject *func;        /* cached function of func_job */
     PyObject *func_error;  /* or why it could not be unpickled */
     uint64_t func_job;
@@ -65,25 +68,71 @@ static void post_raw(worker *w, const cp_rechdr *h, const void *p, size_t n)
     cp_event_signal(&w->ctl->results);
 }
 
-/* Where the next large result goes. */
+/* Where the next large result goes; its tag names the message that will
+ * carry the segment's descriptor (CP_TAG_SLOT: the parent drops a dead
+ * worker's leftovers by slot). */
 static const cp_segdest *next_dest(worker *w)
 {
-    w->dest.seq = w->seg_seq++;
+    w->dest.tag = ((uint64_t)w->slot_no << CP_TAG_SLOT_SHIFT) |
+                  (w->seg_seq++ & ((UINT64_C(1) << CP_TAG_SLOT_SHIFT) - 1));
     return &w->dest;
 }
 
-/* Post a packed payload: inline, or a reference to its segment. */
-static void post_packed(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
-                        cp_packed *pk)
+/* Hand a segment's descriptor to the parent: a message on the socketpair,
+ * sent before the record that names it, so the parent always finds it
+ * (and, in flight, it outlives us if we die).  A one-shot segment's
+ * descriptor is the message's from then on.  0, or -1 with errno (a
+ * recycled entry is then handed back: nobody will read it). */
+static int send_segment(worker *w, const cp_segref *seg)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } u;
+    memset(&u, 0, sizeof u);
+    uint64_t tag = seg->tag;
+    struct iovec iov = {.iov_base = &tag, .iov_len = sizeof tag};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = u.buf,
+                         .msg_controllen = sizeof u.buf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &seg->fd, sizeof(int));
+    ssize_t rc;
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        rc = sendmsg(w->core->wsock, &msg, MSG_NOSIGNAL);
+    } while (rc < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    int saved = errno;
+    if (seg->recy < 0) close(seg->fd);
+    else if (rc < 0) atomic_store(&w->slot->res_recy[seg->recy].state, CP_RECY_FREE);
+    errno = saved;
+    return rc < 0 ? -1 : 0;
+}
+
+/* Post a packed payload: inline, or a reference to its segment.  0, or -1
+ * with the exception (the segment could not be handed over: nothing
+ * posted). */
+static int post_packed(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
+                       cp_packed *pk)
 {
     cp_rechdr h = {.kind = kind, .job = job, .idx = idx};
     if (pk->has_seg) {
+        if (send_segment(w, &pk->seg) != 0) {
+            cp_oserror("cpool: handing a result segment to the parent (sendmsg)");
+            return -1;
+        }
         h.flags = CP_F_LARGE;
         post_raw(w, &h, &pk->seg, sizeof pk->seg);
-        return;
+        return 0;
     }
     post_raw(w, &h, PyBytes_AS_STRING(pk->bytes), (size_t)PyBytes_GET_SIZE(pk->bytes));
     Py_CLEAR(pk->bytes);
+    return 0;
 }
 
 /* Post the raised exception as an error record.  With `value`, the raised
@@ -103,7 +152,8 @@ static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
     Py_XDECREF(exc);
     cp_packed pk;
     if (payload == NULL || !PyBytes_Check(payload) ||
-        cp_pack_pickled(payload, cp_ring_inline_max(w->results), next_dest(w), &pk) < 0) {
+        cp_pack_pickled(payload, cp_ring_inline_max(w->results), next_dest(w), &pk) < 0 ||
+        post_packed(w, kind, job, idx, &pk) < 0) {
         /* An empty error record: the parent reports that the worker could
          * not describe its error. */
         PyErr_Clear();
@@ -113,7 +163,13 @@ static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
         return;
     }
     Py_DECREF(payload);
-    post_packed(w, kind, job, idx, &pk);
+}
+
+/* A task segment: the parent's descriptor, opened through /proc (the kernel
+ * lets only the parent's own user do that), checked by the caller. */
+static int parent_segment(void *ctl, const cp_segref *ref)
+{
+    return cp_open_proc_fd(((cp_ctl *)ctl)->parent_pid, ref->fd, O_RDONLY);
 }
 
 static int ring_has_data(void *r) { return cp_ring_has_data((cp_ring *)r); }
@@ -157,8 +213,7 @@ static PyObject *run(worker *w, const cp_rechdr *h)
 {
     cpool_state *st = w->core->st;
     if (h->kind == CP_K_CALL) {
-        PyObject *t = cp_load_payload(st, h, w->ctl->task_recy, w->task_maps,
-                                      &w->slot->loading_recy, NULL);
+        PyObject *t = cp_load_payload(st, h, &w->tasks_src, NULL);
         if (t == NULL) return NULL;
         PyObject *res = NULL;
         if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
@@ -185,8 +240,7 @@ static PyObject *run(worker *w, const cp_rechdr *h)
         PyErr_SetObject((PyObject *)Py_TYPE(w->func_error), w->func_error);
         return NULL;
     }
-    PyObject *items = cp_load_payload(st, h, w->ctl->task_recy, w->task_maps,
-                                      &w->slot->loading_recy, NULL);
+    PyObject *items = cp_load_payload(st, h, &w->tasks_src, NULL);
     if (items == NULL) return NULL;
     PyObject *seq = PySequence_Fast(items, "chunk is not a sequence");
     Py_DECREF(items);
@@ -214,7 +268,7 @@ static void set_func(worker *w, const cp_rechdr *h)
     Py_CLEAR(w->func);
     Py_CLEAR(w->func_error);
     w->func_job = h->job;
-    w->func = cp_load_payload(w->core->st, h, NULL, NULL, NULL, NULL);
+    w->func = cp_load_payload(w->core->st, h, &w->func_src, NULL);
     if (w->func == NULL) w->func_error = cp_fetch_exc();
 }
 
@@ -226,16 +280,19 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
     w.slot = &core->ctl->slots[slot];
     w.tasks = cp_task_ring(core->ctl, slot);
     w.results = cp_result_ring(core->ctl, slot);
-    snprintf(w.tag, sizeof w.tag, "r%d.%u.", slot,
-             (unsigned)atomic_load(&w.slot->spawn_count));
-    snprintf(w.recy_tag, sizeof w.recy_tag, "R%d.", slot);
-    w.dest = (cp_segdest){.prefix = w.ctl->prefix,
-                          .tag = w.tag,
-                          .recy = w.slot->res_recy,
+    w.slot_no = slot;
+    for (int k = 0; k < CP_RECY_RESULTS; k++) w.res_fds[k] = -1;
+    w.dest = (cp_segdest){.recy = w.slot->res_recy,
                           .nrecy = CP_RECY_RESULTS,
-                          .recy_tag = w.recy_tag,
                           .wait = 1,
-                          .maps = w.res_maps};
+                          .maps = w.res_maps,
+                          .fds = w.res_fds};
+    w.tasks_src = (cp_segsrc){.get = parent_segment,
+                              .arg = w.ctl,
+                              .recy = w.ctl->task_recy,
+                              .maps = w.task_maps,
+                              .loading = &w.slot->loading_recy};
+    w.func_src = (cp_segsrc){.get = parent_segment, .arg = w.ctl};
 
     /* The template stores our pid too, after fork returns there; we may be
      * READY before that, and Pool() must not see a READY slot without one. */
@@ -281,9 +338,9 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
         } else {
             cp_packed pk;
             if (cp_pack(core->st, res, cp_ring_inline_max(w.results), next_dest(&w),
-                        &pk) < 0)
+                        &pk) < 0 ||
+                post_packed(&w, CP_K_OK, h->job, h->idx, &pk) < 0)
                 post_error(&w, CP_K_ERR, h->job, h->idx, res);
-            else post_packed(&w, CP_K_OK, h->job, h->idx, &pk);
             Py_DECREF(res);
         }
         atomic_store(&w.slot->current_job, 0);

@@ -23,6 +23,7 @@ import pytest
 import cpool
 from cpool import pool as cpool_pool
 from conftest import START_METHODS, each_start_method, join_within, run_threads, shutdown
+from procs import segment_fds, segments_mapped, shm_names
 
 T = 30  # seconds: the bound on every wait for a result
 
@@ -753,17 +754,21 @@ def test_no_warning_after_close_join():
 
 
 def test_no_leftover_segments_after_large_payloads():
+    before = set(shm_names())
     p = cpool.Pool(2)
-    prefix = p._core.segment_prefix.lstrip("/")
     try:
-        blobs = [os.urandom(n) for n in (10, 70_000, 300_000, 3_000_000)]
+        blobs = [os.urandom(n) for n in (10, 70_000, 300_000, 3_000_000, 20_000_000)]
         for b in blobs:
             assert p.apply(payload_len, (b,)) == (len(b), b[::-1])
         assert p.map(payload_len, blobs, 1) == [(len(b), b[::-1]) for b in blobs]
+        assert segment_fds(), "large records travel through segments (memfds)"
     finally:
         shutdown(p)
-    left = [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
-    assert left == []
+    # Segments are memfds: nothing named, and the pool's end closes and
+    # unmaps every one this process held.
+    assert set(shm_names()) - before == set()
+    assert segment_fds() == {}
+    assert segments_mapped() == []
 
 
 # -- callbacks ------------------------------------------------------------------

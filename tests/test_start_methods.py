@@ -14,6 +14,7 @@ import pytest
 
 import cpool
 from conftest import START_METHODS, python_env, run_python, shutdown
+from procs import shm_names
 
 EXEC_METHODS = ("spawn", "forkserver")
 
@@ -203,15 +204,14 @@ def test_parent_killed_takes_the_exec_template_and_workers(tmp_path, method):
             pool = cpool.Pool(2, context={method!r})
             pool.map_async(slow, range(4))
             print(pool._core.template_pid, *[w.pid for w in pool._pool], flush=True)
-            print(pool._core.segment_prefix, flush=True)
             time.sleep(60)
     """))
     p = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=python_env(),
                          cwd=str(tmp_path))
+    before = set(shm_names())
     try:
         pids = [int(x) for x in p.stdout.readline().split()]
-        prefix = p.stdout.readline().strip().lstrip("/")
         assert len(pids) == 3
     finally:
         p.kill()
@@ -220,7 +220,7 @@ def test_parent_killed_takes_the_exec_template_and_workers(tmp_path, method):
     while time.monotonic() < deadline and any(_alive(x) for x in pids):
         time.sleep(0.05)
     assert [x for x in pids if _alive(x)] == []
-    assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
+    assert set(shm_names()) - before == set()
 
 
 def _alive(pid):
