@@ -301,3 +301,30 @@ def test_the_hard_descriptor_limit_is_a_clear_error_and_the_pool_goes_on():
     from conftest import run_python
     out = run_python(FD_SCENARIO, args=("256", "256")).stdout.split("\n")
     assert out[:3] == ["refused True True", "after 200000 [1, 2]", "soft 256"], out
+
+
+class Heavy:
+    """A function whose pickle is too large for a ring: its FUNC record goes
+    through a segment of its own, once per worker and job."""
+    def __init__(self, tag):
+        self.tag = tag
+        self.state = bytes([tag]) * 200_000
+
+    def __call__(self, x):
+        return (self.tag, x, len(self.state))
+
+
+def test_large_functions_pipelined_job_after_job():
+    """Short tasks pipeline several records per worker, so one job's FUNC
+    record may wait in the ring behind another's: each segment stays open
+    until its worker has loaded it, then is closed (none piles up)."""
+    from procs import segment_fds
+    with cpool.Pool(2) as p:
+        p.map(abs, range(1000))             # measured short: pipelining on
+        jobs = [(tag, p.map_async(Heavy(tag), range(12), 1)) for tag in range(1, 9)]
+        for tag, r in jobs:
+            assert r.get(timeout=T) == [(tag, x, 200_000) for x in range(12)]
+        assert p.map(abs, range(-50, 0)) == list(range(50, 0, -1))
+        assert len(segment_fds()) <= 8 + 8, "FUNC segments left open"   # 8 recycled per pool
+        p.close()
+        p.join()
