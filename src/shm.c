@@ -14,13 +14,16 @@
  */
 #include "cpool.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -42,6 +45,45 @@ static int raise_nofile(void)
     return setrlimit(RLIMIT_NOFILE, &rl);
 }
 
+/* ---- segments are not inherited ---------------------------------------------
+ *
+ * A segment's memory lives as long as some process holds its descriptor.
+ * A child forked meanwhile (another pool's template and so its workers, a
+ * user's os.fork(), a task's) would inherit the pool's descriptors and keep
+ * that memory for its own life; there is no close-on-fork flag.  So every
+ * forked child closes the segments it inherited, at once: none of them is
+ * its own (a pool works only in the process that made it; a Value's arena
+ * is not a segment and stays).  Async-signal-safe: only system calls. */
+
+#define SEG_NAME "cpool-seg"
+static const char seg_link[] = "/memfd:" SEG_NAME;
+
+static void close_inherited_segments(void)
+{
+    int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return;
+    char buf[4096], link[sizeof seg_link];
+    for (;;) {
+        long n = syscall(SYS_getdents64, dfd, buf, sizeof buf);
+        if (n <= 0) break;
+        for (long off = 0; off < n;) {
+            struct dirent64 *e = (struct dirent64 *)(buf + off);
+            off += e->d_reclen;
+            int fd = 0, digits = 0;
+            for (const char *c = e->d_name; *c >= '0' && *c <= '9'; c++, digits++)
+                fd = fd * 10 + (*c - '0');
+            if (digits == 0 || e->d_name[digits] != '\0' || fd == dfd) continue;
+            /* "/memfd:cpool-seg (deleted)": the prefix is enough */
+            ssize_t len = readlinkat(dfd, e->d_name, link, sizeof link);
+            if (len >= (ssize_t)sizeof link - 1 && memcmp(link, seg_link, sizeof link - 1) == 0)
+                close(fd);
+        }
+    }
+    close(dfd);
+}
+
+static void watch_forks(void) { (void)pthread_atfork(NULL, NULL, close_inherited_segments); }
+
 /* A new memfd, mode 0600, sealed against shrinking: -1 with errno. */
 static int new_memfd(const char *name)
 {
@@ -56,6 +98,14 @@ static int new_memfd(const char *name)
         return -1;
     }
     return fd;
+}
+
+/* A new data segment (the name every forked child closes: above). */
+static int new_segment(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    (void)pthread_once(&once, watch_forks);
+    return new_memfd(SEG_NAME);
 }
 
 /* Size fd's file for good: grown to `size`, then sealed against any change
@@ -172,7 +222,7 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
             *fd = -1;
             if (d->maps != NULL) cp_segmap_drop(&d->maps[k]);
         }
-        if (*fd < 0) *fd = new_memfd("cpool-seg");
+        if (*fd < 0) *fd = new_segment();
         struct stat fst;
         if (*fd < 0 || fstat(*fd, &fst) != 0 ||
             ((uint64_t)fst.st_size < total && ftruncate(*fd, (off_t)total) != 0)) {
@@ -300,7 +350,7 @@ int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, int cop
     }
     if (rc != 0) {
         ref->recy = -1;
-        fd = new_memfd("cpool-seg");
+        fd = new_segment();
         if (fd < 0) goto done;
         rc = fix_size(fd, total) == 0 ? write_pieces(fd, h, hdr, pieces, n) : -1;
         if (rc != 0) {
