@@ -75,14 +75,18 @@ static void close_inherited_segments(void)
             if (digits == 0 || e->d_name[digits] != '\0' || fd == dfd) continue;
             /* "/memfd:cpool-seg (deleted)": the prefix is enough */
             ssize_t len = readlinkat(dfd, e->d_name, link, sizeof link);
-            if (len >= (ssize_t)sizeof link - 1 && memcmp(link, seg_link, sizeof link - 1) == 0)
+            if (len >= (ssize_t)sizeof link - 1 &&
+                memcmp(link, seg_link, sizeof link - 1) == 0)
                 close(fd);
         }
     }
     close(dfd);
 }
 
-static void watch_forks(void) { (void)pthread_atfork(NULL, NULL, close_inherited_segments); }
+static void watch_forks(void)
+{
+    (void)pthread_atfork(NULL, NULL, close_inherited_segments);
+}
 
 /* A new memfd, mode 0600, sealed against shrinking: -1 with errno. */
 static int new_memfd(const char *name)
