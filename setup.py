@@ -8,6 +8,7 @@ Switches, from the environment:
 import os
 import re
 
+import setuptools
 from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,8 +43,15 @@ if sanitize:
     cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
     ldflags += [f"-fsanitize={sanitize}"]
 
+# MIT.  setuptools 77+ wants an SPDX expression (its older TOML form stops
+# being accepted in 2027); older ones, as distributions ship them (Debian
+# 12: 66), know only the plain field.  Hence here, not in pyproject.toml.
+_ST = tuple(int(x) for x in setuptools.__version__.split(".")[:2])
+LICENSE = {"license_expression": "MIT"} if _ST >= (77, 0) else {"license": "MIT"}
+
 setup(
     version=VERSION,
+    **LICENSE,
     ext_modules=[
         Extension(
             "cpool._cpool",
