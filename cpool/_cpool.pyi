@@ -13,10 +13,23 @@ ST_LOST: int
 ST_TERMINATED: int
 ST_INITFAIL: int
 ST_UNPICKLE: int
+S_FREE: int
+S_SPAWN_REQ: int
+S_SPAWNED: int
+S_READY: int
+S_DEAD: int
+OOB_MIN: int
+TEMPLATE_FD_CTL: int
+TEMPLATE_FD_EVENT: int
+TEMPLATE_FD_SOCK: int
+TEMPLATE_FD_FIRST_EXTRA: int
 
 def futex_roundtrip(n: int, spin: bool = False) -> float: ...
 def memcpy_bandwidth(nbytes: int, reps: int) -> float: ...
 def _rebuild(buffer: Any, type: type, /) -> Any: ...
+def _set_hooks(*, pack_oob: Optional[Callable[[Any], Tuple[bytes, List[Any], bool]]] = None,
+               attach_arena: Optional[Callable[..., Any]] = None,
+               synchronized: Optional[Callable[..., Any]] = None) -> None: ...
 def _check_segment(fd: int, size: int, /) -> Optional[str]: ...
 
 # The exec'ed template (cpool._template.main): run it, or report why it cannot.

@@ -10,9 +10,10 @@ its arguments (by reference, as multiprocessing pickles them), and then runs
 the same C loop as a forked template, forking every worker from itself.
 
 ``spec()`` runs in the parent, ``main()`` in the new interpreter.  What
-travels: fds 3, 4 and 5 are the pool's control segment, request eventfd and the
-workers' end of the socketpair their result segments travel on (the C side puts
-them there); fd 6 is a memfd holding two pickles, written before
+travels: fds 3, 4 and 5 (``_cpool.TEMPLATE_FD_*``) are the pool's control
+segment, request eventfd and the workers' end of the socketpair their result
+segments travel on (the C side puts them there); fd 6 is a memfd holding two
+pickles, written before
 the exec so that Pool() never waits for the child to read: first the
 preparation data with the parent's pid and the resource tracker's fd, then
 the pool's (processes, maxtasks, initializer, initargs, bootstrap,
@@ -24,9 +25,10 @@ import os
 import pickle
 import sys
 
+from . import _cpool
+
 __all__ = ["spec", "main"]
 
-_FIRST_EXTRA_FD = 6   # after the control segment (3), the eventfd (4), the socket (5)
 _ENTRY = "from cpool._template import main; main()"
 
 
@@ -42,7 +44,7 @@ class _Launch:
 
     def duplicate_for_child(self, fd):
         self.fds.append(fd)
-        return _FIRST_EXTRA_FD + len(self.fds) - 1
+        return _cpool.TEMPLATE_FD_FIRST_EXTRA + len(self.fds) - 1
 
 
 def spec(method, processes, maxtasks, initializer, initargs, bootstrap, pack_error):
@@ -88,8 +90,8 @@ def spawn_done(spec_):
 
 def main():
     """The exec'ed template: prepare, unpickle, run the C loop (never returns)."""
-    from . import _cpool
-    ctl_fd, ev_fd, sock_fd, boot_fd = 3, 4, 5, _FIRST_EXTRA_FD
+    ctl_fd, ev_fd, sock_fd, boot_fd = (_cpool.TEMPLATE_FD_CTL, _cpool.TEMPLATE_FD_EVENT,
+                                       _cpool.TEMPLATE_FD_SOCK, _cpool.TEMPLATE_FD_FIRST_EXTRA)
     try:
         with open(boot_fd, "rb") as f:
             prep, parent, tracker, method = pickle.load(f)

@@ -592,14 +592,15 @@ class _Worker:
 
     def is_alive(self):
         pid, state, _ = self._now()
-        return self.pid is not None and pid == self.pid and state in (2, 3)
+        return self.pid is not None and pid == self.pid and state in (_cpool.S_SPAWNED,
+                                                                       _cpool.S_READY)
 
     @property
     def exitcode(self):
         pid, state, wstatus = self._now()
-        if pid == self.pid and state != 4:
+        if pid == self.pid and state != _cpool.S_DEAD:
             return None
-        return _describe_status(wstatus)[0] if state == 4 else None
+        return _describe_status(wstatus)[0] if state == _cpool.S_DEAD else None
 
     def __repr__(self):
         return f"<cpool worker slot={self._slot} pid={self.pid}>"
@@ -898,7 +899,7 @@ def _worker_bootstrap(slot):
         pass
 
 
-_OOB_MIN = 64 * 1024
+_OOB_MIN = _cpool.OOB_MIN
 
 
 class _Big:
@@ -942,6 +943,9 @@ def _pack_oob(obj):
     bufs, bigs = [], []
     data = pickle.dumps(_swap_big(obj, 2, bigs), protocol=5, buffer_callback=bufs.append)
     return data, bufs, len(bufs) == len(bigs)
+
+
+_cpool._set_hooks(pack_oob=_pack_oob)   # the extension calls it; it never imports us
 
 
 class _ShortRepr:

@@ -280,3 +280,8 @@ def synchronized(obj, lock=None, ctx=None):
         scls = _class_cache[cls] = type("Synchronized" + cls.__name__,
                                         (_cpool.Synchronized,), d)
     return scls(obj, lock)
+
+
+# What the extension calls back (it never imports the package): an arena and a
+# Synchronized pickle by reference to these.
+_cpool._set_hooks(attach_arena=_attach_arena, synchronized=synchronized)

@@ -15,9 +15,26 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 
 #define CP_HIDDEN __attribute__((visibility("hidden")))
+
+/* Constants both languages use are defined here once; the module exports
+ * them (module.c) and the package reads them from there. */
+
+/* An object holding a buffer this large goes out of band (_cpool.OOB_MIN). */
+#define CP_OOB_MIN (64 * 1024)
+/* Descriptors an exec'ed template is given (_cpool.TEMPLATE_FD_*): the
+ * control segment, the request eventfd, the workers' socket, then what
+ * cpool/_template.py asks for, in order. */
+#define CP_TFD_CTL 3
+#define CP_TFD_EVENT 4
+#define CP_TFD_SOCK 5
+#define CP_TFD_FIRST_EXTRA 6
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* older libc headers */
+#endif
 
 /* Debug trace, switched on by CPOOL_DEBUG=1 in the environment; free when off. */
 extern int cp_debug_enabled;
@@ -266,6 +283,8 @@ enum {
     CP_S_DEAD,       /* exited and reaped; status in wstatus */
 };
 
+/* Exported to Python as _cpool.S_* (cpool/pool.py reads worker states). */
+
 /* wstatus of a slot whose fork failed: -errno. */
 #define CP_WS_FORKFAIL_BASE (-1000)
 
@@ -350,13 +369,19 @@ typedef struct {
     PyObject *str_set;     /* interned "_set" */
     PyObject *str_defer;   /* interned "_defer" */
     PyTypeObject *mapping_type;
-    PyObject *pack_oob;    /* cpool.pool._pack_oob, looked up when first needed */
+    /* What C needs of the package, handed to it by _cpool._set_hooks when
+     * the package is imported (C never imports the package): */
+    PyObject *pack_oob;     /* cpool.pool._pack_oob */
+    PyObject *attach_arena; /* cpool.sharedctypes._attach_arena */
+    PyObject *synchronized; /* cpool.sharedctypes.synchronized */
     PyObject *dumps;   /* pickle.dumps */
     PyObject *loads;   /* pickle.loads */
     PyObject *protocol;/* int 5 */
 } cpool_state;
 
 CP_HIDDEN cpool_state *cp_get_state(PyObject *module);
+/* A hook the package registered (borrowed), or NULL with RuntimeError. */
+CP_HIDDEN PyObject *cp_hook(PyObject *hook, const char *name);
 
 /* The raised exception, normalised, with its traceback; clears it.  New
  * reference, or NULL when none is set. */

@@ -23,6 +23,43 @@ cpool_state *cp_get_state(PyObject *module)
     return (cpool_state *)st;
 }
 
+PyObject *cp_hook(PyObject *hook, const char *name)
+{
+    if (hook == NULL)
+        PyErr_Format(PyExc_RuntimeError,
+                     "cpool._cpool: %s was never registered (import cpool, not only its "
+                     "extension)",
+                     name);
+    return hook;
+}
+
+PyDoc_STRVAR(set_hooks_doc,
+             "_set_hooks($module, /, *, pack_oob=None, attach_arena=None,\n"
+             "           synchronized=None)\n--\n\n"
+             "Hand the extension the package's functions it calls: the package does\n"
+             "this as it is imported, so C never imports the package.");
+
+static PyObject *set_hooks(PyObject *m, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"pack_oob", "attach_arena", "synchronized", NULL};
+    PyObject *hooks[3] = {NULL, NULL, NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$OOO", kwlist, &hooks[0], &hooks[1],
+                                     &hooks[2]))
+        return NULL;
+    cpool_state *st = cp_get_state(m);
+    PyObject **slots[3] = {&st->pack_oob, &st->attach_arena, &st->synchronized};
+    for (int i = 0; i < 3; i++)
+        if (hooks[i] != NULL && hooks[i] != Py_None)
+            Py_XSETREF(*slots[i], Py_NewRef(hooks[i]));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_functions[] = {
+    {"_set_hooks", (PyCFunction)(void (*)(void))set_hooks, METH_VARARGS | METH_KEYWORDS,
+     set_hooks_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 PyObject *cp_oserror(const char *what)
 {
     return PyErr_SetFromErrnoWithFilename(PyExc_OSError, what);
@@ -50,14 +87,26 @@ static int module_exec(PyObject *m)
     st->str_set = PyUnicode_InternFromString("_set");
     st->str_defer = PyUnicode_InternFromString("_defer");
     if (st->str_value == NULL || st->str_set == NULL || st->str_defer == NULL) return -1;
-    if (PyModule_AddStringConstant(m, "VERSION", CPOOL_VERSION) < 0) return -1;
+    if (PyModule_AddStringConstant(m, "VERSION", CPOOL_VERSION) < 0 ||
+        PyModule_AddFunctions(m, module_functions) < 0)
+        return -1;
     if (PyModule_AddIntConstant(m, "ST_OK", CP_ST_OK) < 0 ||
         PyModule_AddIntConstant(m, "ST_ERR", CP_ST_ERR) < 0 ||
         PyModule_AddIntConstant(m, "ST_LOCAL", CP_ST_LOCAL) < 0 ||
         PyModule_AddIntConstant(m, "ST_LOST", CP_ST_LOST) < 0 ||
         PyModule_AddIntConstant(m, "ST_TERMINATED", CP_ST_TERMINATED) < 0 ||
         PyModule_AddIntConstant(m, "ST_INITFAIL", CP_ST_INITFAIL) < 0 ||
-        PyModule_AddIntConstant(m, "ST_UNPICKLE", CP_ST_UNPICKLE) < 0)
+        PyModule_AddIntConstant(m, "ST_UNPICKLE", CP_ST_UNPICKLE) < 0 ||
+        PyModule_AddIntConstant(m, "S_FREE", CP_S_FREE) < 0 ||
+        PyModule_AddIntConstant(m, "S_SPAWN_REQ", CP_S_SPAWN_REQ) < 0 ||
+        PyModule_AddIntConstant(m, "S_SPAWNED", CP_S_SPAWNED) < 0 ||
+        PyModule_AddIntConstant(m, "S_READY", CP_S_READY) < 0 ||
+        PyModule_AddIntConstant(m, "S_DEAD", CP_S_DEAD) < 0 ||
+        PyModule_AddIntConstant(m, "OOB_MIN", CP_OOB_MIN) < 0 ||
+        PyModule_AddIntConstant(m, "TEMPLATE_FD_CTL", CP_TFD_CTL) < 0 ||
+        PyModule_AddIntConstant(m, "TEMPLATE_FD_EVENT", CP_TFD_EVENT) < 0 ||
+        PyModule_AddIntConstant(m, "TEMPLATE_FD_SOCK", CP_TFD_SOCK) < 0 ||
+        PyModule_AddIntConstant(m, "TEMPLATE_FD_FIRST_EXTRA", CP_TFD_FIRST_EXTRA) < 0)
         return -1;
     if (cp_core_add_type(m, st) < 0 || cp_lock_add_type(m, st) < 0 ||
         cp_floor_add_functions(m) < 0 || cp_pack_add_types(m, st) < 0 ||
@@ -75,6 +124,8 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->sync_type);
     Py_VISIT(st->mapping_type);
     Py_VISIT(st->pack_oob);
+    Py_VISIT(st->attach_arena);
+    Py_VISIT(st->synchronized);
     Py_VISIT(st->dumps);
     Py_VISIT(st->loads);
     return 0;
@@ -89,6 +140,8 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->sync_type);
     Py_CLEAR(st->mapping_type);
     Py_CLEAR(st->pack_oob);
+    Py_CLEAR(st->attach_arena);
+    Py_CLEAR(st->synchronized);
     Py_CLEAR(st->dumps);
     Py_CLEAR(st->loads);
     Py_CLEAR(st->protocol);

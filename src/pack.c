@@ -30,7 +30,6 @@
 
 #include <marshal.h>
 
-#define OOB_MIN (64 * 1024)
 #define PLAIN_DEPTH 4   /* containers nested deeper are pickled */
 #define PICKLE_PROTO 0x80
 #define NO_GC_LOAD (64 * 1024) /* loads this large run with the GC paused */
@@ -141,8 +140,8 @@ int cp_pack_add_types(PyObject *module, cpool_state *st)
 
 static int big_buffer(PyObject *o)
 {
-    if (PyBytes_CheckExact(o)) return PyBytes_GET_SIZE(o) >= OOB_MIN;
-    if (PyByteArray_CheckExact(o)) return PyByteArray_GET_SIZE(o) >= OOB_MIN;
+    if (PyBytes_CheckExact(o)) return PyBytes_GET_SIZE(o) >= CP_OOB_MIN;
+    if (PyByteArray_CheckExact(o)) return PyByteArray_GET_SIZE(o) >= CP_OOB_MIN;
     if (PyUnicode_Check(o) || PyLong_Check(o) || PyTuple_Check(o) || PyList_Check(o) ||
         !PyObject_CheckBuffer(o))
         return 0;
@@ -151,7 +150,7 @@ static int big_buffer(PyObject *o)
         PyErr_Clear(); /* not contiguous: pickled in band */
         return 0;
     }
-    int big = b.len >= OOB_MIN;
+    int big = b.len >= CP_OOB_MIN;
     PyBuffer_Release(&b);
     return big;
 }
@@ -205,7 +204,7 @@ static int plain(PyObject *o, int depth, int inner)
         PyFloat_CheckExact(o) || PyUnicode_CheckExact(o) || PyComplex_CheckExact(o))
         return PLAIN_SINGLE;
     if (PyBytes_CheckExact(o)) /* big ones go out of band */
-        return PyBytes_GET_SIZE(o) < OOB_MIN ? PLAIN_SINGLE : NOT_PLAIN;
+        return PyBytes_GET_SIZE(o) < CP_OOB_MIN ? PLAIN_SINGLE : NOT_PLAIN;
     if (depth == 0) return NOT_PLAIN;
     int r = PLAIN_SINGLE, holds = 0;
     if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
@@ -329,14 +328,9 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
      * walk over a chunk of plain items, not two. */
     int is_plain = plain(obj, PLAIN_DEPTH, 0);
     if (is_plain == NOT_PLAIN && has_big_buffer(obj, 2)) {
-        if (st->pack_oob == NULL) {
-            PyObject *mod = PyImport_ImportModule("cpool.pool");
-            if (mod == NULL) return -1;
-            st->pack_oob = PyObject_GetAttrString(mod, "_pack_oob");
-            Py_DECREF(mod);
-            if (st->pack_oob == NULL) return -1;
-        }
-        PyObject *r = PyObject_CallOneArg(st->pack_oob, obj);
+        PyObject *pack_oob = cp_hook(st->pack_oob, "pack_oob");
+        if (pack_oob == NULL) return -1;
+        PyObject *r = PyObject_CallOneArg(pack_oob, obj);
         if (r == NULL) return -1;
         if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 3 ||
             !PyList_Check(PyTuple_GET_ITEM(r, 1))) {

@@ -39,9 +39,6 @@
 #define SHORT_TASK_NS 1000000   /* 1 ms */
 #define BATCH 64                /* results delivered per slot per GIL hold */
 #define WATCHDOG_NS 1000000000  /* template liveness check while busy */
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
 #define SEND_BATCH_BYTES (256u * 1024u) /* map chunks are sent this much at a time */
 
 /* ---- tasks --------------------------------------------------------------- */

@@ -35,8 +35,11 @@
 extern char **environ;
 
 /* The child's control segment; then the eventfd, the socket, then spec's
- * (cpool/_template.py knows these numbers). */
-#define FIRST_FD 3
+ * (cpool.h's CP_TFD_*, which cpool/_template.py reads from the module). */
+#define FIRST_FD CP_TFD_CTL
+_Static_assert(CP_TFD_EVENT == FIRST_FD + 1 && CP_TFD_SOCK == FIRST_FD + 2 &&
+                   CP_TFD_FIRST_EXTRA == FIRST_FD + 3,
+               "cp_exec_template puts ctl, eventfd, socket, extras in that order");
 
 Py_ssize_t cp_count_threads(void)
 {

@@ -24,10 +24,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-
 static void reap(cp_ctl *ctl, int block)
 {
     for (;;) {

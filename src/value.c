@@ -123,12 +123,11 @@ static PyObject *Arena_attach(PyTypeObject *type, PyObject *args)
 
 static PyObject *Arena_reduce(ArenaObject *a, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *mod = PyImport_ImportModule("cpool.sharedctypes");
-    if (mod == NULL) return NULL;
-    PyObject *fn = PyObject_GetAttrString(mod, "_attach_arena");
-    Py_DECREF(mod);
+    PyObject *module = PyType_GetModule(Py_TYPE(a));
+    if (module == NULL) return NULL;
+    PyObject *fn = cp_hook(cp_get_state(module)->attach_arena, "attach_arena");
     if (fn == NULL) return NULL;
-    return Py_BuildValue("(N(iiKn))", fn, (int)getpid(), a->fd,
+    return Py_BuildValue("(O(iiKn))", fn, (int)getpid(), a->fd,
                          (unsigned long long)a->token, (Py_ssize_t)a->size);
 }
 
@@ -375,12 +374,9 @@ static PyObject *Sync_exit(SyncObject *s, PyObject *Py_UNUSED(args))
 
 static PyObject *Sync_reduce(SyncObject *s, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *mod = PyImport_ImportModule("cpool.sharedctypes");
-    if (mod == NULL) return NULL;
-    PyObject *fn = PyObject_GetAttrString(mod, "synchronized");
-    Py_DECREF(mod);
+    PyObject *fn = cp_hook(s->st->synchronized, "synchronized");
     if (fn == NULL) return NULL;
-    return Py_BuildValue("(N(OO))", fn, s->obj, s->lock);
+    return Py_BuildValue("(O(OO))", fn, s->obj, s->lock);
 }
 
 static PyObject *Sync_repr(SyncObject *s)
