@@ -21,8 +21,8 @@ S_DEAD: int
 OOB_MIN: int
 TEMPLATE_FD_CTL: int
 TEMPLATE_FD_EVENT: int
-TEMPLATE_FD_SOCK: int
-TEMPLATE_FD_FIRST_EXTRA: int
+TEMPLATE_FD_BOOT: int
+TEMPLATE_FD_SOCKS: int
 
 def futex_roundtrip(n: int, spin: bool = False) -> float: ...
 def memcpy_bandwidth(nbytes: int, reps: int) -> float: ...
@@ -33,7 +33,7 @@ def _set_hooks(*, pack_oob: Optional[Callable[[Any], Tuple[bytes, List[Any], boo
 def _check_segment(fd: int, size: int, /) -> Optional[str]: ...
 
 # The exec'ed template (cpool._template.main): run it, or report why it cannot.
-def _template_main(ctl_fd: int, ev_fd: int, sock_fd: int, parent: int, processes: int,
+def _template_main(ctl_fd: int, ev_fd: int, socks_fd: int, parent: int, processes: int,
                    maxtasks: int,
                    initializer: Optional[Callable[..., object]], initargs: Tuple[Any, ...],
                    bootstrap: Callable[[int], object],

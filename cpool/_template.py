@@ -10,10 +10,10 @@ its arguments (by reference, as multiprocessing pickles them), and then runs
 the same C loop as a forked template, forking every worker from itself.
 
 ``spec()`` runs in the parent, ``main()`` in the new interpreter.  What
-travels: fds 3, 4 and 5 (``_cpool.TEMPLATE_FD_*``) are the pool's control
-segment, request eventfd and the workers' end of the socketpair their result
-segments travel on (the C side puts them there); fd 6 is a memfd holding two
-pickles, written before
+travels (``_cpool.TEMPLATE_FD_*``): fds 3 and 4 are the pool's control segment
+and request eventfd, fds 6 to 5 + processes the workers' ends of the slots'
+socketpairs that segments travel on (the C side puts them there); fd 5 is a
+memfd holding two pickles, written before
 the exec so that Pool() never waits for the child to read: first the
 preparation data with the parent's pid and the resource tracker's fd, then
 the pool's (processes, maxtasks, initializer, initargs, bootstrap,
@@ -37,14 +37,15 @@ class _Launch:
     to hand to the child (Connection, DupFd) is recorded, and named by the
     number it will have there."""
 
-    def __init__(self):
+    def __init__(self, boot, nslots):
         from multiprocessing.popen_spawn_posix import _DupFd
         self.DupFd = _DupFd
-        self.fds = []
+        self.fds = [boot]   # the child's TEMPLATE_FD_BOOT; then its slots' sockets
+        self._first = _cpool.TEMPLATE_FD_SOCKS + nslots
 
     def duplicate_for_child(self, fd):
         self.fds.append(fd)
-        return _cpool.TEMPLATE_FD_FIRST_EXTRA + len(self.fds) - 1
+        return self._first + len(self.fds) - 2
 
 
 def spec(method, processes, maxtasks, initializer, initargs, bootstrap, pack_error):
@@ -57,10 +58,10 @@ def spec(method, processes, maxtasks, initializer, initargs, bootstrap, pack_err
     from multiprocessing import context, resource_tracker, spawn, util
     from multiprocessing.reduction import ForkingPickler
     prep = spawn.get_preparation_data("CPoolTemplate")
-    launch = _Launch()
     boot = os.memfd_create("cpool-template-boot", os.MFD_CLOEXEC)
     try:
-        launch.duplicate_for_child(boot)
+        os.fchmod(boot, 0o600)   # as every memfd of cpool's (docs/security.md)
+        launch = _Launch(boot, processes)
         tracker = launch.duplicate_for_child(resource_tracker.getfd())
         with open(boot, "wb", closefd=False) as f:
             context.set_spawning_popen(launch)   # the authkey pickles only then
@@ -90,8 +91,8 @@ def spawn_done(spec_):
 
 def main():
     """The exec'ed template: prepare, unpickle, run the C loop (never returns)."""
-    ctl_fd, ev_fd, sock_fd, boot_fd = (_cpool.TEMPLATE_FD_CTL, _cpool.TEMPLATE_FD_EVENT,
-                                       _cpool.TEMPLATE_FD_SOCK, _cpool.TEMPLATE_FD_FIRST_EXTRA)
+    ctl_fd, ev_fd, boot_fd, socks_fd = (_cpool.TEMPLATE_FD_CTL, _cpool.TEMPLATE_FD_EVENT,
+                                        _cpool.TEMPLATE_FD_BOOT, _cpool.TEMPLATE_FD_SOCKS)
     try:
         with open(boot_fd, "rb") as f:
             prep, parent, tracker, method = pickle.load(f)
@@ -105,7 +106,7 @@ def main():
             finally:
                 del me._inheriting
         processes, maxtasks, initializer, initargs, bootstrap, pack_error = cfg
-        _cpool._template_main(ctl_fd, ev_fd, sock_fd, parent, processes, maxtasks,
+        _cpool._template_main(ctl_fd, ev_fd, socks_fd, parent, processes, maxtasks,
                               initializer, initargs, bootstrap, pack_error)  # never returns
     except BaseException as e:
         _abort(_cpool, ctl_fd, method if "method" in locals() else "spawn", e)

@@ -26,12 +26,13 @@
 /* An object holding a buffer this large goes out of band (_cpool.OOB_MIN). */
 #define CP_OOB_MIN (64 * 1024)
 /* Descriptors an exec'ed template is given (_cpool.TEMPLATE_FD_*): the
- * control segment, the request eventfd, the workers' socket, then what
- * cpool/_template.py asks for, in order. */
+ * control segment, the request eventfd, the boot memfd cpool/_template.py
+ * writes, then one socket per worker slot, then the rest _template.py
+ * asks for. */
 #define CP_TFD_CTL 3
 #define CP_TFD_EVENT 4
-#define CP_TFD_SOCK 5
-#define CP_TFD_FIRST_EXTRA 6
+#define CP_TFD_BOOT 5
+#define CP_TFD_SOCKS 6
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434 /* older libc headers */
 #endif
@@ -126,14 +127,11 @@ typedef struct {
     uint64_t size;
     int32_t recy;   /* index in the producer's recycler, or -1: one-shot */
     uint32_t flags; /* CP_SEG_COPIED */
-    int32_t fd;     /* the producer's descriptor: the parent's, opened by a
-                     * worker through /proc/<parent>/fd/<fd> */
+    int32_t fd;     /* the producer's descriptor (its own bookkeeping) */
     uint32_t pad;
     uint64_t ino;   /* the file's inode: the consumer checks it got that one */
-    uint64_t tag;   /* worker -> parent: the message carrying the descriptor */
+    uint64_t tag;   /* the message on the slot's socket carrying the descriptor */
 } cp_segref;
-/* A tag's bits from here up are the worker's slot. */
-#define CP_TAG_SLOT_SHIFT 40
 /* Every object is copied out of the segment as it is loaded (no view into it
  * outlives the load): a consumer may read it through a mapping it keeps. */
 #define CP_SEG_COPIED 1u
@@ -249,9 +247,22 @@ CP_HIDDEN int cp_memfd(const char *name, uint64_t fixed_size);
  * this user, mode 0600, sealed against shrinking, at least `size` bytes,
  * and (ino != 0) that inode.  NULL if it passes, else why not. */
 CP_HIDDEN const char *cp_seg_check(int fd, uint64_t ino, uint64_t size);
-/* Open the descriptor `fd` of process `pid` (/proc/<pid>/fd/<fd>), read-only:
- * a descriptor, or -1 with errno. */
+/* Open the descriptor `fd` of process `pid` (/proc/<pid>/fd/<fd>): a
+ * descriptor, or -1 with errno. */
 CP_HIDDEN int cp_open_proc_fd(pid_t pid, int fd, int flags);
+/* Segments change hands over a worker slot's socketpair (AF_UNIX datagrams,
+ * SCM_RIGHTS): one message per record, sent before the record is put, in
+ * ring order, tagged as the record's cp_segref.  Send fd with `tag` (flags:
+ * MSG_DONTWAIT to never block): 0, or -1 with errno. */
+CP_HIDDEN int cp_send_fd(int sock, uint64_t tag, int fd, int flags);
+/* Receive the descriptor tagged `tag`, closing the ones before it (sent for
+ * records a dead worker left in its rings): a descriptor, or -1 with errno
+ * (ENOENT: not there).  Never blocks. */
+CP_HIDDEN int cp_recv_fd(int sock, uint64_t tag);
+/* Close every descriptor waiting on sock. */
+CP_HIDDEN void cp_drop_fds(int sock);
+/* Raise the soft limit on descriptors to the hard one: 0 if it rose. */
+CP_HIDDEN int cp_raise_nofile(void);
 /* Write pieces[0] (a pickle) and pieces[1..n-1] (its out-of-band buffers)
  * into a segment in the cp_seghdr layout: one of d's recycled segments if
  * one is free or frees up soon, else a new one-shot segment, whose
@@ -486,15 +497,11 @@ typedef struct CoreObject {
     pid_t owner;                /* the process that made the pool */
     pid_t tmpl;
     int evfd;                   /* eventfd: requests to the template */
-    int sock;                   /* the parent's end of the socketpair that
-                                 * carries result segments' descriptors */
-    int wsock;                  /* the workers' end (closed in the parent once
-                                 * the template has it) */
-    struct cp_fdmsg {
-        uint64_t tag;
-        int fd;
-    } *stash;                   /* descriptors received ahead of their record */
-    int nstash, capstash;
+    /* A socketpair per worker slot, whose messages carry segments both ways
+     * (cp_send_fd): the parent's ends, and the workers' (closed in the
+     * parent once the template has them; a worker keeps its own only). */
+    int *psock, *wsock;
+    uint64_t tag_seq;           /* (mu) tags of the parent's messages */
     PyObject *initializer, *initargs, *cache, *bootstrap, *pack_error;
     PyObject *broken;           /* (exc, tb) of a failed initializer */
     pthread_mutex_t mu;         /* guards pending, ws, failed */

@@ -105,8 +105,8 @@ static int module_exec(PyObject *m)
         PyModule_AddIntConstant(m, "OOB_MIN", CP_OOB_MIN) < 0 ||
         PyModule_AddIntConstant(m, "TEMPLATE_FD_CTL", CP_TFD_CTL) < 0 ||
         PyModule_AddIntConstant(m, "TEMPLATE_FD_EVENT", CP_TFD_EVENT) < 0 ||
-        PyModule_AddIntConstant(m, "TEMPLATE_FD_SOCK", CP_TFD_SOCK) < 0 ||
-        PyModule_AddIntConstant(m, "TEMPLATE_FD_FIRST_EXTRA", CP_TFD_FIRST_EXTRA) < 0)
+        PyModule_AddIntConstant(m, "TEMPLATE_FD_BOOT", CP_TFD_BOOT) < 0 ||
+        PyModule_AddIntConstant(m, "TEMPLATE_FD_SOCKS", CP_TFD_SOCKS) < 0)
         return -1;
     if (cp_core_add_type(m, st) < 0 || cp_lock_add_type(m, st) < 0 ||
         cp_floor_add_functions(m) < 0 || cp_pack_add_types(m, st) < 0 ||

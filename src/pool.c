@@ -179,11 +179,23 @@ static void close_fsegs(cp_wstate *w, uint64_t upto)
     w->nfsegs = k;
 }
 
+/* Hand slot i's worker the segment of a record about to be put on its
+ * ring (which has room for it): 0, 1 when the socket is full (as a full
+ * ring: later), -1 failed (errno). */
+static int send_segment(CoreObject *c, int i, cp_segref *seg)
+{
+    seg->tag = ++c->tag_seq;
+    if (cp_send_fd(c->psock[i], seg->tag, seg->fd, MSG_DONTWAIT) == 0) return 0;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+}
+
 /* Put one FUNC record, inline or through a new segment of its own, kept
  * open in w->fsegs until the worker has loaded it: 0 sent, 1 ring full, -1
  * failed (errno). */
-static int put_func(cp_wstate *w, cp_ring *r, cp_rechdr *h, const char *p, size_t n)
+static int put_func(CoreObject *c, int i, cp_ring *r, cp_rechdr *h, const char *p,
+                    size_t n)
 {
+    cp_wstate *w = &c->ws[i];
     if (n <= cp_ring_inline_max(r)) return cp_ring_try_put(r, h, p, n) ? 1 : 0;
     cp_segref seg;
     if (!cp_ring_fits(r, sizeof seg)) return 1;
@@ -198,19 +210,27 @@ static int put_func(cp_wstate *w, cp_ring *r, cp_rechdr *h, const char *p, size_
     struct iovec piece = {.iov_base = (void *)p, .iov_len = n};
     if (cp_seg_write(&d, &piece, 1, 0, &seg) != 0) return -1;
     h->flags = CP_F_LARGE;
-    if (cp_ring_try_put(r, h, &seg, sizeof seg) != 0) {
+    int rc = send_segment(c, i, &seg);
+    if (rc == 0 && cp_ring_try_put(r, h, &seg, sizeof seg) != 0) rc = 1; /* cannot be */
+    if (rc != 0) {
+        int saved = errno;
         close(seg.fd);
-        return 1;
+        errno = saved;
+        return rc;
     }
     w->fsegs[w->nfsegs++] = (struct cp_fseg){.fd = seg.fd, .end = cp_ring_tail(r)};
     return 0;
 }
 
-/* Put a task record: its inline pickle, or a reference to its segment. */
-static int put_task(cp_ring *r, cp_task *t)
+/* Put a task record on slot i's ring: its inline pickle, or a reference to
+ * its segment (handed over first).  0 sent, 1 full, -1 failed (errno). */
+static int put_task(CoreObject *c, int i, cp_ring *r, cp_task *t)
 {
     cp_rechdr h = {.kind = t->kind, .job = t->job, .idx = t->idx};
     if (!t->has_seg) return cp_ring_try_put(r, &h, t->data, t->len) ? 1 : 0;
+    if (!cp_ring_fits(r, sizeof t->seg)) return 1;
+    int rc = send_segment(c, i, &t->seg);
+    if (rc != 0) return rc;
     h.flags = CP_F_LARGE;
     return cp_ring_try_put(r, &h, &t->seg, sizeof t->seg) ? 1 : 0;
 }
@@ -232,7 +252,7 @@ static void dispatch_locked(CoreObject *c)
         if (t->func != NULL && (!w->has_func || w->func_job != t->job)) {
             /* The function travels once per job and worker, then is cached. */
             cp_rechdr fh = {.kind = CP_K_FUNC, .job = t->job};
-            rc = put_func(w, r, &fh, t->func->data, t->func->len);
+            rc = put_func(c, best, r, &fh, t->func->data, t->func->len);
             if (rc == 0) {
                 w->has_func = 1;
                 w->func_job = t->job;
@@ -240,7 +260,7 @@ static void dispatch_locked(CoreObject *c)
                 c->touched[best] = 1;
             }
         }
-        if (rc == 0) rc = put_task(r, t);
+        if (rc == 0) rc = put_task(c, best, r, t);
         if (rc > 0) {
             c->full[best] = 1;
             continue;
@@ -480,93 +500,12 @@ static void set_broken(CoreObject *c, PyObject *exc, PyObject *tb, int init)
     atomic_store(&c->is_broken, 1);
 }
 
-/* ---- result segments' descriptors (token held) ---------------------------- */
-
-/* Receive the next message from the workers' socket into *tag and *fd: 1,
- * or 0 when none is waiting, or -1 with errno.  Only the template and the
- * workers hold the other end; a message without a descriptor is skipped. */
-static int recv_segment(CoreObject *c, uint64_t *tag, int *fd)
+/* A cp_segget_fn: the descriptor slot *sock's worker sent for ref's
+ * segment (before it posted the record, so it is there), or -1 with errno.
+ * The token holder's. */
+static int take_result_segment(void *sock, const cp_segref *ref)
 {
-    for (;;) {
-        union {
-            struct cmsghdr align;
-            char buf[CMSG_SPACE(sizeof(int))];
-        } u;
-        struct iovec iov = {.iov_base = tag, .iov_len = sizeof *tag};
-        struct msghdr msg = {.msg_iov = &iov,
-                             .msg_iovlen = 1,
-                             .msg_control = u.buf,
-                             .msg_controllen = sizeof u.buf};
-        ssize_t n = recvmsg(c->sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        if (cm == NULL || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS ||
-            cm->cmsg_len != CMSG_LEN(sizeof(int)))
-            continue;
-        memcpy(fd, CMSG_DATA(cm), sizeof(int));
-        if (n == (ssize_t)sizeof *tag) return 1;
-        close(*fd);
-    }
-}
-
-/* Keep a descriptor that arrived ahead of its record; 0, or -1 (closed). */
-static int stash_push(CoreObject *c, uint64_t tag, int fd)
-{
-    if (c->nstash == c->capstash) {
-        int cap = c->capstash ? 2 * c->capstash : 8;
-        struct cp_fdmsg *s = realloc(c->stash, (size_t)cap * sizeof *s);
-        if (s == NULL) {
-            close(fd);
-            return -1;
-        }
-        c->stash = s;
-        c->capstash = cap;
-    }
-    c->stash[c->nstash++] = (struct cp_fdmsg){.tag = tag, .fd = fd};
-    return 0;
-}
-
-/* A cp_segget_fn: the descriptor a worker sent for ref's segment (before it
- * posted the record, so it is here), or -1 with errno. */
-static int take_result_segment(void *arg, const cp_segref *ref)
-{
-    CoreObject *c = arg;
-    for (int k = 0; k < c->nstash; k++) {
-        if (c->stash[k].tag != ref->tag) continue;
-        int fd = c->stash[k].fd;
-        c->stash[k] = c->stash[--c->nstash];
-        return fd;
-    }
-    for (;;) {
-        uint64_t tag;
-        int fd, rc = recv_segment(c, &tag, &fd);
-        if (rc < 0) return -1;
-        if (rc == 0) {
-            errno = ENOENT; /* cannot happen: the worker sent it first */
-            return -1;
-        }
-        if (tag == ref->tag) return fd;
-        stash_push(c, tag, fd);
-    }
-}
-
-/* Close the descriptors slot i's dead worker sent for records it never
- * posted (the others were taken with their records). */
-static void drop_stashed(CoreObject *c, int i)
-{
-    uint64_t tag;
-    int fd, rc;
-    while ((rc = recv_segment(c, &tag, &fd)) != 0) {
-        if (rc < 0) break;
-        stash_push(c, tag, fd);
-    }
-    int k = 0;
-    for (int j = 0; j < c->nstash; j++) {
-        if ((c->stash[j].tag >> CP_TAG_SLOT_SHIFT) == (uint64_t)i) close(c->stash[j].fd);
-        else c->stash[k++] = c->stash[j];
-    }
-    c->nstash = k;
+    return cp_recv_fd(*(int *)sock, ref->tag);
 }
 
 /* Deliver up to BATCH results of slot i. */
@@ -618,7 +557,7 @@ static void drain(CoreObject *c, int i)
             }
         } else {
             cp_segsrc src = {.get = take_result_segment,
-                             .arg = c,
+                             .arg = &c->psock[i],
                              .recy = c->ctl->slots[i].res_recy,
                              .maps = c->res_maps + (size_t)i * CP_RECY_RESULTS};
             value = cp_load_payload(c->st, h, &src, waiter ? &c->interrupt : NULL);
@@ -744,7 +683,7 @@ static void handle_death(CoreObject *c, int i)
     int sealed = c->sealed;
     pthread_mutex_unlock(&c->mu);
 
-    drop_stashed(c, i); /* a result segment it sent but never posted */
+    cp_drop_fds(c->psock[i]); /* a result segment it sent but never posted */
     int32_t loading = atomic_exchange(&s->loading_recy, -1);
     if (loading >= 0) { /* it died loading a task's recycled segment */
         uint32_t busy = CP_RECY_BUSY;
@@ -1168,6 +1107,15 @@ static int check_owner(CoreObject *c)
     return -1;
 }
 
+/* Close a slot socket array's descriptors (-1: none). */
+static void close_socks(int *socks, int n)
+{
+    for (int i = 0; socks != NULL && i < n; i++) {
+        if (socks[i] >= 0) close(socks[i]);
+        socks[i] = -1;
+    }
+}
+
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"processes",  "maxtasks", "initializer",
@@ -1189,7 +1137,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (module == NULL) return NULL;
     CoreObject *c = (CoreObject *)type->tp_alloc(type, 0);
     if (c == NULL) return NULL;
-    c->evfd = c->sock = c->wsock = -1;
+    c->evfd = -1;
     for (int k = 0; k < CP_RECY_TASKS; k++) c->task_fds[k] = -1;
     c->task_ns = -1;
     c->module = Py_NewRef(module);
@@ -1224,15 +1172,26 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         cp_oserror("eventfd");
         goto error;
     }
-    /* Workers hand their result segments over on this (SCM_RIGHTS): a
-     * datagram socketpair, the workers' end shared by all of them. */
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        cp_oserror("socketpair");
+    /* Segments change hands over these (SCM_RIGHTS), both ways: one
+     * datagram socketpair per worker slot. */
+    c->psock = malloc((size_t)n * sizeof(int));
+    c->wsock = malloc((size_t)n * sizeof(int));
+    if (c->psock == NULL || c->wsock == NULL) {
+        PyErr_NoMemory();
         goto error;
     }
-    c->sock = sv[0];
-    c->wsock = sv[1];
+    for (int i = 0; i < n; i++) c->psock[i] = c->wsock[i] = -1;
+    for (int i = 0; i < n; i++) {
+        int sv[2], rc = socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv);
+        if (rc != 0 && errno == EMFILE && cp_raise_nofile() == 0)
+            rc = socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv);
+        if (rc != 0) {
+            cp_oserror("socketpair");
+            goto error;
+        }
+        c->psock[i] = sv[0];
+        c->wsock[i] = sv[1];
+    }
     for (int i = 0; i < n; i++) atomic_store(&c->ctl->slots[i].state, CP_S_SPAWN_REQ);
 
     pid_t pid;
@@ -1247,8 +1206,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         pid = fork();
         if (pid == 0) {
             PyOS_AfterFork_Child();
-            close(c->sock); /* the parent's end */
-            c->sock = -1;
+            close_socks(c->psock, n); /* the parent's ends */
             cp_template_main(c->ctl, c->evfd, c->owner, cp_spawn_worker, c);
         }
         int saved = errno;
@@ -1264,8 +1222,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     c->tmpl = pid;
     atomic_store(&c->ctl->tmpl_pid, pid);
-    close(c->wsock); /* the template has it: a worker's end is the workers' */
-    c->wsock = -1;
+    close_socks(c->wsock, n); /* the template has them: each worker keeps its own */
     if (warned < 0) { /* the warning raised (an error filter, 3.15+) */
         atomic_store(&c->ctl->tmpl_cmd, CP_CMD_TERMINATE);
         tell_template(c);
@@ -1352,15 +1309,15 @@ static void Core_dealloc(CoreObject *c)
             close_fsegs(&c->ws[i], UINT64_MAX);
             free(c->ws[i].fsegs);
         }
-        for (int k = 0; k < c->nstash; k++) close(c->stash[k].fd);
         drop_maps(c, 1);
         cp_ctl_destroy(c->ctl);
         pthread_mutex_destroy(&c->mu);
     }
     if (c->evfd >= 0) close(c->evfd);
-    if (c->sock >= 0) close(c->sock);
-    if (c->wsock >= 0) close(c->wsock);
-    free(c->stash);
+    close_socks(c->psock, c->n);
+    close_socks(c->wsock, c->n);
+    free(c->psock);
+    free(c->wsock);
     free(c->ws);
     free(c->touched);
     free(c->full);

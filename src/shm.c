@@ -8,7 +8,9 @@
  * the same, whatever the umask; it is sealed against shrinking, so nobody,
  * the pool's own user included, can truncate it under a mapping (a SIGBUS);
  * and it goes when the last process holding it does, so a killed pool
- * leaves nothing behind.  Whoever is handed a segment checks it
+ * leaves nothing behind.  It changes hands as a descriptor, over the
+ * worker slot's socketpair (SCM_RIGHTS): no process opens another's by
+ * path.  Whoever is handed a segment checks it
  * (cp_seg_check) before mapping it.  docs/security.md says why each of
  * these matters.
  */
@@ -23,6 +25,7 @@
 #include <time.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -32,12 +35,12 @@
 void *cp_shared_map(size_t size) { return cp_shared_map_fd(size, NULL); }
 
 /* Raise this process's soft limit on descriptors to its hard limit: 0 if
- * it rose.  A segment is a descriptor, and a task waiting to be sent keeps
+ * it rose (cp_raise_nofile).  A segment is a descriptor, and a task waiting to be sent keeps
  * its one-shot segment's open: many queued large tasks would otherwise meet
  * the usual soft limit of 1024, which is low so that select() keeps
  * working, and the hard limit is there for programs that need more (as
  * systemd and Go do for theirs). */
-static int raise_nofile(void)
+int cp_raise_nofile(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return -1;
@@ -92,7 +95,7 @@ static void watch_forks(void)
 static int new_memfd(const char *name)
 {
     int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0 && errno == EMFILE && raise_nofile() == 0)
+    if (fd < 0 && errno == EMFILE && cp_raise_nofile() == 0)
         fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return -1;
     if (fchmod(fd, 0600) != 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) != 0) {
@@ -170,6 +173,82 @@ int cp_open_proc_fd(pid_t pid, int fd, int flags)
         nfd = open(path, flags | O_CLOEXEC);
     } while (nfd < 0 && errno == EINTR);
     return nfd;
+}
+
+/* ---- handing segments over ------------------------------------------------- */
+
+int cp_send_fd(int sock, uint64_t tag, int fd, int flags)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } u;
+    memset(&u, 0, sizeof u);
+    struct iovec iov = {.iov_base = &tag, .iov_len = sizeof tag};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = u.buf,
+                         .msg_controllen = sizeof u.buf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    ssize_t n;
+    do {
+        n = sendmsg(sock, &msg, flags | MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    return n < 0 ? -1 : 0;
+}
+
+/* The next message on sock: 1 with *tag and *fd, 0 when none is waiting,
+ * or -1 with errno.  Only the pool's processes hold a slot's socket; a
+ * message without exactly one descriptor is dropped. */
+static int recv_one(int sock, uint64_t *tag, int *fd)
+{
+    for (;;) {
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(sizeof(int))];
+        } u;
+        struct iovec iov = {.iov_base = tag, .iov_len = sizeof *tag};
+        struct msghdr msg = {.msg_iov = &iov,
+                             .msg_iovlen = 1,
+                             .msg_control = u.buf,
+                             .msg_controllen = sizeof u.buf};
+        ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        if (cm == NULL || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS ||
+            cm->cmsg_len != CMSG_LEN(sizeof(int)))
+            continue;
+        memcpy(fd, CMSG_DATA(cm), sizeof(int));
+        if (n == (ssize_t)sizeof *tag) return 1;
+        close(*fd);
+    }
+}
+
+int cp_recv_fd(int sock, uint64_t tag)
+{
+    for (;;) {
+        uint64_t got;
+        int fd, rc = recv_one(sock, &got, &fd);
+        if (rc < 0) return -1;
+        if (rc == 0) {
+            errno = ENOENT; /* cannot happen: it is sent before its record */
+            return -1;
+        }
+        if (got == tag) return fd;
+        close(fd); /* for a record of a dead worker's, never taken */
+    }
+}
+
+void cp_drop_fds(int sock)
+{
+    uint64_t tag;
+    int fd;
+    while (recv_one(sock, &tag, &fd) > 0) close(fd);
 }
 
 /* ---- writing large records --------------------------------------------------

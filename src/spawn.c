@@ -5,10 +5,11 @@
  * and forkserver it execs a new interpreter instead, with posix_spawn: none
  * of the parent's threads, held locks or fork hooks reach the template.  The
  * child gets the control segment's memfd as fd 3, the request eventfd as
- * fd 4, the workers' end of the result socketpair as fd 5, and the
- * descriptors cpool._template asks for (its boot memfd, the resource
- * tracker's pipe, descriptors that the pickled initargs refer to) as fds 6,
- * 7, ...; every other descriptor keeps its close-on-exec flag.
+ * fd 4, cpool._template's boot memfd as fd 5, the workers' ends of the
+ * slots' socketpairs as fds 6 to 5 + n, and the other descriptors
+ * cpool._template asks for (the resource tracker's pipe, descriptors that
+ * the pickled initargs refer to) after them; every other descriptor keeps
+ * its close-on-exec flag.
  * SIGINT starts blocked: a Ctrl-C while the interpreter boots stays pending
  * and is dropped when the template ignores it, as a forked template does.
  *
@@ -27,6 +28,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -34,12 +36,13 @@
 
 extern char **environ;
 
-/* The child's control segment; then the eventfd, the socket, then spec's
- * (cpool.h's CP_TFD_*, which cpool/_template.py reads from the module). */
+/* The child's control segment; then the eventfd, the boot memfd, the
+ * slots' sockets, then the rest of spec's (cpool.h's CP_TFD_*, which
+ * cpool/_template.py reads from the module). */
 #define FIRST_FD CP_TFD_CTL
-_Static_assert(CP_TFD_EVENT == FIRST_FD + 1 && CP_TFD_SOCK == FIRST_FD + 2 &&
-                   CP_TFD_FIRST_EXTRA == FIRST_FD + 3,
-               "cp_exec_template puts ctl, eventfd, socket, extras in that order");
+_Static_assert(CP_TFD_EVENT == FIRST_FD + 1 && CP_TFD_BOOT == FIRST_FD + 2 &&
+                   CP_TFD_SOCKS == FIRST_FD + 3,
+               "cp_exec_template puts ctl, eventfd, boot, sockets in that order");
 
 Py_ssize_t cp_count_threads(void)
 {
@@ -129,7 +132,11 @@ pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
     fds = args ? PySequence_Fast(fdl, "fds must be a sequence") : NULL;
     if (fds == NULL) goto done;
     nargs = PySequence_Fast_GET_SIZE(args);
-    nfd = 3 + PySequence_Fast_GET_SIZE(fds);
+    if (PySequence_Fast_GET_SIZE(fds) < 1) {
+        PyErr_SetString(PyExc_ValueError, "spawn spec: no boot descriptor");
+        goto done;
+    }
+    nfd = 2 + c->n + PySequence_Fast_GET_SIZE(fds);
     argb = PyMem_Calloc((size_t)nargs + 1, sizeof *argb);
     argv = PyMem_Calloc((size_t)nargs + 1, sizeof *argv);
     src = PyMem_Calloc((size_t)nfd, sizeof *src);
@@ -142,18 +149,20 @@ pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
             goto done;
         argv[i] = PyBytes_AS_STRING(argb[i]);
     }
+    /* ctl, eventfd, spec's first (the boot memfd), the slots' sockets,
+     * then the rest of spec's: as CP_TFD_* say. */
     src[0] = ctl_fd;
     src[1] = c->evfd;
-    src[2] = c->wsock;
-    for (Py_ssize_t k = 3; k < nfd; k++) {
-        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fds, k - 3));
+    for (Py_ssize_t k = 0; k < PySequence_Fast_GET_SIZE(fds); k++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fds, k));
         if (fd == -1 && PyErr_Occurred()) goto done;
         if (fd < 0 || fd > INT32_MAX) {
             PyErr_SetString(PyExc_ValueError, "bad file descriptor in spawn spec");
             goto done;
         }
-        src[k] = (int)fd;
+        src[k == 0 ? 2 : 2 + c->n + k] = (int)fd;
     }
+    for (int i = 0; i < c->n; i++) src[3 + i] = c->wsock[i];
 
     /* Each source k goes to FIRST_FD + k in the child, without its
      * close-on-exec flag.  A target may be another source's number, so
@@ -234,19 +243,18 @@ static cp_ctl *map_ctl(int fd)
     return ctl;
 }
 
-PyDoc_STRVAR(
-    template_main_doc,
-    "_template_main(ctl_fd, ev_fd, sock_fd, parent, processes, maxtasks, initializer,\n"
-    "               initargs, bootstrap, pack_error)\n--\n\n"
-    "Run an exec'ed template: fork the pool's workers on request, reap them,\n"
-    "and go with the parent.  Never returns (raises if it cannot start).");
+PyDoc_STRVAR(template_main_doc,
+             "_template_main(ctl_fd, ev_fd, socks_fd, parent, processes, maxtasks,\n"
+             "               initializer, initargs, bootstrap, pack_error)\n--\n\n"
+             "Run an exec'ed template: fork the pool's workers on request, reap them,\n"
+             "and go with the parent.  Never returns (raises if it cannot start).");
 
 static PyObject *template_main(PyObject *module, PyObject *args)
 {
-    int ctl_fd, ev_fd, sock_fd, parent, n;
+    int ctl_fd, ev_fd, socks_fd, parent, n;
     unsigned long long maxtasks;
     PyObject *init, *initargs, *bootstrap, *pack_error;
-    if (!PyArg_ParseTuple(args, "iiiiiKOO!OO", &ctl_fd, &ev_fd, &sock_fd, &parent, &n,
+    if (!PyArg_ParseTuple(args, "iiiiiKOO!OO", &ctl_fd, &ev_fd, &socks_fd, &parent, &n,
                           &maxtasks, &init, &PyTuple_Type, &initargs, &bootstrap,
                           &pack_error))
         return NULL;
@@ -257,13 +265,20 @@ static PyObject *template_main(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "cpool: not this pool's control segment");
         return NULL;
     }
-    /* The mapping is what the workers inherit; the eventfd and the socket
+    /* The mapping is what the workers inherit; the eventfd and the sockets
      * stay ours and theirs (workers are forked, not exec'ed: close-on-exec
      * keeps them from their own children). */
     close(ctl_fd);
-    if (fcntl(ev_fd, F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(sock_fd, F_SETFD, FD_CLOEXEC) != 0)
-        return cp_oserror("fcntl");
+    if (fcntl(ev_fd, F_SETFD, FD_CLOEXEC) != 0) return cp_oserror("fcntl");
+    int *wsock = malloc((size_t)n * sizeof(int));
+    if (wsock == NULL) return PyErr_NoMemory();
+    for (int i = 0; i < n; i++) {
+        wsock[i] = socks_fd + i;
+        if (fcntl(wsock[i], F_SETFD, FD_CLOEXEC) != 0) {
+            free(wsock);
+            return cp_oserror("fcntl");
+        }
+    }
     cpool_state *st = cp_get_state(module);
     CoreObject *c = (CoreObject *)st->core_type->tp_alloc(st->core_type, 0);
     if (c == NULL) return NULL;
@@ -277,8 +292,7 @@ static PyObject *template_main(PyObject *module, PyObject *args)
     c->owner = parent;
     c->tmpl = getpid();
     c->evfd = ev_fd;
-    c->sock = -1;
-    c->wsock = sock_fd;
+    c->wsock = wsock;
     c->initializer = Py_NewRef(init);
     c->initargs = Py_NewRef(initargs);
     c->bootstrap = Py_NewRef(bootstrap);

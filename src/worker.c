@@ -12,12 +12,10 @@
 #include "cpool.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 typedef struct {
@@ -25,7 +23,7 @@ typedef struct {
     cp_ctl *ctl;
     cp_slot *slot;
     cp_ring *tasks, *results;
-    int slot_no;
+    int sock;              /* this slot's socket: segments both ways */
     cp_segdest dest;
     uint64_t seg_seq;
     cp_segmap res_maps[CP_RECY_RESULTS]; /* kept: written through */
@@ -69,49 +67,29 @@ static void post_raw(worker *w, const cp_rechdr *h, const void *p, size_t n)
 }
 
 /* Where the next large result goes; its tag names the message that will
- * carry the segment's descriptor (CP_TAG_SLOT: the parent drops a dead
- * worker's leftovers by slot). */
+ * carry the segment's descriptor. */
 static const cp_segdest *next_dest(worker *w)
 {
-    w->dest.tag = ((uint64_t)w->slot_no << CP_TAG_SLOT_SHIFT) |
-                  (w->seg_seq++ & ((UINT64_C(1) << CP_TAG_SLOT_SHIFT) - 1));
+    w->dest.tag = ++w->seg_seq;
     return &w->dest;
 }
 
-/* Hand a segment's descriptor to the parent: a message on the socketpair,
- * sent before the record that names it, so the parent always finds it
- * (and, in flight, it outlives us if we die).  A one-shot segment's
+/* Hand a segment's descriptor to the parent: a message on the slot's
+ * socket, sent before the record that names it, so the parent always finds
+ * it (and, in flight, it outlives us if we die).  A one-shot segment's
  * descriptor is the message's from then on.  0, or -1 with errno (a
  * recycled entry is then handed back: nobody will read it). */
 static int send_segment(worker *w, const cp_segref *seg)
 {
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int))];
-    } u;
-    memset(&u, 0, sizeof u);
-    uint64_t tag = seg->tag;
-    struct iovec iov = {.iov_base = &tag, .iov_len = sizeof tag};
-    struct msghdr msg = {.msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = u.buf,
-                         .msg_controllen = sizeof u.buf};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &seg->fd, sizeof(int));
-    ssize_t rc;
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    do {
-        rc = sendmsg(w->core->wsock, &msg, MSG_NOSIGNAL);
-    } while (rc < 0 && errno == EINTR);
+    rc = cp_send_fd(w->sock, seg->tag, seg->fd, 0);
     Py_END_ALLOW_THREADS
     int saved = errno;
     if (seg->recy < 0) close(seg->fd);
     else if (rc < 0) atomic_store(&w->slot->res_recy[seg->recy].state, CP_RECY_FREE);
     errno = saved;
-    return rc < 0 ? -1 : 0;
+    return rc;
 }
 
 /* Post a packed payload: inline, or a reference to its segment.  0, or -1
@@ -165,11 +143,11 @@ static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
     Py_DECREF(payload);
 }
 
-/* A task segment: the parent's descriptor, opened through /proc (the kernel
- * lets only the parent's own user do that), checked by the caller. */
-static int parent_segment(void *ctl, const cp_segref *ref)
+/* A cp_segget_fn: the descriptor the parent sent on our socket for a task
+ * segment (before it put the record), checked by the caller. */
+static int parent_segment(void *sock, const cp_segref *ref)
 {
-    return cp_open_proc_fd(((cp_ctl *)ctl)->parent_pid, ref->fd, O_RDONLY);
+    return cp_recv_fd(*(int *)sock, ref->tag);
 }
 
 static int ring_has_data(void *r) { return cp_ring_has_data((cp_ring *)r); }
@@ -280,7 +258,10 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
     w.slot = &core->ctl->slots[slot];
     w.tasks = cp_task_ring(core->ctl, slot);
     w.results = cp_result_ring(core->ctl, slot);
-    w.slot_no = slot;
+    /* Our slot's socket; the other slots' are theirs. */
+    for (int i = 0; i < core->n; i++)
+        if (i != slot) close(core->wsock[i]);
+    w.sock = core->wsock[slot];
     for (int k = 0; k < CP_RECY_RESULTS; k++) w.res_fds[k] = -1;
     w.dest = (cp_segdest){.recy = w.slot->res_recy,
                           .nrecy = CP_RECY_RESULTS,
@@ -288,11 +269,11 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
                           .maps = w.res_maps,
                           .fds = w.res_fds};
     w.tasks_src = (cp_segsrc){.get = parent_segment,
-                              .arg = w.ctl,
+                              .arg = &w.sock,
                               .recy = w.ctl->task_recy,
                               .maps = w.task_maps,
                               .loading = &w.slot->loading_recy};
-    w.func_src = (cp_segsrc){.get = parent_segment, .arg = w.ctl};
+    w.func_src = (cp_segsrc){.get = parent_segment, .arg = &w.sock};
 
     /* The template stores our pid too, after fork returns there; we may be
      * READY before that, and Pool() must not see a READY slot without one. */

@@ -766,7 +766,12 @@ def test_same_user_cannot_truncate_any_memfd_no_sigbus(start):
 
 # -- 5: a parent its own user cannot read through /proc ----------------------------
 
-def test_non_dumpable_parent_gets_clear_errors_never_a_hang(start):
+def test_non_dumpable_parent_moves_large_data_and_never_hangs(start):
+    """A daemon that drops root is made non-dumpable by the kernel: not even
+    its own user may open its /proc/<pid>/fd.  Segments change hands as
+    descriptors over the slots' socketpairs, so large arguments and results
+    still travel; a Value made after the workers, which they can reach only
+    through /proc, gives a clear OSError for its task."""
     pool = start("pool", NON_DUMPABLE_POOL)
     head = pool.expect("dumpable")
     check_imports_ours(head)
@@ -777,10 +782,12 @@ def test_non_dumpable_parent_gets_clear_errors_never_a_hang(start):
         problems.append(f"the pool's process is dumpable ({head}): the test tests nothing")
     if exit_problem(code):
         problems.append(exit_problem(code))
-    for name in ("4 MiB argument", "Value made after the pool", "4 MiB result"):
-        got = outcome.get(name, "never ran")
-        if got != "ok" and not got.startswith("OSError: "):
-            problems.append(f"{name}: {got} (wanted the result or a clear OSError)")
+    for name in ("4 MiB argument", "4 MiB result"):
+        if outcome.get(name) != "ok":
+            problems.append(f"{name}: {outcome.get(name, 'never ran')} (wanted the result)")
+    got = outcome.get("Value made after the pool", "never ran")
+    if got != "ok" and not got.startswith("OSError: "):
+        problems.append(f"Value made after the pool: {got} (wanted it, or a clear OSError)")
     if outcome.get("small task after") != "ok":
         problems.append(f"the pool after: {outcome.get('small task after', 'never ran')}")
     if "closed" not in pool.lines:

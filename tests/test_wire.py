@@ -4,6 +4,7 @@ tuples, lists, dicts of them) travels as marshal, everything else as a
 protocol-5 pickle; the choice must never show."""
 import enum
 import math
+import os
 import pickle
 
 import pytest
@@ -345,3 +346,23 @@ def test_large_functions_pipelined_job_after_job():
         assert len(segment_fds()) <= 8 + 8, "FUNC segments left open"   # 8 recycled per pool
         p.close()
         p.join()
+
+
+def die():
+    os._exit(3)
+
+
+def test_large_tasks_queued_behind_a_dying_worker_reach_the_next_one():
+    """A worker that dies leaves the messages carrying its queued records'
+    segments on its slot's socket; its replacement skips (and closes) them
+    and takes the ones sent again with the records."""
+    big = [os.urandom(300_000) for _ in range(3)]
+    with cpool.Pool(1) as p:
+        p.map(abs, range(2000))      # measured short: records pipeline
+        for _ in range(3):
+            doomed = p.apply_async(die)
+            rs = [p.apply_async(len, (b,)) for b in big]
+            with pytest.raises(cpool.WorkerLostError):
+                doomed.get(timeout=T)
+            assert [r.get(timeout=T) for r in rs] == [300_000] * 3
+        assert p.apply(identity, (big[0],)) == big[0]
