@@ -1,0 +1,93 @@
+"""The layering rules of docs/architecture.md, read off the sources: a test
+that fails when a change breaks them (issue 12's guard).
+
+- The core (events, rings, segments, the template loop, copies) has no
+  Python in it: it neither includes Python.h nor asks cpool.h for it.
+- C never imports the package: what it calls is handed to it
+  (_cpool._set_hooks) as the package is imported.
+- A constant both languages use is defined once, in cpool.h, and the package
+  reads it from the module.
+"""
+import ast
+import os
+import re
+
+import pytest
+
+from cpool import _cpool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, "src")
+PKG = os.path.join(ROOT, "cpool")
+CORE = ["copy.c", "ring.c", "shm.c", "sync.c", "template.c"]
+# What the module exports for the package to read (not VERSION, a string).
+SHARED = sorted(n for n in dir(_cpool)
+                if n.isupper() and isinstance(getattr(_cpool, n), int))
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def c_sources():
+    return {name: read(os.path.join(SRC, name))
+            for name in sorted(os.listdir(SRC)) if name.endswith((".c", ".h"))}
+
+
+def package_sources():
+    return {name: read(os.path.join(PKG, name))
+            for name in sorted(os.listdir(PKG)) if name.endswith(".py")}
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_the_core_has_no_python(name):
+    text = read(os.path.join(SRC, name))
+    assert not re.search(r"^\s*#\s*define\s+CP_NEED_PYTHON\b", text, re.M), name
+    assert not re.search(r"^\s*#\s*include\s*[<\"]Python\.h[>\"]", text, re.M), name
+
+
+def test_c_never_imports_the_package():
+    for name, text in c_sources().items():
+        assert not re.search(r'Import\w*\(\s*"cpool\b', text), \
+            f"{name} imports the cpool package: hand it what it needs (_set_hooks)"
+
+
+def test_the_exports_are_there():
+    """The constants the package reads: if one goes, the checks below would
+    check nothing."""
+    assert {"OOB_MIN", "S_DEAD", "S_READY", "S_SPAWNED", "ST_OK",
+            "TEMPLATE_FD_BOOT", "TEMPLATE_FD_SOCKS"} <= set(SHARED)
+
+
+def test_shared_constants_are_defined_once_in_c():
+    defines = "\n".join(c_sources().values())
+    for macro in ("CP_OOB_MIN", "CP_TFD_CTL", "CP_TFD_EVENT", "CP_TFD_BOOT", "CP_TFD_SOCKS",
+                  "SYS_pidfd_open"):
+        n = len(re.findall(rf"^\s*#\s*define\s+{macro}\b", defines, re.M))
+        assert n == 1, f"{macro} is defined {n} times in src/"
+
+
+def test_the_package_does_not_write_a_shared_constant_again():
+    """No module of the package gives a name of an exported constant (with
+    or without a leading underscore) a value of its own: it reads the
+    module's."""
+    for name, text in package_sources().items():
+        for node in ast.walk(ast.parse(text, name)):
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)):
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Name) and t.id.lstrip("_") in SHARED:
+                    uses_module = any(isinstance(n, ast.Name) and n.id == "_cpool"
+                                      for n in ast.walk(node.value))
+                    assert uses_module, \
+                        f"{name}:{node.lineno}: {t.id} is written again, not read from _cpool"
+
+
+def test_the_package_spells_no_worker_state_or_descriptor_number():
+    """Worker states and the template's descriptor numbers are the module's:
+    compared or unpacked as bare numbers they would drift from cpool.h."""
+    for name, text in package_sources().items():
+        assert not re.search(r"\bstate\s*(==|!=|in)\s*\(?\d", text), name
+        assert not re.search(r"_fd\b.*=\s*\d+\s*,\s*\d+", text), name
