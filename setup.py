@@ -17,7 +17,11 @@ with open(os.path.join(HERE, "cpool", "__init__.py"), encoding="utf-8") as f:
 
 SOURCES = [
     "src/module.c",    # init, module state, pickling helpers
-    "src/pool.c",      # the parent: Core type, dispatch, the collector thread
+    "src/pool.c",      # the parent: the Core type, submitting, waiting
+    "src/queue.c",     # the parent: tasks, the pending queue, dispatch to the rings
+    "src/collect.c",   # the parent: draining results, the collector thread, the token
+    "src/deliver.c",   # the parent: outcomes into the Python result objects
+    "src/death.c",     # the parent: a worker died (held tasks, resends, respawn)
     "src/template.c",  # the template process: forks and reaps the workers
     "src/spawn.c",     # the template as a fresh interpreter (spawn, forkserver)
     "src/worker.c",    # the worker loop: unpickle, call, pickle, post

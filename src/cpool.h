@@ -348,7 +348,7 @@ CP_HIDDEN void cp_ctl_destroy(cp_ctl *c);
 
 /* How the template forks a worker for a slot: returns the child's pid, or -1
  * with errno; the child never returns from it.  Lives on the Python side
- * (pool.c), since a fork must run the interpreter's fork hooks. */
+ * (worker.c), since a fork must run the interpreter's fork hooks. */
 typedef pid_t (*cp_spawn_fn)(void *arg, int slot);
 
 /* The template's loop: forks workers on request, reaps them, and goes (with
@@ -552,6 +552,105 @@ static inline void cp_restore_exc(PyObject *exc)
 /* pool.c */
 CP_HIDDEN int cp_core_add_type(PyObject *module, cpool_state *st);
 
+/* ---- the parent's side of a pool: queue.c, deliver.c, collect.c, death.c,
+ * pool.c (CoreObject above) -------------------------------------------- */
+
+/* queue.c */
+/* ---- tasks --------------------------------------------------------------- */
+CP_HIDDEN void cp_blob_decref(cp_blob *b);
+/* Close w's FUNC segments put before ring position `upto`: loaded. */
+CP_HIDDEN void cp_close_fsegs(cp_wstate *w, uint64_t upto);
+CP_HIDDEN void cp_dispatch_locked(CoreObject *c);
+/* Queue tasks first..last and dispatch what fits; called with the GIL.
+ * 0, or -1 with ValueError when the pool no longer takes tasks (the caller
+ * lost a race with close() or terminate()); the tasks are freed then. */
+CP_HIDDEN int cp_enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n);
+CP_HIDDEN void cp_kick(CoreObject *c);
+/* Take `mu` while holding the GIL: drop the GIL only to wait, and never
+ * hold `mu` while waiting to get the GIL back (a thread ended there, at
+ * interpreter exit, would leave `mu` locked for good). */
+CP_HIDDEN void cp_lock_with_gil(CoreObject *c);
+/* No task gets in from now on: enqueue refuses under mu. */
+CP_HIDDEN void cp_seal(CoreObject *c, int gil);
+/* A task that will not be sent (again) gives up its segment; a recycled one
+ * not when a worker had taken the task (it hands the segment back itself,
+ * or the parent does for a dead one, and someone else may have it since). */
+CP_HIDDEN void cp_task_drop_segment(CoreObject *c, cp_task *t);
+CP_HIDDEN void cp_task_free(cp_task *t);
+/* Pickle obj into a new task; NULL with the exception.  `wait`: a large
+ * one may wait a little for a recycled segment (a map's chunks: see shm.c). */
+CP_HIDDEN cp_task *cp_task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
+                                cp_blob *func, PyObject *obj, int wait);
+CP_HIDDEN void cp_tell_template(CoreObject *c);
+
+/* deliver.c */
+/* Hand one outcome to the job's result object: job._set(idx, status, value).
+ * In a waiter collecting for itself, an object with callbacks (obj._defer)
+ * is left to the collector thread: callbacks run on cpool's thread, as
+ * multiprocessing's run on its result handler, never inside a caller's
+ * get(). */
+CP_HIDDEN void cp_deliver(CoreObject *c, uint64_t job, uint32_t idx, int status,
+                          PyObject *value);
+/* The collector thread: deliver what waiters left for it. */
+CP_HIDDEN void cp_deliver_deferred(CoreObject *c);
+/* Take and fail the pending queue (and, if `inflight`, everything sent). */
+CP_HIDDEN void cp_fail_all(CoreObject *c, int status, PyObject *value, int inflight);
+/* Deliver `status` to every task of the list and free them. */
+CP_HIDDEN void cp_fail_list(CoreObject *c, cp_task *t, int status, PyObject *value);
+/* Break the pool: (exc, traceback text, 1 if the initializer raised). */
+CP_HIDDEN void cp_set_broken(CoreObject *c, PyObject *exc, PyObject *tb, int init);
+
+/* collect.c */
+/* How often whoever sleeps on the results while the pool has workers
+ * checks that the template is alive. */
+#define CP_WATCHDOG_NS 1000000000
+/* The collector's nap after a waiter collected (a waiter back within it
+ * keeps collecting by itself). */
+#define CP_TOKEN_NAP_NS 1000000
+/* The core whose results this thread is delivering (callbacks run inside):
+ * such a thread must not wait for the pool. */
+CP_HIDDEN extern _Thread_local CoreObject *cp_delivering;
+/* Sleep (no GIL) until the token is given back, at most `limit_ns` (<0: no
+ * limit) and a nap while the hold is young: a waiter that holds it long
+ * wakes us when it gives it back, a short holder does not. */
+CP_HIDDEN void cp_await_token(CoreObject *c, int64_t limit_ns);
+/* The template reports worker deaths; if it is gone (with its workers),
+ * nobody would: the pool is over.  Checked by whoever sleeps long on the
+ * results without news. */
+CP_HIDDEN void cp_check_template(CoreObject *c);
+/* Work only the collector thread does: a kick (a phase change, tasks that
+ * could not be sent, a finished job of a closing pool) or deliveries left
+ * to it by waiters. */
+CP_HIDDEN int cp_collector_owed(CoreObject *c);
+/* Unmap the kept mappings of the pool's recycled segments and close the
+ * task recycler's files, so that their memory goes when the pool ends.  The
+ * token holder reads the result ones; a task one is skipped while a
+ * producer holds its entry (a submit racing the pool's end), and dealloc
+ * frees it later (all: nothing else runs). */
+CP_HIDDEN void cp_drop_maps(CoreObject *c, int all);
+/* Give the token back.  A waiting collector thread is woken when it has
+ * work: news arrived, the pool is changing phase, or it has napped on a
+ * long hold without a timeout. */
+CP_HIDDEN void cp_give_token(CoreObject *c, int by_waiter);
+/* Results to deliver or a death to handle: what a waiter collects. */
+CP_HIDDEN int cp_ring_news(CoreObject *c);
+/* Deliver what the rings hold, handle deaths, fail what must fail; GIL and
+ * the token held.  With `closing` (the collector thread only), also stop
+ * the workers once a closed pool is idle: 1 when they are all gone. */
+CP_HIDDEN int cp_round_gil(CoreObject *c, int closing);
+CP_HIDDEN int cp_take_token(CoreObject *c);
+CP_HIDDEN void cp_wait_template(CoreObject *c);
+/* The collector thread (arg: the CoreObject, whose reference it owns). */
+CP_HIDDEN void *cp_collector_main(void *arg);
+
+/* death.c */
+/* Slot i's worker is dead and its results drained: fail what it held,
+ * resend what it never took, and ask for a replacement if one is needed. */
+CP_HIDDEN void cp_handle_death(CoreObject *c, int i);
+
+/* pool.c */
+CP_HIDDEN void cp_free_list(CoreObject *c, cp_task *t);
+
 /* lock.c: robust process-shared mutexes in an arena. */
 typedef struct {
     PyObject_HEAD
@@ -570,7 +669,7 @@ CP_HIDDEN int cp_lock_release(LockObject *l);
 CP_HIDDEN int cp_parse_acquire(PyObject *args, PyObject *kwds, int *block,
                                double *timeout);
 
-/* pool.c: the template's way to fork a worker (a cp_spawn_fn; arg is the
+/* worker.c: the template's way to fork a worker (a cp_spawn_fn; arg is the
  * CoreObject).  The child never returns. */
 CP_HIDDEN pid_t cp_spawn_worker(void *arg, int slot);
 

@@ -330,3 +330,22 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
     }
     leave(0);
 }
+
+/* ---- the fork ---------------------------------------------------------- */
+
+/* The template's way to fork a worker (runs in the template). */
+pid_t cp_spawn_worker(void *arg, int slot)
+{
+    CoreObject *c = arg;
+    pid_t tmpl = getpid();
+    PyOS_BeforeFork();
+    pid_t pid = fork();
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        cp_worker_main(c, slot, tmpl);
+    }
+    int saved = errno;
+    PyOS_AfterFork_Parent();
+    errno = saved;
+    return pid;
+}

@@ -1,0 +1,164 @@
+/* death.c: a worker died.
+ *
+ * Fail exactly the tasks it held (with WorkerLostError), send again the ones
+ * it never took, hand back the recycled segments it held, close what it
+ * sent but never posted, and ask the template for a replacement unless the
+ * pool is broken or ending.
+ */
+#define CP_NEED_PYTHON
+#include "cpool.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Slot i's worker is dead and its results drained: fail what it held,
+ * resend what it never took, and ask for a replacement if one is needed. */
+void cp_handle_death(CoreObject *c, int i)
+{
+    cp_slot *s = &c->ctl->slots[i];
+    pid_t pid = atomic_load(&s->pid);
+    int ws = atomic_load(&s->wstatus);
+    int inited = atomic_load(&s->inited);
+    cp_ring *tr = cp_task_ring(c->ctl, i);
+    uint64_t head = cp_ring_head(tr);
+    cp_task *held = NULL, **hp = &held, *again = NULL, **ap = &again, *alast = NULL;
+    size_t nagain = 0;
+
+    cp_lock_with_gil(c);
+    cp_wstate *w = &c->ws[i];
+    /* A FUNC record it consumed belongs to the task after it: a function
+     * whose unpickling kills the worker fails that task instead of being
+     * resent to kill the next worker, and the next. */
+    uint64_t held_upto = head;
+    int func_taken = w->has_func && w->func_end == head; /* nothing taken after it */
+    for (cp_task *t = w->head; func_taken && t != NULL; t = t->next) {
+        if (t->job != w->func_job) continue;
+        if (t->end_pos > held_upto) held_upto = t->end_pos;
+        break;
+    }
+    cp_close_fsegs(w, UINT64_MAX);
+    for (cp_task *t = w->head, *next; t != NULL; t = next) {
+        next = t->next;
+        t->next = NULL;
+        if (t->end_pos <= held_upto) { /* held: failed below */
+            t->held = t->end_pos <= head; /* its record (and segment) taken */
+            *hp = t;
+            hp = &t->next;
+        } else {
+            *ap = t;
+            ap = &t->next;
+            alast = t;
+            nagain++;
+        }
+    }
+    int poison = 0;
+    if (func_taken && held_upto > head) {
+        /* Its function killed the worker (or a kill landed in that window:
+         * one task pays).  Twice for the same job, the job's queued tasks
+         * would kill the next workers the same way: they fail too. */
+        poison = c->func_death_job == w->func_job;
+        c->func_death_job = w->func_job;
+    }
+    if (poison) {
+        cp_task **pp = &c->pend_head, *prev = NULL;
+        while (*pp != NULL) {
+            cp_task *t = *pp;
+            if (t->job != w->func_job) {
+                prev = t;
+                pp = &t->next;
+                continue;
+            }
+            *pp = t->next;
+            if (c->pend_tail == t) c->pend_tail = prev;
+            c->npend--;
+            t->next = NULL;
+            *hp = t;
+            hp = &t->next;
+        }
+        for (cp_task **ap2 = &again; *ap2 != NULL;) {
+            cp_task *t = *ap2;
+            if (t->job != w->func_job) {
+                ap2 = &t->next;
+                continue;
+            }
+            *ap2 = t->next;
+            nagain--;
+            t->next = NULL;
+            *hp = t;
+            hp = &t->next;
+        }
+        alast = NULL;
+        for (cp_task *t = again; t != NULL; t = t->next) alast = t;
+    }
+    if (again != NULL) {
+        alast->next = c->pend_head;
+        c->pend_head = again;
+        if (c->pend_tail == NULL) c->pend_tail = alast;
+        c->npend += nagain;
+    }
+    w->head = w->tail = NULL;
+    w->n = 0;
+    w->has_func = 0;
+    w->sent = 0;
+    cp_ring_reset(tr);
+    cp_ring_reset(cp_result_ring(c->ctl, i));
+    int sealed = c->sealed;
+    pthread_mutex_unlock(&c->mu);
+
+    cp_drop_fds(c->psock[i]); /* a result segment it sent but never posted */
+    int32_t loading = atomic_exchange(&s->loading_recy, -1);
+    if (loading >= 0) { /* it died loading a task's recycled segment */
+        uint32_t busy = CP_RECY_BUSY;
+        atomic_compare_exchange_strong(&c->ctl->task_recy[loading].state, &busy,
+                                       CP_RECY_FREE);
+    }
+    for (int k = 0; k < CP_RECY_RESULTS; k++) { /* ...or a recycled one */
+        uint32_t busy = CP_RECY_BUSY;
+        atomic_compare_exchange_strong(&s->res_recy[k].state, &busy, CP_RECY_FREE);
+    }
+
+    int phase = atomic_load(&c->phase);
+    if (ws <= CP_WS_FORKFAIL_BASE && c->broken == NULL) {
+        errno = CP_WS_FORKFAIL_BASE - ws;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, "fork");
+        PyObject *exc = cp_fetch_exc();
+        cp_set_broken(c, exc, NULL, 0);
+        Py_XDECREF(exc);
+    } else if (!inited && c->initializer != Py_None && c->broken == NULL &&
+               phase != CP_TERMINATE) {
+        /* Died inside the initializer without a word (os._exit, a crash):
+         * respawning would loop. */
+        PyObject *exc = PyObject_CallFunction(
+            PyExc_RuntimeError, "sii",
+            "a worker died while running the pool's initializer (pid, wait status)",
+            (int)pid, ws);
+        if (exc == NULL) exc = cp_fetch_exc();
+        cp_set_broken(c, exc, NULL, 1);
+        Py_XDECREF(exc);
+    }
+    int respawn = c->broken == NULL && phase != CP_TERMINATE && !sealed &&
+                  (phase == CP_RUN || c->npend > 0 || PyDict_GET_SIZE(c->cache) > 0);
+    CP_DEBUG("slot %d: worker %d died (status %#x), %s", i, (int)pid, ws,
+             respawn ? "respawning" : "not replaced");
+    atomic_store(&s->inited, 0);
+    atomic_store(&s->pid, 0);
+    atomic_store(&s->state, respawn ? CP_S_SPAWN_REQ : CP_S_FREE);
+    if (respawn) cp_tell_template(c);
+
+    if (held != NULL) {
+        PyObject *info = Py_BuildValue("(ii)", (int)pid, ws);
+        if (info == NULL) PyErr_WriteUnraisable(NULL);
+        cp_fail_list(c, held, CP_ST_LOST, info);
+        Py_XDECREF(info);
+    }
+}
