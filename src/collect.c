@@ -323,6 +323,7 @@ void cp_check_template(CoreObject *c)
 
 _Thread_local CoreObject *cp_delivering;
 
+/* 1 taken (it holds when it was taken), 0 held elsewhere: never waits. */
 int cp_take_token(CoreObject *c)
 {
     int64_t free_ = 0;

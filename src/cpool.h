@@ -549,22 +549,21 @@ static inline void cp_restore_exc(PyObject *exc)
 #endif
 }
 
-/* pool.c */
-CP_HIDDEN int cp_core_add_type(PyObject *module, cpool_state *st);
-
 /* ---- the parent's side of a pool: queue.c, deliver.c, collect.c, death.c,
  * pool.c (CoreObject above) -------------------------------------------- */
 
 /* queue.c */
-/* ---- tasks --------------------------------------------------------------- */
+/* Drop a reference to a job's pickled function (freed with the last). */
 CP_HIDDEN void cp_blob_decref(cp_blob *b);
 /* Close w's FUNC segments put before ring position `upto`: loaded. */
 CP_HIDDEN void cp_close_fsegs(cp_wstate *w, uint64_t upto);
+/* Send pending tasks to the workers that may take more (mu held, no GIL). */
 CP_HIDDEN void cp_dispatch_locked(CoreObject *c);
 /* Queue tasks first..last and dispatch what fits; called with the GIL.
  * 0, or -1 with ValueError when the pool no longer takes tasks (the caller
  * lost a race with close() or terminate()); the tasks are freed then. */
 CP_HIDDEN int cp_enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n);
+/* Wake the collector thread, wherever it sleeps, for work only it does. */
 CP_HIDDEN void cp_kick(CoreObject *c);
 /* Take `mu` while holding the GIL: drop the GIL only to wait, and never
  * hold `mu` while waiting to get the GIL back (a thread ended there, at
@@ -576,11 +575,13 @@ CP_HIDDEN void cp_seal(CoreObject *c, int gil);
  * not when a worker had taken the task (it hands the segment back itself,
  * or the parent does for a dead one, and someone else may have it since). */
 CP_HIDDEN void cp_task_drop_segment(CoreObject *c, cp_task *t);
+/* Free a task (not its segment: cp_task_drop_segment). */
 CP_HIDDEN void cp_task_free(cp_task *t);
 /* Pickle obj into a new task; NULL with the exception.  `wait`: a large
  * one may wait a little for a recycled segment (a map's chunks: see shm.c). */
 CP_HIDDEN cp_task *cp_task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
                                 cp_blob *func, PyObject *obj, int wait);
+/* Tell the template to look at the slots (a request is set there). */
 CP_HIDDEN void cp_tell_template(CoreObject *c);
 
 /* deliver.c */
@@ -638,7 +639,9 @@ CP_HIDDEN int cp_ring_news(CoreObject *c);
  * the token held.  With `closing` (the collector thread only), also stop
  * the workers once a closed pool is idle: 1 when they are all gone. */
 CP_HIDDEN int cp_round_gil(CoreObject *c, int closing);
+/* Take the collection token without waiting: 1 taken, 0 held elsewhere. */
 CP_HIDDEN int cp_take_token(CoreObject *c);
+/* Wait for the template to exit (no GIL), killing it past a grace. */
 CP_HIDDEN void cp_wait_template(CoreObject *c);
 /* The collector thread (arg: the CoreObject, whose reference it owns). */
 CP_HIDDEN void *cp_collector_main(void *arg);
@@ -649,6 +652,8 @@ CP_HIDDEN void *cp_collector_main(void *arg);
 CP_HIDDEN void cp_handle_death(CoreObject *c, int i);
 
 /* pool.c */
+CP_HIDDEN int cp_core_add_type(PyObject *module, cpool_state *st);
+/* Free a list of tasks that will not be sent, their segments given up. */
 CP_HIDDEN void cp_free_list(CoreObject *c, cp_task *t);
 
 /* lock.c: robust process-shared mutexes in an arena. */
