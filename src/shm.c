@@ -10,9 +10,8 @@
  * and it goes when the last process holding it does, so a killed pool
  * leaves nothing behind.  It changes hands as a descriptor, over the
  * worker slot's socketpair (SCM_RIGHTS): no process opens another's by
- * path.  Whoever is handed a segment checks it
- * (cp_seg_check) before mapping it.  docs/security.md says why each of
- * these matters.
+ * path.  Whoever is handed a segment checks it (cp_seg_check) before
+ * mapping it.  docs/security.md says why each of these matters.
  */
 #include "cpool.h"
 
@@ -34,12 +33,11 @@
 
 void *cp_shared_map(size_t size) { return cp_shared_map_fd(size, NULL); }
 
-/* Raise this process's soft limit on descriptors to its hard limit: 0 if
- * it rose (cp_raise_nofile).  A segment is a descriptor, and a task waiting to be sent keeps
- * its one-shot segment's open: many queued large tasks would otherwise meet
- * the usual soft limit of 1024, which is low so that select() keeps
- * working, and the hard limit is there for programs that need more (as
- * systemd and Go do for theirs). */
+/* A segment is a descriptor, and a task waiting to be sent keeps its
+ * one-shot segment's open: many queued large tasks would otherwise meet the
+ * usual soft limit of 1024, which is low so that select() keeps working;
+ * the hard limit is there for programs that need more (systemd and Go raise
+ * theirs so). */
 int cp_raise_nofile(void)
 {
     struct rlimit rl;
