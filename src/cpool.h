@@ -303,7 +303,7 @@ typedef struct {
     _Atomic int32_t pid;
     _Atomic uint32_t state;
     _Atomic int32_t wstatus;   /* waitpid status once DEAD */
-    _Atomic uint32_t spawn_count;
+    uint32_t pad1;
     _Atomic uint64_t tasks_done;
     _Atomic uint64_t current_job;
     _Atomic uint32_t inited;   /* the worker's initializer succeeded */

@@ -271,7 +271,8 @@ void cp_drop_fds(int sock)
 #define RECY_POLL_NS 50000
 
 /* Take one of d's recycled segments for `total` bytes: its descriptor
- * (d->fds[k], still the producer's), at least that large, or -1 when none
+ * (d->fds[k], still the producer's; ref->recy and ref->ino filled), at
+ * least that large, or -1 when none
  * is free within RECY_WAIT_NS (or it cannot be made or grown): then
  * *taken is NULL. */
 static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
@@ -311,6 +312,7 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
             return -1;
         }
         ref->recy = k;
+        ref->ino = (uint64_t)fst.st_ino;
         *taken = e;
         *was = st;
         return *fd;
@@ -433,23 +435,19 @@ int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int n, int cop
         ref->recy = -1;
         fd = new_segment();
         if (fd < 0) goto done;
-        rc = fix_size(fd, total) == 0 ? write_pieces(fd, h, hdr, pieces, n) : -1;
+        struct stat st;
+        rc = fix_size(fd, total) == 0 && fstat(fd, &st) == 0
+                 ? write_pieces(fd, h, hdr, pieces, n)
+                 : -1;
         if (rc != 0) {
             int saved = errno;
             close(fd);
             errno = saved;
             goto done;
         }
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0) { /* cannot fail on an open memfd; checked all the same */
-        if (ref->recy < 0) close(fd);
-        else atomic_store(&e->state, was);
-        rc = -1;
-        goto done;
+        ref->ino = (uint64_t)st.st_ino;
     }
     ref->fd = fd;
-    ref->ino = (uint64_t)st.st_ino;
     ref->size = total;
     if (copied) ref->flags = CP_SEG_COPIED;
 done:

@@ -49,8 +49,6 @@ static void spawn_requested(cp_ctl *ctl, cp_spawn_fn spawn, void *arg)
     for (uint32_t i = 0; i < ctl->nslots; i++) {
         cp_slot *s = &ctl->slots[i];
         if (atomic_load(&s->state) != CP_S_SPAWN_REQ) continue;
-        /* Counted before the fork: the worker's incarnation. */
-        atomic_fetch_add(&s->spawn_count, 1);
         pid_t pid;
         for (int attempt = 0;; attempt++) {
             pid = spawn(arg, (int)i);
