@@ -252,8 +252,12 @@ CP_HIDDEN const char *cp_seg_check(int fd, uint64_t ino, uint64_t size);
 CP_HIDDEN int cp_open_proc_fd(pid_t pid, int fd, int flags);
 /* Segments change hands over a worker slot's socketpair (AF_UNIX datagrams,
  * SCM_RIGHTS): one message per record, sent before the record is put, in
- * ring order, tagged as the record's cp_segref.  Send fd with `tag` (flags:
- * MSG_DONTWAIT to never block): 0, or -1 with errno. */
+ * ring order, tagged as the record's cp_segref.  Make one (close-on-exec;
+ * past the soft descriptor limit, raised to the hard one): 0, or -1 with
+ * errno. */
+CP_HIDDEN int cp_socketpair(int sv[2]);
+/* Send fd with `tag` (flags: MSG_DONTWAIT to never block): 0, or -1 with
+ * errno. */
 CP_HIDDEN int cp_send_fd(int sock, uint64_t tag, int fd, int flags);
 /* Receive the descriptor tagged `tag`, closing the ones before it (sent for
  * records a dead worker left in its rings): a descriptor, or -1 with errno
@@ -261,8 +265,6 @@ CP_HIDDEN int cp_send_fd(int sock, uint64_t tag, int fd, int flags);
 CP_HIDDEN int cp_recv_fd(int sock, uint64_t tag);
 /* Close every descriptor waiting on sock. */
 CP_HIDDEN void cp_drop_fds(int sock);
-/* Raise the soft limit on descriptors to the hard one: 0 if it rose. */
-CP_HIDDEN int cp_raise_nofile(void);
 /* Write pieces[0] (a pickle) and pieces[1..n-1] (its out-of-band buffers)
  * into a segment in the cp_seghdr layout: one of d's recycled segments if
  * one is free or frees up soon, else a new one-shot segment, whose

@@ -148,10 +148,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     for (int i = 0; i < n; i++) c->psock[i] = c->wsock[i] = -1;
     for (int i = 0; i < n; i++) {
-        int sv[2], rc = socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv);
-        if (rc != 0 && errno == EMFILE && cp_raise_nofile() == 0)
-            rc = socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv);
-        if (rc != 0) {
+        int sv[2];
+        if (cp_socketpair(sv) != 0) {
             cp_oserror("socketpair");
             goto error;
         }

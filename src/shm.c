@@ -33,12 +33,13 @@
 
 void *cp_shared_map(size_t size) { return cp_shared_map_fd(size, NULL); }
 
-/* A segment is a descriptor, and a task waiting to be sent keeps its
+/* Raise the soft limit on descriptors to the hard one: 0 if it rose.
+ * A segment is a descriptor, and a task waiting to be sent keeps its
  * one-shot segment's open: many queued large tasks would otherwise meet the
  * usual soft limit of 1024, which is low so that select() keeps working;
  * the hard limit is there for programs that need more (systemd and Go raise
  * theirs so). */
-int cp_raise_nofile(void)
+static int raise_nofile(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return -1;
@@ -93,7 +94,7 @@ static void watch_forks(void)
 static int new_memfd(const char *name)
 {
     int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0 && errno == EMFILE && cp_raise_nofile() == 0)
+    if (fd < 0 && errno == EMFILE && raise_nofile() == 0)
         fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return -1;
     if (fchmod(fd, 0600) != 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) != 0) {
@@ -174,6 +175,14 @@ int cp_open_proc_fd(pid_t pid, int fd, int flags)
 }
 
 /* ---- handing segments over ------------------------------------------------- */
+
+int cp_socketpair(int sv[2])
+{
+    int rc = socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv);
+    if (rc != 0 && errno == EMFILE && raise_nofile() == 0)
+        rc = socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv);
+    return rc;
+}
 
 int cp_send_fd(int sock, uint64_t tag, int fd, int flags)
 {
