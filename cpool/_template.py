@@ -23,7 +23,6 @@ multiprocessing's own spawned processes.
 """
 import os
 import pickle
-import sys
 
 from . import _cpool
 
@@ -117,7 +116,7 @@ def _abort(_cpool, ctl_fd, method, exc):
     broken with that reason), and leave."""
     import traceback
     try:
-        from .pool import _pack_error
+        from ._worker import _pack_error
         err = RuntimeError(f"cpool's template process (start method {method!r}) could "
                            f"not load the pool's initializer, its arguments or the main "
                            f"module: {exc!r}")

@@ -1,0 +1,138 @@
+"""cpool's exceptions, and how a task's outcome becomes one.
+
+The C collector hands each task's outcome to its result object as
+``(status, value)`` (``_cpool.ST_*``); ``outcome()`` turns it into the value
+or the exception the caller sees.
+"""
+import os
+import pickle
+
+import multiprocessing
+
+from . import _cpool
+
+__all__ = ["TimeoutError", "WorkerLostError", "BrokenPoolError", "InitializerError",
+           "TaskAbortedError", "ResultUnpicklingError", "PoolTerminatedError"]
+
+ST_OK, ST_ERR, ST_LOCAL = _cpool.ST_OK, _cpool.ST_ERR, _cpool.ST_LOCAL
+ST_LOST, ST_TERMINATED, ST_INITFAIL, ST_UNPICKLE = (
+    _cpool.ST_LOST, _cpool.ST_TERMINATED, _cpool.ST_INITFAIL, _cpool.ST_UNPICKLE)
+
+
+class TimeoutError(multiprocessing.TimeoutError):
+    """get() or next() ran out of time; the result may still arrive."""
+
+
+class WorkerLostError(RuntimeError):
+    """The worker running a task died before answering (killed, crashed,
+    os._exit).  Only the tasks that worker held fail; the pool replaces it."""
+
+    def __init__(self, message, pid=None, exitcode=None, signal=None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.pid, self.exitcode, self.signal))
+
+
+class BrokenPoolError(RuntimeError):
+    """The pool cannot run tasks any more (a worker could not be started):
+    every pending and later call fails with this error; its __cause__ says
+    why."""
+
+
+class InitializerError(BrokenPoolError):
+    """The pool's initializer raised in a worker: the pool is broken, and
+    every pending and later call fails with this error (its __cause__ is the
+    initializer's exception).  multiprocessing would respawn workers forever."""
+
+
+class TaskAbortedError(RuntimeError):
+    """The task raised a BaseException that is not an Exception (SystemExit,
+    KeyboardInterrupt, GeneratorExit...).  Raising that in the caller would
+    exit or interrupt it, so this is raised instead, with the original as
+    __cause__.  The worker goes on (multiprocessing's would exit, and the
+    task's result would never come)."""
+
+
+class ResultUnpicklingError(pickle.UnpicklingError):
+    """A task's result, or the exception it raised, could not be unpickled
+    in the parent; __cause__ is why.  The pool goes on."""
+
+
+class PoolTerminatedError(RuntimeError):
+    """The pool was terminated (or its template process died) before the
+    task finished."""
+
+
+def _remote_traceback(text):
+    from multiprocessing.pool import RemoteTraceback
+    return RemoteTraceback(text)
+
+
+def _describe_status(wstatus):
+    """(exitcode, signal, words) for a waitpid status."""
+    if os.WIFSIGNALED(wstatus):
+        import signal
+        sig = os.WTERMSIG(wstatus)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return -sig, sig, f"killed by signal {name}"
+    code = os.WEXITSTATUS(wstatus)
+    return code, None, f"exited with code {code}"
+
+
+def _outcome(job, idx, status, value):
+    """(success, value or exception) of one task's outcome."""
+    if status == ST_OK:
+        return True, value
+    if status == ST_ERR:
+        exc, tb = value
+        if tb is not None:
+            exc.__cause__ = _remote_traceback(tb)
+        if not isinstance(exc, Exception):
+            err = TaskAbortedError(f"task {idx} of job {job} raised "
+                                   f"{type(exc).__name__}{exc.args!r}")
+            err.__cause__ = exc
+            return False, err
+        return False, exc
+    if status == ST_UNPICKLE:
+        why, was_error = value
+        what = "the exception raised by" if was_error else "the result of"
+        err = ResultUnpicklingError(
+            f"could not unpickle {what} task {idx} of job {job}: {why!r}")
+        err.__cause__ = why
+        return False, err
+    if status == ST_LOCAL:
+        return False, value
+    if status == ST_LOST:
+        pid, wstatus = value
+        exitcode, sig, words = _describe_status(wstatus)
+        return False, WorkerLostError(
+            f"worker {pid} {words} while running task {idx} of job {job}",
+            pid, exitcode, sig)
+    if status == ST_TERMINATED:
+        return False, PoolTerminatedError(
+            "the pool was terminated before this task finished")
+    if status == ST_INITFAIL:
+        return False, _initializer_error(value)
+    return False, SystemError(f"cpool: unknown status {status}")
+
+
+def _initializer_error(broken):
+    exc, tb, initializer = broken
+    if tb is not None:
+        exc.__cause__ = _remote_traceback(tb)
+    if initializer:
+        err = InitializerError("the pool's initializer raised in a worker; "
+                               "the pool is broken")
+    else:
+        err = BrokenPoolError("cpool could not start a worker process; "
+                              "the pool is broken")
+    err.__cause__ = exc
+    return err
+

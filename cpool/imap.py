@@ -1,0 +1,278 @@
+"""The iterators of imap and imap_unordered: the input read lazily, a bounded
+window of chunks ahead of the consumer, and the outcomes (delivered by the C
+collector through ``_set``, as for results.py's objects) handed out in input
+or completion order."""
+import collections
+import itertools
+import threading
+import weakref
+from _thread import allocate_lock as _allocate_lock
+from time import monotonic as _monotonic
+
+from .errors import (ST_LOCAL, ST_OK, ST_TERMINATED, TimeoutError,
+                     _outcome)
+from .results import _job_counter
+
+__all__ = ["IMapIterator", "IMapUnorderedIterator"]
+
+# How many chunks an imap reads ahead of its consumer, per worker.
+IMAP_WINDOW_PER_WORKER = 4
+
+_NO_VALUE = object()   # a chunk was taken into _buf: no single value
+
+
+class IMapIterator:
+    """The iterator of imap: results in input order.  The input is read
+    lazily, a bounded window of chunks ahead of the consumer, so an endless
+    generator works (multiprocessing reads it all first)."""
+
+    _ordered = True
+    _defer = False
+
+    def __init__(self, pool, func, iterable, chunksize, star):
+        self._pool = weakref.ref(pool)
+        self._core = pool._core
+        self._cache = pool._cache
+        # `with self._lock` rather than `with self._cond`: the same lock,
+        # without Condition's Python-level __enter__/__exit__ per item.
+        self._lock = _allocate_lock()
+        self._cond = threading.Condition(self._lock)
+        self._feed_lock = threading.Lock()
+        self._job = next(_job_counter)
+        self._chunksize = chunksize
+        self._star = star
+        self._window = max(2, IMAP_WINDOW_PER_WORKER * pool._processes)
+        self._blob = self._core.func_blob(func)
+        self._input = iter(iterable)
+        self._submitted = 0      # chunks read from the input and queued
+        self._delivered = 0      # chunks whose outcome arrived
+        self._consumed = 0       # chunks the consumer has taken
+        self._length = None      # total chunks, once the input is exhausted
+        # Outcomes not yet taken, by chunk index (imap) or by arrival
+        # number _head.._tail-1 (imap_unordered): dict stores, which a
+        # signal handler cannot interrupt half-way (see ApplyResult._set).
+        self._ready = {}
+        self._head = self._tail = 0
+        self._last = -1
+        self._buf = collections.deque()
+        self._sleepers = 0       # consumers waiting on _cond
+        self._cache[self._job] = self
+        pool._lazy.add(self)
+        self._feed()
+
+    def __iter__(self):
+        return self
+
+    # -- feeding (the consumer's thread, or join()) --
+
+    def _feed(self, everything=False):
+        """Read input ahead of the consumer, up to the window.  The window is
+        refilled once it is half empty, a batch of chunks in one submission:
+        one lock, one dispatch and one wake-up per batch, not per chunk."""
+        if not everything and (self._length is not None or
+                               self._submitted - self._consumed > self._window // 2):
+            return  # the common case, checked again under the lock below
+        with self._feed_lock:
+            if self._length is not None:
+                return
+            if not everything and self._submitted - self._consumed > self._window // 2:
+                return
+            while self._length is None:
+                room = self._window - (self._submitted - self._consumed)
+                if not everything and room <= 0:
+                    return
+                chunks, stop = [], None
+                while len(chunks) < (64 if everything else room):
+                    try:
+                        chunk = list(itertools.islice(self._input, self._chunksize))
+                    except BaseException as e:
+                        stop = e
+                        break
+                    if not chunk:
+                        stop = StopIteration
+                        break
+                    chunks.append(chunk)
+                if chunks and not self._submit(chunks):
+                    return
+                if stop is StopIteration:
+                    self._end_input(self._submitted)
+                elif stop is not None:
+                    idx = self._submitted
+                    self._end_input(idx + 1)
+                    self._set(idx, ST_LOCAL, stop)
+                if stop is not None or not everything:
+                    return
+
+    def _submit(self, chunks):
+        """Queue chunks as tasks submitted, submitted+1, ...; False if the
+        pool is terminating (the input then ends with that error)."""
+        first = self._submitted
+        pool = self._pool()
+        if pool is None or pool._terminating():
+            self._submitted += 1
+            self._set(first, ST_TERMINATED, None)
+            self._end_input(first + 1)
+            return False
+        flat = chunks[0] if len(chunks) == 1 else [x for c in chunks for x in c]
+        try:   # all or nothing: only the last chunk can be short
+            self._core.submit_chunks(self._job, self._blob, flat, self._chunksize,
+                                     self._star, first, False)
+            self._submitted += len(chunks)
+            return True
+        except Exception:
+            pass
+        except BaseException as e:
+            self._interrupted(first, e)
+            raise
+        # One of them cannot be pickled: that chunk fails, the others run (as
+        # multiprocessing does); find it by sending them singly.
+        for i, chunk in enumerate(chunks):
+            try:
+                self._core.submit_chunks(self._job, self._blob, chunk, len(chunk),
+                                         self._star, first + i, False)
+            except Exception as e:
+                self._set(first + i, ST_LOCAL, e)
+            except BaseException as e:
+                self._interrupted(first + i, e)
+                raise
+            self._submitted += 1
+        return True
+
+    def _interrupted(self, idx, exc):
+        """Ctrl-C (or another BaseException) while chunk idx was submitted:
+        the input read for it is lost, so the iteration ends there, with that
+        error, instead of waiting forever for chunks never queued."""
+        self._submitted = idx + 1
+        self._end_input(idx + 1)
+        err = RuntimeError(f"reading the input of imap was interrupted at chunk {idx}")
+        err.__cause__ = exc
+        self._set(idx, ST_LOCAL, err)
+
+    def _end_input(self, length):
+        with self._lock:
+            self._length = length
+            self._input = None
+            self._check_complete()
+            self._cond.notify_all()
+
+    def _stop(self):
+        """The pool is terminating: read no more input."""
+        with self._lock:
+            if self._length is None:
+                self._length = self._submitted
+                self._input = None
+                self._check_complete()
+                self._cond.notify_all()
+
+    def _check_complete(self):
+        if self._length is not None and self._delivered >= self._length:
+            if self._cache.pop(self._job, None) is not None:
+                self._core.kick()
+
+    # -- results (the collector's thread) --
+
+    def _set(self, idx, status, value):
+        got = (True, value) if status == ST_OK else _outcome(self._job, idx, status, value)
+        with self._lock:
+            if idx != self._last:  # not a repeat (see ApplyResult._set)
+                if self._ordered:
+                    self._ready[idx] = got
+                else:
+                    self._ready[self._tail] = got
+                    self._tail += 1
+                self._delivered += 1
+                self._last = idx
+            if self._length is not None:
+                self._check_complete()
+            if self._sleepers:
+                self._cond.notify_all()
+
+    # -- consuming --
+
+    def _take(self):
+        """(True, value), (False, exception), or None; caller holds _lock.
+        Taking a chunk moves its values to _buf."""
+        if self._ordered:
+            got = self._ready.pop(self._consumed, None)
+        else:
+            got = self._ready.pop(self._head, None)
+            if got is not None:
+                self._head += 1
+        if got is None:
+            return None
+        self._consumed += 1
+        ok, val = got
+        if not ok:
+            return got
+        if len(val) == 1:  # chunksize 1: no detour through _buf
+            return True, val[0]
+        self._buf.extend(val)
+        return True, _NO_VALUE
+
+    def next(self, timeout=None):
+        buf = self._buf
+        deadline = None
+        while True:
+            if buf:  # the rest of a chunk already taken: no lock, no feeding
+                try:
+                    return buf.popleft()
+                except IndexError:  # another thread took it
+                    pass
+            if timeout is not None and deadline is None:
+                deadline = _monotonic() + timeout
+            waiting = False
+            with self._lock:
+                got = self._take()
+                if got is None:
+                    if self._length is not None and self._consumed >= self._length:
+                        self._check_complete()  # again, in case a Ctrl-C cut it short
+                        raise StopIteration
+                    if self._submitted > self._consumed or self._length is not None:
+                        left = None if deadline is None else deadline - _monotonic()
+                        if left is not None and left <= 0:
+                            raise TimeoutError
+                        seen = self._delivered
+                        waiting = True
+                    # else nothing in flight: read more input first
+            if waiting:
+                # Collect in this thread (without _lock: delivering takes
+                # it).  If another thread collects, wait on _cond for it.
+                if self._core.collect(left) <= 0:
+                    with self._lock:
+                        if self._delivered == seen:
+                            self._sleepers += 1
+                            try:
+                                self._cond.wait(left)
+                            finally:
+                                self._sleepers -= 1
+                continue
+            if got is not None and not got[0]:
+                if self._chunksize > 1:
+                    # As multiprocessing's chunked imap (a generator over the
+                    # chunks): a failed chunk ends the iteration.
+                    self._stop()
+                    with self._lock:
+                        self._consumed = self._length = max(self._consumed,
+                                                            self._length)
+                        self._ready.clear()
+                        self._buf.clear()
+                raise got[1]
+            # A chunk was taken (or none is in flight): top up the window
+            # once it is half empty (_feed checks again, under its lock).
+            if self._length is None and \
+                    self._submitted - self._consumed <= self._window // 2:
+                try:
+                    self._feed()
+                except BaseException:  # Ctrl-C: the value taken is not lost
+                    if got is not None and got[1] is not _NO_VALUE:
+                        self._buf.appendleft(got[1])
+                    raise
+            if got is not None and got[1] is not _NO_VALUE:
+                return got[1]
+
+    __next__ = next
+
+class IMapUnorderedIterator(IMapIterator):
+    """The iterator of imap_unordered: results in completion order."""
+
+    _ordered = False

@@ -1,0 +1,181 @@
+"""The result objects of apply_async and map_async, which the C collector
+fills in.
+
+The delivery protocol (src/deliver.c): for each task's outcome the collector
+calls ``job._set(index, status, value)`` on the object registered under the
+job's number in the pool's cache, holding the GIL; ``job._defer`` true means
+"only the collector thread may deliver to me" (the job has callbacks, which
+must not run inside a caller's get()).  A caller waiting in get() collects for
+itself through ``core.collect()`` (``_collect_until``).
+"""
+import itertools
+import sys
+import traceback
+from _thread import allocate_lock as _allocate_lock
+from time import monotonic as _monotonic
+
+from .errors import ST_OK, TimeoutError, _outcome
+
+__all__ = ["ApplyResult", "AsyncResult", "MapResult"]
+
+
+def _call_back(fn, arg):
+    """Run a user callback; one that raises is reported, as threading
+    reports an uncaught exception, and never stops later results."""
+    try:
+        fn(arg)
+    except BaseException:
+        print(f"Exception in cpool callback {fn!r}:", file=sys.stderr)
+        traceback.print_exc()
+
+
+_job_counter = itertools.count(1)
+
+
+class ApplyResult:
+    """The result of apply_async (multiprocessing.pool.ApplyResult)."""
+
+    def __init__(self, cache, callback, error_callback, core=None):
+        # A bare lock, held until the outcome is in, is all the event we need
+        # (threading.Event is a Condition and a Lock: several times the cost
+        # for each of a hundred thousand apply_async calls).
+        self._core = core
+        # Callbacks run on cpool's collector thread, never inside a caller's
+        # get() that collects for itself: such outcomes are left to it.
+        self._defer = callback is not None or error_callback is not None
+        self._done = _allocate_lock()
+        self._done.acquire()
+        self._ready = False
+        self._job = next(_job_counter)
+        self._cache = cache
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = None
+        self._value = None
+        self._released = False
+        cache[self._job] = self
+
+    def ready(self):
+        return self._ready
+
+    def successful(self):
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout=None):
+        if self._ready:
+            return
+        if self._core is not None:
+            # Collect in this thread while waiting: the result comes straight
+            # from the worker's ring, not through the collector thread.
+            deadline = None if timeout is None else _monotonic() + timeout
+            if _collect_until(self._core, lambda: self._ready, deadline):
+                return
+            if deadline is not None:
+                timeout = deadline - _monotonic()
+        if timeout is None:
+            with self._done:        # released for every other waiter too,
+                pass                # even if Ctrl-C lands here
+        elif timeout > 0 and self._done.acquire(True, timeout):
+            self._done.release()
+
+    def get(self, timeout=None):
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _abandon(self):
+        self._cache.pop(self._job, None)
+
+    def _complete(self):
+        """The outcome is in and its callback has run: wake the waiters and
+        leave the cache, each step once, however often this is called."""
+        self._ready = True
+        if not self._released:
+            self._released = True
+            self._done.release()
+        self._cache.pop(self._job, None)
+
+    def _finish(self):
+        if self._success:
+            if self._callback is not None:
+                _call_back(self._callback, self._value)
+        elif self._error_callback is not None:
+            _call_back(self._error_callback, self._value)
+        self._complete()
+
+    # An outcome may be delivered twice.  A thread that collects for itself
+    # while it waits runs _set, and if it is the main thread a Ctrl-C can
+    # land inside; cpool's collector thread (where no signal handler runs)
+    # then delivers the same outcome again.  Signal handlers run only at
+    # calls and loop edges, so the _set methods change their state in
+    # call-free steps and skip what an interrupted delivery already did.
+    # (Outcomes with callbacks are only ever delivered by the collector.)
+
+    def _set(self, idx, status, value):
+        if self._ready:
+            self._complete()  # a repeat: finish what was interrupted
+            return
+        if status == ST_OK:
+            self._success, self._value = True, value
+        else:
+            self._success, self._value = _outcome(self._job, idx, status, value)
+        self._finish()
+
+    __class_getitem__ = classmethod(lambda cls, item: cls)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """The result of map_async/starmap_async: one list, filled chunk by chunk;
+    the first failing chunk fails it (as multiprocessing does)."""
+
+    def __init__(self, cache, chunksize, length, callback, error_callback, core=None):
+        super().__init__(cache, callback, error_callback, core)
+        self._success = True
+        self._value = [None] * length
+        self._chunksize = chunksize
+        self._last = -1  # the chunk delivered last (see ApplyResult._set)
+        if chunksize <= 0:
+            self._number_left = 0
+            self._complete()
+        else:
+            self._number_left = length // chunksize + bool(length % chunksize)
+
+    def _set(self, idx, status, value):
+        if self._ready:
+            self._complete()  # a repeat, or a chunk after a failed one
+            return
+        if idx != self._last:
+            if status == ST_OK:
+                lo = idx * self._chunksize
+                self._value[lo:lo + self._chunksize] = value
+            else:
+                ok, err = _outcome(self._job, idx, status, value)
+                self._success, self._value = ok, err
+            self._last = idx
+            self._number_left -= 1
+        if self._number_left == 0 or not self._success:
+            self._finish()
+
+
+
+def _collect_until(core, done, deadline):
+    """Collect results in this thread until done() or the deadline: True if
+    done(), False if the caller must wait as usual (the deadline passed, or
+    another thread collects, or this one cannot)."""
+    while not done():
+        left = None
+        if deadline is not None:
+            left = deadline - _monotonic()
+            if left <= 0:
+                return False
+        if core.collect(left) <= 0:
+            return done()
+    return True
