@@ -23,7 +23,7 @@ import pytest
 import cpool
 from cpool import pool as cpool_pool
 from conftest import START_METHODS, each_start_method, join_within, run_threads, shutdown
-from procs import segment_fds, segments_mapped, shm_names
+from procs import segment_fds, segments_mapped, shm_names, wait_gone, wait_not_running
 
 T = 30  # seconds: the bound on every wait for a result
 
@@ -125,21 +125,6 @@ def expected_pickling_error(obj):
     except Exception as e:
         return type(e)
     raise AssertionError(f"{obj!r} pickles")
-
-
-def wait_gone(pids, timeout=5.0):
-    """The pids of `pids` still alive after up to `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    alive = set(pids)
-    while True:
-        for pid in list(alive):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                alive.discard(pid)
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
 
 
 def wait_for_file(path, timeout=T):
@@ -1110,25 +1095,6 @@ def test_only_the_dying_task_fails_among_short_ones(pool):
                 r.get(timeout=T)
         else:
             assert r.get(timeout=T) == square(i)
-
-
-def _process_state(pid):
-    """None if pid is gone, else its /proc state letter ('Z' for a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
-
-
-def wait_not_running(pids, timeout=5.0):
-    """The pids still running (gone or zombie counts as not running)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = {p for p in pids if _process_state(p) not in (None, "Z")}
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
 
 
 EXIT_SNIPPET = """

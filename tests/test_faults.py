@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import python_env
-from procs import shm_names
+from procs import alive, shm_names, wait_not_running
 
 
 def start(src):
@@ -37,24 +37,6 @@ def run(src, timeout=60, method=None, tmp_path=None):
     return out
 
 
-def alive(pid):
-    """True if pid runs (a zombie has exited: it only waits to be reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pids, within=5.0):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(alive(p) for p in pids):
-            return []
-        time.sleep(0.05)
-    return [p for p in pids if alive(p)]
-
-
 def test_parent_killed_takes_template_and_workers_with_it():
     p = start("""
         import os, time, cpool
@@ -70,7 +52,7 @@ def test_parent_killed_takes_template_and_workers_with_it():
     assert len(pids) == 4 and all(alive(x) for x in pids)
     p.kill()
     p.communicate(timeout=10)
-    assert wait_gone(pids, within=1.0) == []     # within a second
+    assert wait_not_running(pids, 1.0) == set()     # within a second
     assert set(shm_names()) - before == set()    # nothing named, ever
 
 
@@ -126,7 +108,7 @@ def test_unclosed_pool_is_cleaned_at_exit():
     lines = out.splitlines()
     pids = [int(x) for x in lines[0].split()]
     assert lines[1] == "[5]" and p.returncode == 0, err
-    assert wait_gone(pids, within=3) == []
+    assert wait_not_running(pids, 3) == set()
 
 
 def test_large_payloads_both_ways_and_no_segment_left():

@@ -28,6 +28,7 @@ import pytest
 
 import cpool
 from conftest import python_env
+from procs import proc_stat
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to act as a second local user (CI runs as root)")
@@ -40,7 +41,8 @@ PROTECTED_REGULAR = "/proc/sys/fs/protected_regular"
 CPOOL_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cpool.__file__)))
 
 
-# -- helpers shared with the scripts (their source is pasted into them) --------
+# -- helpers shared with the scripts (their source is pasted into them, with
+# procs.proc_stat's: a script that runs as nobody imports nothing of ours) ----
 
 def squat_names(pid):
     """Every /dev/shm name the old (named-segment) scheme gave the pools of
@@ -63,12 +65,8 @@ def family(pid):
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
+        fields = proc_stat(entry)
+        if fields is not None and fields[0] != "Z":
             parent[int(entry)] = int(fields[1])
     found = {pid}
     while True:
@@ -87,7 +85,8 @@ os.setuid({NOBODY})
 assert (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()) == \\
     ({NOBODY}, {NOBODY}, {NOBODY}, {NOBODY}, [])
 """
-HELPERS = "\n".join(textwrap.dedent(inspect.getsource(f)) for f in (squat_names, family))
+HELPERS = "\n".join(textwrap.dedent(inspect.getsource(f))
+                    for f in (squat_names, proc_stat, family))
 
 
 # -- the scripts ----------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 import cpool
 from conftest import START_METHODS, python_env, run_python, shutdown
-from procs import shm_names
+from procs import cmdline, shm_names, wait_not_running
 
 EXEC_METHODS = ("spawn", "forkserver")
 
@@ -44,11 +44,6 @@ def run_script(tmp_path, source, timeout=60, args=()):
         pytest.fail(f"script did not finish within {timeout} s\n"
                     f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def cmdline(pid):
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().split(b"\0")
 
 
 @pytest.mark.parametrize("method", EXEC_METHODS)
@@ -216,19 +211,8 @@ def test_parent_killed_takes_the_exec_template_and_workers(tmp_path, method):
     finally:
         p.kill()
         p.communicate(timeout=10)
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and any(_alive(x) for x in pids):
-        time.sleep(0.05)
-    assert [x for x in pids if _alive(x)] == []
+    assert wait_not_running(pids, 2) == set()
     assert set(shm_names()) - before == set()
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_no_process_or_fd_left_by_exec_templates(tmp_path):
