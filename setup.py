@@ -17,8 +17,9 @@ with open(os.path.join(HERE, "cpool", "__init__.py"), encoding="utf-8") as f:
 
 SOURCES = [
     "src/module.c",    # init, module state, pickling helpers
-    "src/pool.c",      # the parent: the Core type, submitting, waiting
-    "src/queue.c",     # the parent: tasks, the pending queue, dispatch to the rings
+    "src/pool.c",      # the parent: the Core type, start, waiting
+    "src/submit.c",    # the parent: tasks pickled and queued
+    "src/dispatch.c",  # the parent: the task queue, which worker runs what (no Python)
     "src/collect.c",   # the parent: draining results, the collector thread, the token
     "src/deliver.c",   # the parent: outcomes into the Python result objects
     "src/death.c",     # the parent: a worker died (held tasks, resends, respawn)
@@ -30,7 +31,8 @@ SOURCES = [
     "src/floor.c",     # the benchmark's floor: futex round trip, memcpy
     "src/pack.c",      # pickles for the rings: inline, or out of band in a segment
     "src/ring.c",      # single-producer single-consumer record rings
-    "src/sync.c",      # futex waits and wake-ups
+    "src/sync.c",      # futex waits and wake-ups, deadlines
+    "src/wait.c",      # waiting with the GIL released: timeouts, Ctrl-C
     "src/shm.c",       # the control segment and large-record segments
     "src/copy.c",      # large copies into fresh memory, in two halves at once
 ]

@@ -54,17 +54,8 @@ static void drain(CoreObject *c, int i)
              * result, which may take a while (a large chunk's list), so the
              * worker does not idle meanwhile. */
             cp_lock_with_gil(c);
-            cp_wstate *w = &c->ws[i];
-            t = w->head;
-            if (t != NULL) {
-                w->head = t->next;
-                if (w->head == NULL) w->tail = NULL;
-                w->n--;
-                cp_close_fsegs(w, t->end_pos); /* the worker has loaded them */
-                int64_t took = cp_now_ns() - t->sent_ns;
-                c->task_ns = c->task_ns < 0 ? took : (7 * c->task_ns + took) / 8;
-                cp_dispatch_locked(c);
-            }
+            t = cp_sched_answered(&c->sd, i);
+            if (t != NULL) cp_dispatch_locked(c);
             pthread_mutex_unlock(&c->mu);
             if (t == NULL || t->job != hh.job || t->idx != hh.idx)
                 CP_DEBUG("result %llu/%u out of order on slot %d",
@@ -106,7 +97,7 @@ static void drain(CoreObject *c, int i)
         }
         if (t != NULL) {
             t->held = 1; /* the worker handed a recycled segment back itself */
-            cp_task_drop_segment(c, t);
+            cp_task_drop_segment(c->ctl, t);
             cp_task_free(t);
         }
         cp_deliver(c, hh.job, hh.idx, status, value);
@@ -117,6 +108,14 @@ static void drain(CoreObject *c, int i)
 /* ---- the collector ------------------------------------------------------- */
 
 /* Results to deliver or a death to handle: what a waiter collects. */
+/* Wake the collector thread, wherever it sleeps, for work only it does. */
+void cp_kick(CoreObject *c)
+{
+    atomic_store(&c->kicked, 1);
+    cp_event_signal(&c->ctl->results);
+    cp_event_signal(&c->tok_ev); /* a collector napping while a waiter collects */
+}
+
 int cp_ring_news(CoreObject *c)
 {
     for (int i = 0; i < c->n; i++) {
@@ -142,14 +141,6 @@ static int any_news(CoreObject *c)
 }
 
 static int any_news_pred(void *c) { return any_news((CoreObject *)c); }
-
-static int outstanding_locked(CoreObject *c)
-{
-    if (c->npend) return 1;
-    for (int i = 0; i < c->n; i++)
-        if (c->ws[i].n) return 1;
-    return 0;
-}
 
 /* Wait for the template to exit (it reaps the workers first), at most
  * TEMPLATE_GRACE_MS: one stuck (say, in a fork hook of the user's that
@@ -207,13 +198,13 @@ int cp_round_gil(CoreObject *c, int closing)
         }
     }
     if (c->broken != NULL) cp_fail_all(c, CP_ST_INITFAIL, c->broken, 0);
-    else if (c->failed != NULL) cp_fail_all(c, CP_ST_LOCAL, NULL, 0);
+    else if (c->sd.failed != NULL) cp_fail_all(c, CP_ST_LOCAL, NULL, 0);
     if (closing && atomic_load(&c->phase) == CP_CLOSE) {
         cp_lock_with_gil(c);
         /* Idle and sealed in one step under mu: a task submitted now is
          * refused (enqueue), never queued behind the STOP records. */
-        int stop_now = !c->stopping && !outstanding_locked(c) && c->failed == NULL &&
-                       PyDict_GET_SIZE(c->cache) == 0;
+        int stop_now = !c->stopping && !cp_sched_outstanding(&c->sd) &&
+                       c->sd.failed == NULL && PyDict_GET_SIZE(c->cache) == 0;
         if (stop_now) c->sealed = c->stopping = 1;
         pthread_mutex_unlock(&c->mu);
         if (stop_now) send_stops(c);
@@ -420,4 +411,73 @@ void *cp_collector_main(void *arg)
     Py_DECREF(c);
     PyGILState_Release(g);
     return NULL;
+}
+
+/* ---- a waiter collecting for itself ---------------------------------------- */
+
+static int ring_news_pred(void *c) { return cp_ring_news((CoreObject *)c); }
+
+#define COLLECT_SLICE_NS 100000000 /* Ctrl-C and the template are checked */
+
+PyObject *cp_collect_waiting(CoreObject *c, int64_t left)
+{
+    if (c->owner != getpid() || atomic_load(&c->phase) == CP_TERMINATE ||
+        atomic_load(&c->done) || cp_delivering != NULL)
+        return PyLong_FromLong(-1);
+    if (cp_collector_owed(c)) return PyLong_FromLong(0); /* see below */
+    if (!cp_take_token(c)) {
+        /* The collector thread is in a round: it may be delivering ours. */
+        Py_BEGIN_ALLOW_THREADS
+        cp_await_token(c, left >= 0 && left < CP_TOKEN_NAP_NS ? left : CP_TOKEN_NAP_NS);
+        Py_END_ALLOW_THREADS
+        return PyLong_FromLong(atomic_load(&c->tok) != 0 ? 0 : 1);
+    }
+    cp_delivering = c;
+    int64_t deadline = cp_deadline(left);
+    int64_t slept = 0;
+    PyObject *ret = NULL;
+    for (;;) {
+        if (cp_collector_owed(c)) {
+            /* Its work first (deferred deliveries come before any later
+             * one; a closing pool's end is its to see): it takes over, and
+             * this caller waits on its result. */
+            ret = PyLong_FromLong(0);
+            break;
+        }
+        if (cp_ring_news(c)) {
+            cp_round_gil(c, 0);
+            cp_lock_with_gil(c);
+            cp_dispatch_locked(c);
+            pthread_mutex_unlock(&c->mu);
+            ret = PyLong_FromLong(atomic_load(&c->has_deferred) ? 0 : 1);
+            break;
+        }
+        int64_t slice = cp_slice(deadline, COLLECT_SLICE_NS);
+        if (slice == 0) {
+            ret = PyLong_FromLong(1);
+            break;
+        }
+        int rc = 0;
+        Py_BEGIN_ALLOW_THREADS
+        if (!cp_spin_until(ring_news_pred, c)) {
+            uint32_t seen = cp_event_prepare(&c->ctl->results);
+            if (cp_ring_news(c) || cp_collector_owed(c))
+                cp_event_cancel(&c->ctl->results);
+            else rc = cp_event_sleep(&c->ctl->results, seen, slice);
+        }
+        Py_END_ALLOW_THREADS
+        if (rc == ETIMEDOUT && (slept += slice) >= CP_WATCHDOG_NS) {
+            slept = 0;
+            cp_check_template(c);
+        }
+        if (PyErr_CheckSignals() < 0) break;
+    }
+    cp_delivering = NULL;
+    cp_give_token(c, 1);
+    if (c->interrupt != NULL) {
+        Py_CLEAR(ret);
+        cp_restore_exc(c->interrupt);
+        c->interrupt = NULL;
+    }
+    return ret;
 }

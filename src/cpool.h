@@ -59,6 +59,12 @@ typedef struct {
 
 /* Monotonic clock in nanoseconds. */
 CP_HIDDEN int64_t cp_now_ns(void);
+/* Waits in slices toward one deadline (cp_now_ns time; -1: none).  The
+ * deadline `timeout_ns` from now (<0: none). */
+CP_HIDDEN int64_t cp_deadline(int64_t timeout_ns);
+/* How long the next sleep of such a wait is: `slice`, or less so as to end
+ * at the deadline; 0 once it has passed. */
+CP_HIDDEN int64_t cp_slice(int64_t deadline, int64_t slice);
 /* Wake every sleeper of `e` (a system call only when someone sleeps). */
 CP_HIDDEN void cp_event_signal(cp_event *e);
 /* Register as a sleeper and return the sequence to sleep on.  The caller
@@ -359,6 +365,111 @@ typedef pid_t (*cp_spawn_fn)(void *arg, int slot);
 CP_HIDDEN void cp_template_main(cp_ctl *ctl, int cmd_fd, pid_t parent, cp_spawn_fn spawn,
                                 void *arg) __attribute__((noreturn));
 
+/* ---- dispatch.c: the parent's task queue and dispatch -------------------- */
+
+/* The parent's private bookkeeping of a task: its pickled payload stays here
+ * until the result arrives, so a task a dead worker never took can be sent
+ * again, and one it took can be failed by name. */
+typedef struct cp_blob {
+    _Atomic long refs;
+    size_t len;
+    char data[];
+} cp_blob;
+
+typedef struct cp_task {
+    struct cp_task *next;
+    uint64_t job;
+    uint32_t idx;
+    uint16_t kind;
+    uint16_t has_seg;  /* sent through a segment (seg; a one-shot's seg.fd is ours) */
+    cp_blob *func;     /* MAP/STARMAP: the job's pickled function (shared) */
+    uint64_t end_pos;  /* task-ring position just past this record */
+    int64_t sent_ns;   /* when it went into a ring */
+    int err;           /* errno when it could not be sent */
+    int held;          /* a dead worker had taken it: its segment is not ours */
+    cp_segref seg;
+    size_t len;
+    char data[];
+} cp_task;
+
+typedef struct {
+    cp_task *head, *tail; /* in flight, in ring order */
+    int n;
+    int has_func;
+    uint64_t func_job;    /* the job whose function the worker holds */
+    uint64_t func_end;    /* task-ring position just past that FUNC record */
+    /* One-shot segments of FUNC records sent (their descriptors, and the
+     * task-ring position past each record): closed once the worker has
+     * loaded the function, i.e. answered a task put after it. */
+    struct cp_fseg {
+        int fd;
+        uint64_t end;
+    } *fsegs;
+    int nfsegs, capfsegs;
+    uint64_t sent;        /* tasks sent to the current incarnation */
+} cp_wstate;
+
+/* The parent's task queue and dispatch state.  Every call below but
+ * init/fini is made under the pool's mutex, without the GIL. */
+typedef struct {
+    cp_ctl *ctl;
+    int n;
+    uint64_t maxtasks;          /* tasks per worker incarnation; 0: unlimited */
+    int *psock;                 /* the parent's end of each slot's socketpair */
+    uint64_t tag_seq;           /* tags of the parent's messages */
+    cp_task *pend_head, *pend_tail; /* not yet sent */
+    size_t npend;
+    cp_task *failed;            /* could not be sent: t->err says why */
+    cp_wstate *ws;              /* one per slot: what its worker holds */
+    int64_t task_ns;            /* moving average of a task's round trip; <0 unknown */
+    uint64_t func_death_job;    /* the last job whose function killed a worker */
+    unsigned char *touched, *full; /* dispatch scratch, one per slot */
+} cp_sched;
+
+/* 0, or -1 with errno (ENOMEM). */
+CP_HIDDEN int cp_sched_init(cp_sched *s, cp_ctl *ctl, int n, uint64_t maxtasks,
+                            int *psock);
+/* Free the per-slot state; with `drop`, every task too (their segments
+ * given up: only the process that owns the pool may). */
+CP_HIDDEN void cp_sched_fini(cp_sched *s, int drop);
+/* Queue the n tasks first..last behind the pending ones. */
+CP_HIDDEN void cp_sched_push(cp_sched *s, cp_task *first, cp_task *last, size_t n);
+/* Put pending tasks on the rings of the workers that may take more (each to
+ * the one holding fewest), and wake the workers given some.  1 when a task
+ * could not be sent (moved to s->failed, with t->err), else 0. */
+CP_HIDDEN int cp_sched_dispatch(cp_sched *s);
+/* Slot i's worker answered its oldest task: take it off its list (NULL if
+ * it held none), and learn how long it took. */
+CP_HIDDEN cp_task *cp_sched_answered(cp_sched *s, int i);
+/* 1 while a task is pending or in flight. */
+CP_HIDDEN int cp_sched_outstanding(const cp_sched *s);
+/* Take every task that could not be sent and every pending one (and, with
+ * `inflight`, every one sent), as one list. */
+CP_HIDDEN cp_task *cp_sched_take_all(cp_sched *s, int inflight);
+/* Slot i's worker died, having consumed its task ring up to `head`: send
+ * again (first, in their order) the tasks it never took, and return the
+ * ones it held (t->held set when it had taken the record), which the caller
+ * fails.  A task whose function's record it had taken is held too (the
+ * function may be what killed it); the second time a job's function does
+ * that, all of that job's queued tasks are returned with it. */
+CP_HIDDEN cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head);
+/* Close w's FUNC segments put before ring position `upto`: loaded. */
+CP_HIDDEN void cp_close_fsegs(cp_wstate *w, uint64_t upto);
+/* Drop a reference to a job's pickled function (freed with the last). */
+CP_HIDDEN void cp_blob_decref(cp_blob *b);
+/* Free a task (not its segment: cp_task_drop_segment). */
+CP_HIDDEN void cp_task_free(cp_task *t);
+/* Give up a packed segment nobody will read: a recycled one goes back to
+ * the task recycler, a one-shot one is closed (its memory goes with the
+ * last descriptor or mapping of it). */
+CP_HIDDEN void cp_drop_packed_segment(cp_ctl *ctl, const cp_segref *seg);
+/* A task that will not be sent (again) gives up its segment; a recycled one
+ * not when a worker had taken the task (it hands the segment back itself,
+ * or the parent does for a dead one, and someone else may have it since). */
+CP_HIDDEN void cp_task_drop_segment(cp_ctl *ctl, cp_task *t);
+/* Free a list of tasks that will not be sent, their segments given up. */
+CP_HIDDEN void cp_free_list(cp_ctl *ctl, cp_task *t);
+
 #ifdef CP_NEED_PYTHON
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -395,6 +506,16 @@ typedef struct {
 CP_HIDDEN cpool_state *cp_get_state(PyObject *module);
 /* A hook the package registered (borrowed), or NULL with RuntimeError. */
 CP_HIDDEN PyObject *cp_hook(PyObject *hook, const char *name);
+
+/* wait.c.  A timeout argument in seconds (None: none; negative: 0) as
+ * nanoseconds (-1: none); 0, or -1 with the exception. */
+CP_HIDDEN int cp_parse_timeout(PyObject *o, int64_t *ns);
+/* Wait until ready(arg) (called with and without the GIL: it must not touch
+ * Python), sleeping on `e` with the GIL released, at most until `deadline`
+ * (cp_deadline), checking for signals at least every 100 ms.  1 ready, 0
+ * the deadline passed, -1 with the exception a signal handler raised. */
+CP_HIDDEN int cp_wait_event(cp_event *e, int (*ready)(void *), void *arg,
+                            int64_t deadline);
 
 /* The raised exception, normalised, with its traceback; clears it.  New
  * reference, or NULL when none is set. */
@@ -445,48 +566,6 @@ CP_HIDDEN int cp_pack_pickled(PyObject *pickled, size_t inline_max,
 CP_HIDDEN PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h,
                                     const cp_segsrc *src, PyObject **interrupt);
 
-/* The parent's private bookkeeping of a task: its pickled payload stays here
- * until the result arrives, so a task a dead worker never took can be sent
- * again, and one it took can be failed by name. */
-typedef struct cp_blob {
-    _Atomic long refs;
-    size_t len;
-    char data[];
-} cp_blob;
-
-typedef struct cp_task {
-    struct cp_task *next;
-    uint64_t job;
-    uint32_t idx;
-    uint16_t kind;
-    uint16_t has_seg;  /* sent through a segment (seg; a one-shot's seg.fd is ours) */
-    cp_blob *func;     /* MAP/STARMAP: the job's pickled function (shared) */
-    uint64_t end_pos;  /* task-ring position just past this record */
-    int64_t sent_ns;   /* when it went into a ring */
-    int err;           /* errno when it could not be sent */
-    int held;          /* a dead worker had taken it: its segment is not ours */
-    cp_segref seg;
-    size_t len;
-    char data[];
-} cp_task;
-
-typedef struct {
-    cp_task *head, *tail; /* in flight, in ring order */
-    int n;
-    int has_func;
-    uint64_t func_job;    /* the job whose function the worker holds */
-    uint64_t func_end;    /* task-ring position just past that FUNC record */
-    /* One-shot segments of FUNC records sent (their descriptors, and the
-     * task-ring position past each record): closed once the worker has
-     * loaded the function, i.e. answered a task put after it. */
-    struct cp_fseg {
-        int fd;
-        uint64_t end;
-    } *fsegs;
-    int nfsegs, capfsegs;
-    uint64_t sent;        /* tasks sent to the current incarnation */
-} cp_wstate;
-
 enum { CP_RUN = 0, CP_CLOSE = 1, CP_TERMINATE = 2 };
 
 typedef struct CoreObject {
@@ -495,7 +574,6 @@ typedef struct CoreObject {
     cpool_state *st;
     cp_ctl *ctl;
     int n;
-    uint64_t maxtasks;          /* 0: unlimited */
     pid_t owner;                /* the process that made the pool */
     pid_t tmpl;
     int evfd;                   /* eventfd: requests to the template */
@@ -503,24 +581,18 @@ typedef struct CoreObject {
      * (cp_send_fd): the parent's ends, and the workers' (closed in the
      * parent once the template has them; a worker keeps its own only). */
     int *psock, *wsock;
-    uint64_t tag_seq;           /* (mu) tags of the parent's messages */
     PyObject *initializer, *initargs, *cache, *bootstrap, *pack_error;
     PyObject *broken;           /* (exc, tb) of a failed initializer */
-    pthread_mutex_t mu;         /* guards pending, ws, failed */
-    cp_task *pend_head, *pend_tail;
-    size_t npend;
-    cp_task *failed;            /* tasks that could not be sent */
-    cp_wstate *ws;
+    pthread_mutex_t mu;         /* guards sd and sealed */
+    cp_sched sd;                /* (mu) the task queue and dispatch (dispatch.c) */
     cp_segmap task_maps[CP_RECY_TASKS]; /* written through, as a task's producer */
     int task_fds[CP_RECY_TASKS];        /* the task recycler's files */
     cp_segmap *res_maps;        /* read through: CP_RECY_RESULTS per slot */
-    int64_t task_ns;            /* moving average of a task's round trip; <0 unknown */
     _Atomic int phase;
     _Atomic int kicked;
     _Atomic int done;
     _Atomic int thread_started;
     _Atomic int is_broken;
-    unsigned char *touched, *full; /* dispatch scratch, one per slot */
     cp_event done_ev;
     /* The collection token: whoever holds it drains, delivers and handles
      * deaths.  0 when free, else the monotonic time it was taken.  The
@@ -537,7 +609,6 @@ typedef struct CoreObject {
     PyThreadState *cts;         /* the collector's, while it runs without the GIL */
     int stopping;               /* collector: STOP records sent */
     int sealed;                 /* (mu) no more tasks: the pool is ending */
-    uint64_t func_death_job;    /* (mu) last job whose function killed a worker */
 } CoreObject;
 
 /* Set `exc` (a reference stolen) as the raised exception. */
@@ -551,40 +622,32 @@ static inline void cp_restore_exc(PyObject *exc)
 #endif
 }
 
-/* ---- the parent's side of a pool: queue.c, deliver.c, collect.c, death.c,
+/* ---- the parent's side of a pool: submit.c, deliver.c, collect.c, death.c,
  * pool.c (CoreObject above) -------------------------------------------- */
 
-/* queue.c */
-/* Drop a reference to a job's pickled function (freed with the last). */
-CP_HIDDEN void cp_blob_decref(cp_blob *b);
-/* Close w's FUNC segments put before ring position `upto`: loaded. */
-CP_HIDDEN void cp_close_fsegs(cp_wstate *w, uint64_t upto);
-/* Send pending tasks to the workers that may take more (mu held, no GIL). */
+/* submit.c */
+/* cp_sched_dispatch, unless the pool is terminating or broken; a task that
+ * could not be sent kicks the collector, which fails it (mu held, no GIL). */
 CP_HIDDEN void cp_dispatch_locked(CoreObject *c);
 /* Queue tasks first..last and dispatch what fits; called with the GIL.
  * 0, or -1 with ValueError when the pool no longer takes tasks (the caller
  * lost a race with close() or terminate()); the tasks are freed then. */
 CP_HIDDEN int cp_enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n);
-/* Wake the collector thread, wherever it sleeps, for work only it does. */
-CP_HIDDEN void cp_kick(CoreObject *c);
-/* Take `mu` while holding the GIL: drop the GIL only to wait, and never
- * hold `mu` while waiting to get the GIL back (a thread ended there, at
- * interpreter exit, would leave `mu` locked for good). */
-CP_HIDDEN void cp_lock_with_gil(CoreObject *c);
 /* No task gets in from now on: enqueue refuses under mu. */
 CP_HIDDEN void cp_seal(CoreObject *c, int gil);
-/* A task that will not be sent (again) gives up its segment; a recycled one
- * not when a worker had taken the task (it hands the segment back itself,
- * or the parent does for a dead one, and someone else may have it since). */
-CP_HIDDEN void cp_task_drop_segment(CoreObject *c, cp_task *t);
-/* Free a task (not its segment: cp_task_drop_segment). */
-CP_HIDDEN void cp_task_free(cp_task *t);
-/* Pickle obj into a new task; NULL with the exception.  `wait`: a large
- * one may wait a little for a recycled segment (a map's chunks: see shm.c). */
-CP_HIDDEN cp_task *cp_task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
-                                cp_blob *func, PyObject *obj, int wait);
-/* Tell the template to look at the slots (a request is set there). */
-CP_HIDDEN void cp_tell_template(CoreObject *c);
+/* apply_async: pickle (func, args, kwds) as task 0 of `job` and queue it.
+ * 0, or -1 with the exception (a pickling error raises here). */
+CP_HIDDEN int cp_submit_call(CoreObject *c, uint64_t job, PyObject *func, PyObject *args,
+                             PyObject *kwds);
+/* A map-like job's function, pickled once: a capsule for cp_submit_chunks. */
+CP_HIDDEN PyObject *cp_func_blob(CoreObject *c, PyObject *func);
+/* Cut the sequence `items` into chunks, pickle each, and queue them as
+ * tasks first, first+1, ... of `job` (progressive: a batch at a time, as
+ * they are packed; else all or nothing).  The number of chunks, or -1 with
+ * the exception. */
+CP_HIDDEN Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob,
+                                      PyObject *items, Py_ssize_t chunksize, int star,
+                                      uint32_t first, int progressive);
 
 /* deliver.c */
 /* Hand one outcome to the job's result object: job._set(idx, status, value).
@@ -604,6 +667,8 @@ CP_HIDDEN void cp_fail_list(CoreObject *c, cp_task *t, int status, PyObject *val
 CP_HIDDEN void cp_set_broken(CoreObject *c, PyObject *exc, PyObject *tb, int init);
 
 /* collect.c */
+/* Wake the collector thread, wherever it sleeps, for work only it does. */
+CP_HIDDEN void cp_kick(CoreObject *c);
 /* How often whoever sleeps on the results while the pool has workers
  * checks that the template is alive. */
 #define CP_WATCHDOG_NS 1000000000
@@ -645,6 +710,11 @@ CP_HIDDEN int cp_round_gil(CoreObject *c, int closing);
 CP_HIDDEN int cp_take_token(CoreObject *c);
 /* Wait for the template to exit (no GIL), killing it past a grace. */
 CP_HIDDEN void cp_wait_template(CoreObject *c);
+/* Core.collect(timeout): collect in this thread, for a caller waiting for a
+ * result (timeout_ns <0: none).  1 after a round that delivered, or on
+ * timeout; 0 when another thread collects; -1 when this one cannot; NULL
+ * with an exception. */
+CP_HIDDEN PyObject *cp_collect_waiting(CoreObject *c, int64_t timeout_ns);
 /* The collector thread (arg: the CoreObject, whose reference it owns). */
 CP_HIDDEN void *cp_collector_main(void *arg);
 
@@ -655,8 +725,12 @@ CP_HIDDEN void cp_handle_death(CoreObject *c, int i);
 
 /* pool.c */
 CP_HIDDEN int cp_core_add_type(PyObject *module, cpool_state *st);
-/* Free a list of tasks that will not be sent, their segments given up. */
-CP_HIDDEN void cp_free_list(CoreObject *c, cp_task *t);
+/* Take `mu` while holding the GIL: drop the GIL only to wait, and never
+ * hold `mu` while waiting to get the GIL back (a thread ended there, at
+ * interpreter exit, would leave `mu` locked for good). */
+CP_HIDDEN void cp_lock_with_gil(CoreObject *c);
+/* Tell the template to look at the slots (a request is set there). */
+CP_HIDDEN void cp_tell_template(CoreObject *c);
 
 /* lock.c: robust process-shared mutexes in an arena. */
 typedef struct {
@@ -669,15 +743,27 @@ typedef struct {
 } LockObject;
 CP_HIDDEN int cp_lock_add_type(PyObject *module, cpool_state *st);
 /* 1 acquired, 0 not (non-blocking or timed out), -1 with an exception.
- * timeout < 0: no limit.  Releases the GIL while it waits. */
-CP_HIDDEN int cp_lock_acquire(LockObject *l, int block, double timeout);
+ * timeout_ns < 0: no limit.  Releases the GIL while it waits. */
+CP_HIDDEN int cp_lock_acquire(LockObject *l, int block, int64_t timeout_ns);
 CP_HIDDEN int cp_lock_release(LockObject *l);
 /* Parse acquire's (block=True, timeout=None); 0 or -1. */
 CP_HIDDEN int cp_parse_acquire(PyObject *args, PyObject *kwds, int *block,
-                               double *timeout);
+                               int64_t *timeout_ns);
 
-/* worker.c: the template's way to fork a worker (a cp_spawn_fn; arg is the
- * CoreObject).  The child never returns. */
+/* worker.c: what a worker needs of its pool.  The parent fills one in
+ * before it forks the template (which inherits it), an exec'ed template
+ * from what the parent sent it (spawn.c); it lives as long as the
+ * template. */
+typedef struct {
+    cpool_state *st;
+    cp_ctl *ctl;
+    int n;
+    uint64_t maxtasks;  /* tasks before the worker exits; 0: unlimited */
+    const int *wsock;   /* every slot's worker end: a worker keeps its own */
+    PyObject *initializer, *initargs, *bootstrap, *pack_error;
+} cp_wconfig;
+/* The template's way to fork a worker (a cp_spawn_fn; arg is the
+ * cp_wconfig).  The child never returns. */
 CP_HIDDEN pid_t cp_spawn_worker(void *arg, int slot);
 
 /* spawn.c: the template of the "spawn" and "forkserver" start methods, a
@@ -692,10 +778,12 @@ CP_HIDDEN Py_ssize_t cp_count_threads(void);
  * the exception where CPython's os.fork() would raise it (3.15+). */
 CP_HIDDEN int cp_warn_fork_with_threads(Py_ssize_t os_threads);
 /* Start the template as a fresh interpreter: spec is (executable, argv,
- * fds) from cpool._template; the control segment's memfd becomes fd 3 of
- * the child, the eventfd fd 4, spec's fds 5, 6, ...  The child's pid, or
- * -1 with an exception. */
-CP_HIDDEN pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec);
+ * fds) from cpool._template; the control segment's memfd, the eventfd, the
+ * boot memfd (spec's first fd), the n slots' worker sockets and the rest of
+ * spec's fds become the child's descriptors from CP_TFD_CTL on.  The
+ * child's pid, or -1 with an exception. */
+CP_HIDDEN pid_t cp_exec_template(int ctl_fd, int evfd, const int *wsock, int n,
+                                 PyObject *spec);
 CP_HIDDEN int cp_spawn_add_functions(PyObject *module);
 
 /* floor.c: the benchmark's physical limits. */
@@ -707,7 +795,7 @@ CP_HIDDEN int cp_value_add_types(PyObject *module, cpool_state *st);
 CP_HIDDEN char *cp_arena_at(PyObject *arena, Py_ssize_t offset, size_t n);
 
 /* worker.c: the worker's life after the template forks it.  Never returns. */
-CP_HIDDEN void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
+CP_HIDDEN void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
     __attribute__((noreturn));
 #endif
 

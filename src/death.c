@@ -31,85 +31,9 @@ void cp_handle_death(CoreObject *c, int i)
     int inited = atomic_load(&s->inited);
     cp_ring *tr = cp_task_ring(c->ctl, i);
     uint64_t head = cp_ring_head(tr);
-    cp_task *held = NULL, **hp = &held, *again = NULL, **ap = &again, *alast = NULL;
-    size_t nagain = 0;
 
     cp_lock_with_gil(c);
-    cp_wstate *w = &c->ws[i];
-    /* A FUNC record it consumed belongs to the task after it: a function
-     * whose unpickling kills the worker fails that task instead of being
-     * resent to kill the next worker, and the next. */
-    uint64_t held_upto = head;
-    int func_taken = w->has_func && w->func_end == head; /* nothing taken after it */
-    for (cp_task *t = w->head; func_taken && t != NULL; t = t->next) {
-        if (t->job != w->func_job) continue;
-        if (t->end_pos > held_upto) held_upto = t->end_pos;
-        break;
-    }
-    cp_close_fsegs(w, UINT64_MAX);
-    for (cp_task *t = w->head, *next; t != NULL; t = next) {
-        next = t->next;
-        t->next = NULL;
-        if (t->end_pos <= held_upto) { /* held: failed below */
-            t->held = t->end_pos <= head; /* its record (and segment) taken */
-            *hp = t;
-            hp = &t->next;
-        } else {
-            *ap = t;
-            ap = &t->next;
-            alast = t;
-            nagain++;
-        }
-    }
-    int poison = 0;
-    if (func_taken && held_upto > head) {
-        /* Its function killed the worker (or a kill landed in that window:
-         * one task pays).  Twice for the same job, the job's queued tasks
-         * would kill the next workers the same way: they fail too. */
-        poison = c->func_death_job == w->func_job;
-        c->func_death_job = w->func_job;
-    }
-    if (poison) {
-        cp_task **pp = &c->pend_head, *prev = NULL;
-        while (*pp != NULL) {
-            cp_task *t = *pp;
-            if (t->job != w->func_job) {
-                prev = t;
-                pp = &t->next;
-                continue;
-            }
-            *pp = t->next;
-            if (c->pend_tail == t) c->pend_tail = prev;
-            c->npend--;
-            t->next = NULL;
-            *hp = t;
-            hp = &t->next;
-        }
-        for (cp_task **ap2 = &again; *ap2 != NULL;) {
-            cp_task *t = *ap2;
-            if (t->job != w->func_job) {
-                ap2 = &t->next;
-                continue;
-            }
-            *ap2 = t->next;
-            nagain--;
-            t->next = NULL;
-            *hp = t;
-            hp = &t->next;
-        }
-        alast = NULL;
-        for (cp_task *t = again; t != NULL; t = t->next) alast = t;
-    }
-    if (again != NULL) {
-        alast->next = c->pend_head;
-        c->pend_head = again;
-        if (c->pend_tail == NULL) c->pend_tail = alast;
-        c->npend += nagain;
-    }
-    w->head = w->tail = NULL;
-    w->n = 0;
-    w->has_func = 0;
-    w->sent = 0;
+    cp_task *held = cp_sched_worker_lost(&c->sd, i, head);
     cp_ring_reset(tr);
     cp_ring_reset(cp_result_ring(c->ctl, i));
     int sealed = c->sealed;
@@ -147,7 +71,7 @@ void cp_handle_death(CoreObject *c, int i)
         Py_XDECREF(exc);
     }
     int respawn = c->broken == NULL && phase != CP_TERMINATE && !sealed &&
-                  (phase == CP_RUN || c->npend > 0 || PyDict_GET_SIZE(c->cache) > 0);
+                  (phase == CP_RUN || c->sd.npend > 0 || PyDict_GET_SIZE(c->cache) > 0);
     CP_DEBUG("slot %d: worker %d died (status %#x), %s", i, (int)pid, ws,
              respawn ? "respawning" : "not replaced");
     atomic_store(&s->inited, 0);

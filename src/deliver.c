@@ -134,7 +134,7 @@ void cp_fail_list(CoreObject *c, cp_task *t, int status, PyObject *value)
 {
     while (t != NULL) {
         cp_task *next = t->next;
-        cp_task_drop_segment(c, t);
+        cp_task_drop_segment(c->ctl, t);
         if (t->err) {
             errno = t->err;
             PyObject *e = PyErr_SetFromErrno(PyExc_OSError);
@@ -154,26 +154,9 @@ void cp_fail_list(CoreObject *c, cp_task *t, int status, PyObject *value)
 void cp_fail_all(CoreObject *c, int status, PyObject *value, int inflight)
 {
     cp_lock_with_gil(c);
-    cp_task *pend = c->pend_head, *failed = c->failed;
-    c->pend_head = c->pend_tail = NULL;
-    c->npend = 0;
-    c->failed = NULL;
-    cp_task *sent = NULL;
-    if (inflight) {
-        for (int i = 0; i < c->n; i++) {
-            cp_wstate *w = &c->ws[i];
-            if (w->tail) {
-                w->tail->next = sent;
-                sent = w->head;
-            }
-            w->head = w->tail = NULL;
-            w->n = 0;
-        }
-    }
+    cp_task *all = cp_sched_take_all(&c->sd, inflight);
     pthread_mutex_unlock(&c->mu);
-    cp_fail_list(c, failed, status, value);
-    cp_fail_list(c, pend, status, value);
-    cp_fail_list(c, sent, status, value);
+    cp_fail_list(c, all, status, value);
 }
 
 /* Break the pool: (exc, traceback text, 1 if the initializer raised). */

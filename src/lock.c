@@ -23,7 +23,7 @@ static void after_acquire(LockObject *l, int rc)
     if (rc == EOWNERDEAD) pthread_mutex_consistent(l->m);
 }
 
-int cp_lock_acquire(LockObject *l, int block, double timeout)
+int cp_lock_acquire(LockObject *l, int block, int64_t timeout_ns)
 {
     int rc = pthread_mutex_trylock(l->m);
     if (rc == 0 || rc == EOWNERDEAD) {
@@ -32,11 +32,9 @@ int cp_lock_acquire(LockObject *l, int block, double timeout)
     }
     if (rc != EBUSY) goto oserror;
     if (!block) return 0;
-    int64_t deadline = timeout < 0 ? -1 : cp_now_ns() + (int64_t)(timeout * 1e9);
+    int64_t deadline = cp_deadline(timeout_ns);
     for (;;) {
-        int64_t now = cp_now_ns();
-        int64_t until = now + SLICE_NS;
-        if (deadline >= 0 && deadline < until) until = deadline;
+        int64_t until = cp_now_ns() + cp_slice(deadline, SLICE_NS);
         struct timespec ts = {.tv_sec = (time_t)(until / 1000000000),
                               .tv_nsec = (long)(until % 1000000000)};
         Py_BEGIN_ALLOW_THREADS
@@ -128,27 +126,22 @@ static void Lock_dealloc(LockObject *l)
 }
 
 /* Parse (block=True, timeout=None) as multiprocessing's acquire does. */
-int cp_parse_acquire(PyObject *args, PyObject *kwds, int *block, double *timeout)
+int cp_parse_acquire(PyObject *args, PyObject *kwds, int *block, int64_t *timeout_ns)
 {
     static char *kwlist[] = {"block", "timeout", NULL};
     PyObject *to = Py_None;
     *block = 1;
-    *timeout = -1;
+    *timeout_ns = -1;
     if (PyTuple_GET_SIZE(args) == 0 && (kwds == NULL || PyDict_GET_SIZE(kwds) == 0))
         return 0; /* the common acquire(): no parsing */
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pO", kwlist, block, &to)) return -1;
-    if (to != Py_None) {
-        *timeout = PyFloat_AsDouble(to);
-        if (*timeout == -1 && PyErr_Occurred()) return -1;
-        if (*timeout < 0) *timeout = 0;
-    }
-    return 0;
+    return cp_parse_timeout(to, timeout_ns);
 }
 
 static PyObject *Lock_acquire(LockObject *l, PyObject *args, PyObject *kwds)
 {
     int block;
-    double timeout;
+    int64_t timeout;
     if (cp_parse_acquire(args, kwds, &block, &timeout) < 0) return NULL;
     int rc = cp_lock_acquire(l, block, timeout);
     if (rc < 0) return NULL;

@@ -23,9 +23,30 @@
 #include <unistd.h>
 
 #define RING_CAP (256u * 1024u) /* per ring; records over a quarter go by segment */
-#define SEND_BATCH_BYTES (256u * 1024u) /* map chunks are sent this much at a time */
 
-static int ring_news_pred(void *c) { return cp_ring_news((CoreObject *)c); }
+/* Take `mu` while holding the GIL: drop the GIL only to wait, and never
+ * hold `mu` while waiting to get the GIL back (a thread ended there, at
+ * interpreter exit, would leave `mu` locked for good). */
+void cp_lock_with_gil(CoreObject *c)
+{
+    while (pthread_mutex_trylock(&c->mu) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&c->mu); /* wait until it is free */
+        pthread_mutex_unlock(&c->mu);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+/* Tell the template to look at the slots (a request is set there). */
+void cp_tell_template(CoreObject *c)
+{
+    uint64_t one = 1;
+    ssize_t w;
+    do {
+        w = write(c->evfd, &one, sizeof one);
+    } while (w < 0 && errno == EINTR);
+    /* EAGAIN means the counter is already non-zero: the template will look. */
+}
 
 /* ---- the Python type -------------------------------------------------------- */
 
@@ -41,28 +62,25 @@ static int spawn_pending(CoreObject *c)
     return 0;
 }
 
+/* The template has exited (not reaped here: cp_wait_template does). */
+static int template_gone(CoreObject *c)
+{
+    siginfo_t si = {0};
+    return waitid(P_PID, (id_t)c->tmpl, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+           si.si_pid == c->tmpl;
+}
+
+static int started_pred(void *c) { return !spawn_pending(c) || template_gone(c); }
+
 /* Wait (without the GIL) until the template has forked every first worker,
- * so Pool() returns with their pids known, as multiprocessing's does.
+ * so that whoever asks has their pids, as multiprocessing's Pool() does.
  * 0, or -1 with an exception (Ctrl-C, or the template died). */
 static int wait_first_workers(CoreObject *c)
 {
-    for (;;) {
-        if (!spawn_pending(c)) return 0;
-        uint32_t seen = cp_event_prepare(&c->ctl->results);
-        if (!spawn_pending(c)) {
-            cp_event_cancel(&c->ctl->results);
-            return 0;
-        }
-        Py_BEGIN_ALLOW_THREADS
-        cp_event_sleep(&c->ctl->results, seen, 100000000);
-        Py_END_ALLOW_THREADS
-        int st;
-        if (waitpid(c->tmpl, &st, WNOHANG) == c->tmpl) {
-            PyErr_SetString(PyExc_RuntimeError, "cpool: the template process died");
-            return -1;
-        }
-        if (PyErr_CheckSignals() < 0) return -1;
-    }
+    if (cp_wait_event(&c->ctl->results, started_pred, c, -1) < 0) return -1;
+    if (!spawn_pending(c)) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "cpool: the template process died");
+    return -1;
 }
 
 static int check_owner(CoreObject *c)
@@ -105,11 +123,9 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (c == NULL) return NULL;
     c->evfd = -1;
     for (int k = 0; k < CP_RECY_TASKS; k++) c->task_fds[k] = -1;
-    c->task_ns = -1;
     c->module = Py_NewRef(module);
     c->st = cp_get_state(module);
     c->n = n;
-    c->maxtasks = maxtasks;
     c->owner = getpid();
     c->initializer = Py_NewRef(init);
     c->initargs = Py_NewRef(initargs);
@@ -119,11 +135,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     pthread_mutex_init(&c->mu, NULL);
     c->deferred = PyList_New(0);
     if (c->deferred == NULL) goto error;
-    c->ws = calloc((size_t)n, sizeof *c->ws);
-    c->touched = calloc((size_t)n, 1);
-    c->full = calloc((size_t)n, 1);
     c->res_maps = calloc((size_t)n * CP_RECY_RESULTS, sizeof *c->res_maps);
-    if (c->ws == NULL || c->touched == NULL || c->full == NULL || c->res_maps == NULL) {
+    if (c->res_maps == NULL) {
         PyErr_NoMemory();
         goto error;
     }
@@ -147,6 +160,10 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         goto error;
     }
     for (int i = 0; i < n; i++) c->psock[i] = c->wsock[i] = -1;
+    if (cp_sched_init(&c->sd, c->ctl, n, maxtasks, c->psock) != 0) {
+        PyErr_NoMemory();
+        goto error;
+    }
     for (int i = 0; i < n; i++) {
         int sv[2];
         if (cp_socketpair(sv) != 0) {
@@ -161,7 +178,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     pid_t pid;
     int warned = 0;
     if (spawn != Py_None) { /* "spawn", "forkserver": a fresh interpreter (spawn.c) */
-        pid = cp_exec_template(c, ctl_fd, spawn);
+        pid = cp_exec_template(ctl_fd, c->evfd, c->wsock, n, spawn);
         close(ctl_fd); /* the template has its own */
         ctl_fd = -1;
         if (pid < 0) goto error;
@@ -171,7 +188,18 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         if (pid == 0) {
             PyOS_AfterFork_Child();
             close_socks(c->psock, n); /* the parent's ends */
-            cp_template_main(c->ctl, c->evfd, c->owner, cp_spawn_worker, c);
+            /* The template, and every worker it forks, reads only this
+             * (this frame lives on in the template, which never returns). */
+            cp_wconfig cfg = {.st = c->st,
+                              .ctl = c->ctl,
+                              .n = n,
+                              .maxtasks = maxtasks,
+                              .wsock = c->wsock,
+                              .initializer = c->initializer,
+                              .initargs = c->initargs,
+                              .bootstrap = c->bootstrap,
+                              .pack_error = c->pack_error};
+            cp_template_main(c->ctl, c->evfd, c->owner, cp_spawn_worker, &cfg);
         }
         int saved = errno;
         /* As os.fork(): threads counted before the fork hooks may start one. */
@@ -249,16 +277,6 @@ static int Core_clear(CoreObject *c)
     return 0;
 }
 
-void cp_free_list(CoreObject *c, cp_task *t)
-{
-    while (t) {
-        cp_task *next = t->next;
-        cp_task_drop_segment(c, t);
-        cp_task_free(t);
-        t = next;
-    }
-}
-
 static void Core_dealloc(CoreObject *c)
 {
     PyTypeObject *tp = Py_TYPE(c);
@@ -266,13 +284,7 @@ static void Core_dealloc(CoreObject *c)
     Core_clear(c);
     if (c->owner == getpid()) {
         /* The collector held a reference, so it is done: nothing else runs. */
-        cp_free_list(c, c->pend_head);
-        cp_free_list(c, c->failed);
-        for (int i = 0; c->ws && i < c->n; i++) {
-            cp_free_list(c, c->ws[i].head);
-            cp_close_fsegs(&c->ws[i], UINT64_MAX);
-            free(c->ws[i].fsegs);
-        }
+        cp_sched_fini(&c->sd, 1);
         cp_drop_maps(c, 1);
         cp_ctl_destroy(c->ctl);
         pthread_mutex_destroy(&c->mu);
@@ -282,9 +294,7 @@ static void Core_dealloc(CoreObject *c)
     close_socks(c->wsock, c->n);
     free(c->psock);
     free(c->wsock);
-    free(c->ws);
-    free(c->touched);
-    free(c->full);
+    cp_sched_fini(&c->sd, 0); /* what is left: a forked child's copy */
     free(c->res_maps);
     Py_CLEAR(c->module);
     tp->tp_free(c);
@@ -305,18 +315,8 @@ static PyObject *Core_submit_call(CoreObject *c, PyObject *args)
     if (check_owner(c) < 0) return NULL;
     uint64_t job = job_arg(jobo);
     if (PyErr_Occurred()) return NULL;
-    PyObject *t = PyTuple_Pack(3, func, fargs, kwds);
-    if (t == NULL) return NULL;
-    cp_task *task = cp_task_pack(c, job, 0, CP_K_CALL, NULL, t, 0);
-    Py_DECREF(t);
-    if (task == NULL) return NULL;
-    if (cp_enqueue(c, task, task, 1) < 0) return NULL;
+    if (cp_submit_call(c, job, func, fargs, kwds) < 0) return NULL;
     Py_RETURN_NONE;
-}
-
-static void blob_capsule_free(PyObject *cap)
-{
-    cp_blob_decref(PyCapsule_GetPointer(cap, "cpool.func"));
 }
 
 PyDoc_STRVAR(
@@ -326,21 +326,7 @@ PyDoc_STRVAR(
 
 static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
 {
-    PyObject *payload = cp_dumps(c->st, func);
-    if (payload == NULL) return NULL;
-    size_t n = (size_t)PyBytes_GET_SIZE(payload);
-    cp_blob *b = malloc(sizeof *b + n);
-    if (b == NULL) {
-        Py_DECREF(payload);
-        return PyErr_NoMemory();
-    }
-    atomic_init(&b->refs, 1);
-    b->len = n;
-    memcpy(b->data, PyBytes_AS_STRING(payload), n);
-    Py_DECREF(payload);
-    PyObject *cap = PyCapsule_New(b, "cpool.func", blob_capsule_free);
-    if (cap == NULL) free(b);
-    return cap;
+    return cp_func_blob(c, func);
 }
 
 PyDoc_STRVAR(
@@ -355,76 +341,19 @@ PyDoc_STRVAR(
 
 static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
 {
-    PyObject *jobo, *cap, *items;
+    PyObject *jobo, *blob, *items;
     Py_ssize_t chunksize;
     int star, progressive;
     unsigned int first;
-    if (!PyArg_ParseTuple(args, "OOOnpIp", &jobo, &cap, &items, &chunksize, &star, &first,
-                          &progressive))
+    if (!PyArg_ParseTuple(args, "OOOnpIp", &jobo, &blob, &items, &chunksize, &star,
+                          &first, &progressive))
         return NULL;
     if (check_owner(c) < 0) return NULL;
     uint64_t job = job_arg(jobo);
     if (PyErr_Occurred()) return NULL;
-    cp_blob *func = PyCapsule_GetPointer(cap, "cpool.func");
-    if (func == NULL) return NULL;
-    if (chunksize < 1) {
-        PyErr_SetString(PyExc_ValueError, "chunksize must be at least 1");
-        return NULL;
-    }
-    /* A range travels as range slices: a chunk pickles in a few bytes,
-     * whatever its size (pool.map(f, range(n)) is the commonest map). */
-    int ranged = PyRange_Check(items);
-    PyObject *seq =
-        ranged ? Py_NewRef(items) : PySequence_Fast(items, "items must be a sequence");
-    if (seq == NULL) return NULL;
-    Py_ssize_t n = ranged ? PyObject_Size(seq) : PySequence_Fast_GET_SIZE(seq);
-    if (n < 0) {
-        Py_DECREF(seq);
-        return NULL;
-    }
-    cp_task *head = NULL, *tail = NULL;
-    size_t count = 0, queued = 0, batch = 0;
-    uint16_t kind = star ? CP_K_STARMAP : CP_K_MAP;
-    for (Py_ssize_t lo = 0; lo < n; lo += chunksize) {
-        Py_ssize_t hi = lo + chunksize < n ? lo + chunksize : n;
-        PyObject *chunk = ranged ? PySequence_GetSlice(seq, lo, hi) : PyList_New(hi - lo);
-        if (chunk == NULL) goto error;
-        for (Py_ssize_t k = lo; !ranged && k < hi; k++) {
-            PyObject *x = PySequence_Fast_GET_ITEM(seq, k);
-            Py_INCREF(x);
-            PyList_SET_ITEM(chunk, k - lo, x);
-        }
-        cp_task *t =
-            cp_task_pack(c, job, first + (uint32_t)count, kind, func, chunk, progressive);
-        Py_DECREF(chunk);
-        if (t == NULL) goto error;
-        if (tail) tail->next = t;
-        else head = t;
-        tail = t;
-        count++;
-        batch += t->has_seg ? t->seg.size : t->len;
-        if (progressive && batch >= SEND_BATCH_BYTES) {
-            /* Chunks are sent as they are packed, a batch at a time: the
-             * workers start on them while the rest is packed (and hand
-             * recycled segments back).  Chunks already sent run even if a
-             * later one fails to pickle, as with multiprocessing. */
-            if (cp_enqueue(c, head, tail, (size_t)(count - queued)) < 0) goto error_sent;
-            queued = count;
-            head = tail = NULL;
-            batch = 0;
-        }
-    }
-    Py_DECREF(seq);
-    if (head != NULL && cp_enqueue(c, head, tail, (size_t)(count - queued)) < 0)
-        return NULL;
-    return PyLong_FromSize_t(count);
-error_sent:
-    Py_DECREF(seq);
-    return NULL;
-error:
-    Py_DECREF(seq);
-    cp_free_list(c, head);
-    return NULL;
+    Py_ssize_t n =
+        cp_submit_chunks(c, job, blob, items, chunksize, star, first, progressive);
+    return n < 0 ? NULL : PyLong_FromSsize_t(n);
 }
 
 PyDoc_STRVAR(close_doc, "close($self)\n--\n\nFinish the queued work, then stop.");
@@ -451,9 +380,11 @@ static PyObject *Core_kick(CoreObject *c, PyObject *Py_UNUSED(ignored))
  * callback runs there, and must not wait for the pool. */
 static int in_collector(const CoreObject *c) { return cp_delivering == c; }
 
+static int done_pred(void *c) { return atomic_load(&((CoreObject *)c)->done); }
+
 /* Wait for the collector to finish, releasing the GIL; Ctrl-C gets through.
  * 1 done, 0 timed out, -1 with an exception. */
-static int wait_done(CoreObject *c, double timeout)
+static int wait_done(CoreObject *c, int64_t timeout_ns)
 {
     if (!atomic_load(&c->thread_started)) return 1;
     if (in_collector(c)) {
@@ -461,25 +392,7 @@ static int wait_done(CoreObject *c, double timeout)
                         "cannot wait for the pool from its own callback");
         return -1;
     }
-    int64_t deadline = timeout < 0 ? -1 : cp_now_ns() + (int64_t)(timeout * 1e9);
-    while (!atomic_load(&c->done)) {
-        int64_t left = 100000000; /* slices, so signals are checked */
-        if (deadline >= 0) {
-            int64_t rem = deadline - cp_now_ns();
-            if (rem <= 0) return 0;
-            if (rem < left) left = rem;
-        }
-        uint32_t seen = cp_event_prepare(&c->done_ev);
-        if (atomic_load(&c->done)) {
-            cp_event_cancel(&c->done_ev);
-            break;
-        }
-        Py_BEGIN_ALLOW_THREADS
-        cp_event_sleep(&c->done_ev, seen, left);
-        Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0) return -1;
-    }
-    return 1;
+    return cp_wait_event(&c->done_ev, done_pred, c, cp_deadline(timeout_ns));
 }
 
 PyDoc_STRVAR(collect_doc,
@@ -492,81 +405,13 @@ PyDoc_STRVAR(collect_doc,
              "this thread cannot collect (the pool is terminating or over, or this\n"
              "thread is delivering results already).");
 
-#define COLLECT_SLICE_NS 100000000 /* Ctrl-C and the template are checked */
-
 static PyObject *Core_collect(CoreObject *c, PyObject *args)
 {
     PyObject *to = Py_None;
-    if (!PyArg_ParseTuple(args, "|O", &to)) return NULL;
-    if (c->owner != getpid() || atomic_load(&c->phase) == CP_TERMINATE ||
-        atomic_load(&c->done) || cp_delivering != NULL)
-        return PyLong_FromLong(-1);
-    if (cp_collector_owed(c)) return PyLong_FromLong(0); /* see below */
-    int64_t left = -1;
-    if (to != Py_None) {
-        double t = PyFloat_AsDouble(to);
-        if (t == -1 && PyErr_Occurred()) return NULL;
-        left = t <= 0 ? 0 : (int64_t)(t * 1e9);
-    }
-    if (!cp_take_token(c)) {
-        /* The collector thread is in a round: it may be delivering ours. */
-        Py_BEGIN_ALLOW_THREADS
-        cp_await_token(c, left >= 0 && left < CP_TOKEN_NAP_NS ? left : CP_TOKEN_NAP_NS);
-        Py_END_ALLOW_THREADS
-        return PyLong_FromLong(atomic_load(&c->tok) != 0 ? 0 : 1);
-    }
-    cp_delivering = c;
-    int64_t deadline = left < 0 ? -1 : cp_now_ns() + left;
-    int64_t slept = 0;
-    PyObject *ret = NULL;
-    for (;;) {
-        if (cp_collector_owed(c)) {
-            /* Its work first (deferred deliveries come before any later
-             * one; a closing pool's end is its to see): it takes over, and
-             * this caller waits on its result. */
-            ret = PyLong_FromLong(0);
-            break;
-        }
-        if (cp_ring_news(c)) {
-            cp_round_gil(c, 0);
-            cp_lock_with_gil(c);
-            cp_dispatch_locked(c);
-            pthread_mutex_unlock(&c->mu);
-            ret = PyLong_FromLong(atomic_load(&c->has_deferred) ? 0 : 1);
-            break;
-        }
-        int64_t slice = COLLECT_SLICE_NS;
-        if (deadline >= 0) {
-            int64_t rem = deadline - cp_now_ns();
-            if (rem <= 0) {
-                ret = PyLong_FromLong(1);
-                break;
-            }
-            if (rem < slice) slice = rem;
-        }
-        int rc = 0;
-        Py_BEGIN_ALLOW_THREADS
-        if (!cp_spin_until(ring_news_pred, c)) {
-            uint32_t seen = cp_event_prepare(&c->ctl->results);
-            if (cp_ring_news(c) || cp_collector_owed(c))
-                cp_event_cancel(&c->ctl->results);
-            else rc = cp_event_sleep(&c->ctl->results, seen, slice);
-        }
-        Py_END_ALLOW_THREADS
-        if (rc == ETIMEDOUT && (slept += slice) >= CP_WATCHDOG_NS) {
-            slept = 0;
-            cp_check_template(c);
-        }
-        if (PyErr_CheckSignals() < 0) break;
-    }
-    cp_delivering = NULL;
-    cp_give_token(c, 1);
-    if (c->interrupt != NULL) {
-        Py_CLEAR(ret);
-        cp_restore_exc(c->interrupt);
-        c->interrupt = NULL;
-    }
-    return ret;
+    int64_t timeout_ns;
+    if (!PyArg_ParseTuple(args, "|O", &to) || cp_parse_timeout(to, &timeout_ns) < 0)
+        return NULL;
+    return cp_collect_waiting(c, timeout_ns);
 }
 
 PyDoc_STRVAR(terminate_doc,
@@ -594,15 +439,11 @@ PyDoc_STRVAR(join_doc,
 static PyObject *Core_join(CoreObject *c, PyObject *args)
 {
     PyObject *to = Py_None;
-    if (!PyArg_ParseTuple(args, "|O", &to)) return NULL;
+    int64_t timeout_ns;
+    if (!PyArg_ParseTuple(args, "|O", &to) || cp_parse_timeout(to, &timeout_ns) < 0)
+        return NULL;
     if (check_owner(c) < 0) return NULL;
-    double timeout = -1;
-    if (to != Py_None) {
-        timeout = PyFloat_AsDouble(to);
-        if (timeout == -1 && PyErr_Occurred()) return NULL;
-        if (timeout < 0) timeout = 0;
-    }
-    int rc = wait_done(c, timeout);
+    int rc = wait_done(c, timeout_ns);
     if (rc < 0) return NULL;
     return PyBool_FromLong(rc);
 }

@@ -113,7 +113,7 @@ int cp_warn_fork_with_threads(Py_ssize_t os_threads)
 #endif
 }
 
-pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
+pid_t cp_exec_template(int ctl_fd, int evfd, const int *wsock, int n, PyObject *spec)
 {
     PyObject *exe = NULL, *argl, *fdl, *args = NULL, *fds = NULL;
     PyObject **argb = NULL;
@@ -136,7 +136,7 @@ pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
         PyErr_SetString(PyExc_ValueError, "spawn spec: no boot descriptor");
         goto done;
     }
-    nfd = 2 + c->n + PySequence_Fast_GET_SIZE(fds);
+    nfd = 2 + n + PySequence_Fast_GET_SIZE(fds);
     argb = PyMem_Calloc((size_t)nargs + 1, sizeof *argb);
     argv = PyMem_Calloc((size_t)nargs + 1, sizeof *argv);
     src = PyMem_Calloc((size_t)nfd, sizeof *src);
@@ -152,7 +152,7 @@ pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
     /* ctl, eventfd, spec's first (the boot memfd), the slots' sockets,
      * then the rest of spec's: as CP_TFD_* say. */
     src[0] = ctl_fd;
-    src[1] = c->evfd;
+    src[1] = evfd;
     for (Py_ssize_t k = 0; k < PySequence_Fast_GET_SIZE(fds); k++) {
         long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fds, k));
         if (fd == -1 && PyErr_Occurred()) goto done;
@@ -160,9 +160,9 @@ pid_t cp_exec_template(CoreObject *c, int ctl_fd, PyObject *spec)
             PyErr_SetString(PyExc_ValueError, "bad file descriptor in spawn spec");
             goto done;
         }
-        src[k == 0 ? 2 : 2 + c->n + k] = (int)fd;
+        src[k == 0 ? 2 : 2 + n + k] = (int)fd;
     }
-    for (int i = 0; i < c->n; i++) src[3 + i] = c->wsock[i];
+    for (int i = 0; i < n; i++) src[3 + i] = wsock[i];
 
     /* Each source k goes to FIRST_FD + k in the child, without its
      * close-on-exec flag.  A target may be another source's number, so
@@ -279,26 +279,18 @@ static PyObject *template_main(PyObject *module, PyObject *args)
             return cp_oserror("fcntl");
         }
     }
-    cpool_state *st = cp_get_state(module);
-    CoreObject *c = (CoreObject *)st->core_type->tp_alloc(st->core_type, 0);
-    if (c == NULL) return NULL;
-    /* Only what a worker reads (worker.c) and the fork needs: this object
-     * lives as long as the process, which never returns to Python. */
-    c->module = Py_NewRef(module);
-    c->st = st;
-    c->ctl = ctl;
-    c->n = n;
-    c->maxtasks = maxtasks;
-    c->owner = parent;
-    c->tmpl = getpid();
-    c->evfd = ev_fd;
-    c->wsock = wsock;
-    c->initializer = Py_NewRef(init);
-    c->initargs = Py_NewRef(initargs);
-    c->bootstrap = Py_NewRef(bootstrap);
-    c->pack_error = Py_NewRef(pack_error);
-    c->task_ns = -1;
-    pthread_mutex_init(&c->mu, NULL);
+    /* What a worker reads (worker.c): it lives as long as this process,
+     * which never returns to Python. */
+    static cp_wconfig cfg;
+    cfg = (cp_wconfig){.st = cp_get_state(module),
+                       .ctl = ctl,
+                       .n = n,
+                       .maxtasks = maxtasks,
+                       .wsock = wsock,
+                       .initializer = Py_NewRef(init),
+                       .initargs = Py_NewRef(initargs),
+                       .bootstrap = Py_NewRef(bootstrap),
+                       .pack_error = Py_NewRef(pack_error)};
     /* SIGINT was blocked since the exec: ignore it (a pending one is
      * dropped), then unblock it, so workers start with a clean mask. */
     signal(SIGINT, SIG_IGN);
@@ -306,7 +298,7 @@ static PyObject *template_main(PyObject *module, PyObject *args)
     sigemptyset(&intr);
     sigaddset(&intr, SIGINT);
     sigprocmask(SIG_UNBLOCK, &intr, NULL);
-    cp_template_main(ctl, ev_fd, (pid_t)parent, cp_spawn_worker, c);
+    cp_template_main(ctl, ev_fd, (pid_t)parent, cp_spawn_worker, &cfg);
 }
 
 PyDoc_STRVAR(template_abort_doc,

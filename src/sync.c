@@ -40,6 +40,18 @@ int64_t cp_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+int64_t cp_deadline(int64_t timeout_ns)
+{
+    return timeout_ns < 0 ? -1 : cp_now_ns() + timeout_ns;
+}
+
+int64_t cp_slice(int64_t deadline, int64_t slice)
+{
+    if (deadline < 0) return slice;
+    int64_t left = deadline - cp_now_ns();
+    return left <= 0 ? 0 : left < slice ? left : slice;
+}
+
 void cp_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

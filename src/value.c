@@ -342,7 +342,7 @@ static PyObject *Sync_acquire(SyncObject *s, PyObject *args, PyObject *kwds)
 {
     if (s->fast != NULL) {
         int block;
-        double timeout;
+        int64_t timeout;
         if (cp_parse_acquire(args, kwds, &block, &timeout) < 0) return NULL;
         int rc = cp_lock_acquire(s->fast, block, timeout);
         return rc < 0 ? NULL : PyBool_FromLong(rc);

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 typedef struct {
-    CoreObject *core;
+    const cp_wconfig *cfg;
     cp_ctl *ctl;
     cp_slot *slot;
     cp_ring *tasks, *results;
@@ -125,8 +125,8 @@ static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
         if (exc == NULL) exc = cp_fetch_exc();
     }
     if (value != NULL)
-        payload = PyObject_CallFunctionObjArgs(w->core->pack_error, exc, value, NULL);
-    else payload = PyObject_CallOneArg(w->core->pack_error, exc);
+        payload = PyObject_CallFunctionObjArgs(w->cfg->pack_error, exc, value, NULL);
+    else payload = PyObject_CallOneArg(w->cfg->pack_error, exc);
     Py_XDECREF(exc);
     cp_packed pk;
     if (payload == NULL || !PyBytes_Check(payload) ||
@@ -189,7 +189,7 @@ static const cp_rechdr *next_task(worker *w)
  * task's exception set. */
 static PyObject *run(worker *w, const cp_rechdr *h)
 {
-    cpool_state *st = w->core->st;
+    cpool_state *st = w->cfg->st;
     if (h->kind == CP_K_CALL) {
         PyObject *t = cp_load_payload(st, h, &w->tasks_src, NULL);
         if (t == NULL) return NULL;
@@ -246,22 +246,22 @@ static void set_func(worker *w, const cp_rechdr *h)
     Py_CLEAR(w->func);
     Py_CLEAR(w->func_error);
     w->func_job = h->job;
-    w->func = cp_load_payload(w->core->st, h, &w->func_src, NULL);
+    w->func = cp_load_payload(w->cfg->st, h, &w->func_src, NULL);
     if (w->func == NULL) w->func_error = cp_fetch_exc();
 }
 
-void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
+void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
 {
     worker w = {0};
-    w.core = core;
-    w.ctl = core->ctl;
-    w.slot = &core->ctl->slots[slot];
-    w.tasks = cp_task_ring(core->ctl, slot);
-    w.results = cp_result_ring(core->ctl, slot);
+    w.cfg = cfg;
+    w.ctl = cfg->ctl;
+    w.slot = &cfg->ctl->slots[slot];
+    w.tasks = cp_task_ring(cfg->ctl, slot);
+    w.results = cp_result_ring(cfg->ctl, slot);
     /* Our slot's socket; the other slots' are theirs. */
-    for (int i = 0; i < core->n; i++)
-        if (i != slot) close(core->wsock[i]);
-    w.sock = core->wsock[slot];
+    for (int i = 0; i < cfg->n; i++)
+        if (i != slot) close(cfg->wsock[i]);
+    w.sock = cfg->wsock[slot];
     for (int k = 0; k < CP_RECY_RESULTS; k++) w.res_fds[k] = -1;
     w.dest = (cp_segdest){.recy = w.slot->res_recy,
                           .nrecy = CP_RECY_RESULTS,
@@ -291,11 +291,11 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
     sigaddset(&all, SIGCHLD);
     sigprocmask(SIG_UNBLOCK, &all, NULL);
 
-    PyObject *r = PyObject_CallFunction(core->bootstrap, "i", slot);
-    if (r == NULL) PyErr_WriteUnraisable(core->bootstrap);
+    PyObject *r = PyObject_CallFunction(cfg->bootstrap, "i", slot);
+    if (r == NULL) PyErr_WriteUnraisable(cfg->bootstrap);
     Py_XDECREF(r);
-    if (core->initializer != Py_None) {
-        r = PyObject_Call(core->initializer, core->initargs, NULL);
+    if (cfg->initializer != Py_None) {
+        r = PyObject_Call(cfg->initializer, cfg->initargs, NULL);
         if (r == NULL) {
             post_error(&w, CP_K_INITERR, 0, 0, NULL);
             leave(1);
@@ -318,15 +318,15 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
             post_error(&w, CP_K_ERR, h->job, h->idx, NULL);
         } else {
             cp_packed pk;
-            if (cp_pack(core->st, res, cp_ring_inline_max(w.results), next_dest(&w),
-                        &pk) < 0 ||
+            if (cp_pack(cfg->st, res, cp_ring_inline_max(w.results), next_dest(&w), &pk) <
+                    0 ||
                 post_packed(&w, CP_K_OK, h->job, h->idx, &pk) < 0)
                 post_error(&w, CP_K_ERR, h->job, h->idx, res);
             Py_DECREF(res);
         }
         atomic_store(&w.slot->current_job, 0);
         atomic_fetch_add(&w.slot->tasks_done, 1);
-        if (core->maxtasks && ++done >= core->maxtasks) break;
+        if (cfg->maxtasks && ++done >= cfg->maxtasks) break;
     }
     leave(0);
 }
@@ -336,13 +336,13 @@ void cp_worker_main(CoreObject *core, int slot, pid_t tmpl)
 /* The template's way to fork a worker (runs in the template). */
 pid_t cp_spawn_worker(void *arg, int slot)
 {
-    CoreObject *c = arg;
+    const cp_wconfig *cfg = arg;
     pid_t tmpl = getpid();
     PyOS_BeforeFork();
     pid_t pid = fork();
     if (pid == 0) {
         PyOS_AfterFork_Child();
-        cp_worker_main(c, slot, tmpl);
+        cp_worker_main(cfg, slot, tmpl);
     }
     int saved = errno;
     PyOS_AfterFork_Parent();

@@ -19,7 +19,10 @@ from cpool import _cpool
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
 PKG = os.path.join(ROOT, "cpool")
-CORE = ["copy.c", "ring.c", "shm.c", "sync.c", "template.c"]
+CORE = ["copy.c", "dispatch.c", "ring.c", "shm.c", "sync.c", "template.c"]
+# What runs in the template and the workers reads a plain cp_wconfig, never
+# the parent's Core object.
+WORKER_SIDE = ["spawn.c", "template.c", "worker.c"]
 # What the module exports for the package to read (not VERSION, a string).
 SHARED = sorted(n for n in dir(_cpool)
                 if n.isupper() and isinstance(getattr(_cpool, n), int))
@@ -45,6 +48,11 @@ def test_the_core_has_no_python(name):
     text = read(os.path.join(SRC, name))
     assert not re.search(r"^\s*#\s*define\s+CP_NEED_PYTHON\b", text, re.M), name
     assert not re.search(r"^\s*#\s*include\s*[<\"]Python\.h[>\"]", text, re.M), name
+
+
+@pytest.mark.parametrize("name", WORKER_SIDE + CORE)
+def test_the_worker_side_never_sees_the_parents_core(name):
+    assert "CoreObject" not in read(os.path.join(SRC, name)), name
 
 
 def test_c_never_imports_the_package():

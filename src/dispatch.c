@@ -1,0 +1,368 @@
+/* dispatch.c: the parent's task queue, and which worker runs what.
+ *
+ * No Python here.  A cp_sched holds the tasks not yet sent (the pending
+ * queue), the tasks each worker holds (in flight, in ring order), and the
+ * policy that moves a pending task onto a worker's ring: to the worker with
+ * the fewest in flight, at most one while tasks are not known to be short,
+ * its segment's descriptor handed over on the slot's socket first.  Every
+ * call but init/fini runs under the pool's mutex (submit.c), without the
+ * GIL.  A dead worker's tasks are split here too: the ones it had taken
+ * fail, the ones it never took go back to the head of the queue.
+ */
+#include "cpool.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* Tasks in flight per worker.  A second queued task only pays off when tasks
+ * are short enough that the collector's round trip would leave the worker
+ * idle; for long ones it would wait behind a busy worker while another sits
+ * idle (the imbalance a shared queue avoids).  So: one, until measured tasks
+ * prove short. */
+#define DEPTH_SHORT 4
+#define SHORT_TASK_NS 1000000 /* 1 ms */
+
+/* ---- tasks --------------------------------------------------------------- */
+
+void cp_blob_decref(cp_blob *b)
+{
+    if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1) free(b);
+}
+
+void cp_task_free(cp_task *t)
+{
+    cp_blob_decref(t->func);
+    free(t);
+}
+
+void cp_drop_packed_segment(cp_ctl *ctl, const cp_segref *seg)
+{
+    if (seg->recy < 0) close(seg->fd);
+    else atomic_store(&ctl->task_recy[seg->recy].state, CP_RECY_FREE);
+}
+
+void cp_task_drop_segment(cp_ctl *ctl, cp_task *t)
+{
+    if (!t->has_seg) return;
+    if (t->seg.recy < 0 || !t->held) cp_drop_packed_segment(ctl, &t->seg);
+    t->has_seg = 0;
+}
+
+void cp_free_list(cp_ctl *ctl, cp_task *t)
+{
+    while (t) {
+        cp_task *next = t->next;
+        cp_task_drop_segment(ctl, t);
+        cp_task_free(t);
+        t = next;
+    }
+}
+
+/* ---- the scheduler's state ---------------------------------------------- */
+
+int cp_sched_init(cp_sched *s, cp_ctl *ctl, int n, uint64_t maxtasks, int *psock)
+{
+    memset(s, 0, sizeof *s);
+    s->ctl = ctl;
+    s->n = n;
+    s->maxtasks = maxtasks;
+    s->psock = psock;
+    s->task_ns = -1;
+    s->ws = calloc((size_t)n, sizeof *s->ws);
+    s->touched = calloc((size_t)n, 1);
+    s->full = calloc((size_t)n, 1);
+    if (s->ws != NULL && s->touched != NULL && s->full != NULL) return 0;
+    cp_sched_fini(s, 0);
+    errno = ENOMEM;
+    return -1;
+}
+
+void cp_sched_fini(cp_sched *s, int drop)
+{
+    if (drop) {
+        cp_free_list(s->ctl, s->pend_head);
+        cp_free_list(s->ctl, s->failed);
+        for (int i = 0; s->ws && i < s->n; i++) {
+            cp_free_list(s->ctl, s->ws[i].head);
+            cp_close_fsegs(&s->ws[i], UINT64_MAX);
+            free(s->ws[i].fsegs);
+        }
+        s->pend_head = s->pend_tail = s->failed = NULL;
+    }
+    free(s->ws);
+    free(s->touched);
+    free(s->full);
+    s->ws = NULL;
+    s->touched = s->full = NULL;
+}
+
+void cp_sched_push(cp_sched *s, cp_task *first, cp_task *last, size_t n)
+{
+    if (s->pend_tail) s->pend_tail->next = first;
+    else s->pend_head = first;
+    s->pend_tail = last;
+    s->npend += n;
+}
+
+int cp_sched_outstanding(const cp_sched *s)
+{
+    if (s->npend) return 1;
+    for (int i = 0; i < s->n; i++)
+        if (s->ws[i].n) return 1;
+    return 0;
+}
+
+cp_task *cp_sched_answered(cp_sched *s, int i)
+{
+    cp_wstate *w = &s->ws[i];
+    cp_task *t = w->head;
+    if (t == NULL) return NULL;
+    w->head = t->next;
+    if (w->head == NULL) w->tail = NULL;
+    w->n--;
+    t->next = NULL;
+    cp_close_fsegs(w, t->end_pos); /* the worker has loaded them */
+    int64_t took = cp_now_ns() - t->sent_ns;
+    s->task_ns = s->task_ns < 0 ? took : (7 * s->task_ns + took) / 8;
+    return t;
+}
+
+/* Append list `t` to the list ending at *tailp; return the new tail link. */
+static cp_task **append(cp_task **tailp, cp_task *t)
+{
+    *tailp = t;
+    while (*tailp != NULL) tailp = &(*tailp)->next;
+    return tailp;
+}
+
+cp_task *cp_sched_take_all(cp_sched *s, int inflight)
+{
+    cp_task *all = NULL, **tp = &all;
+    tp = append(tp, s->failed);
+    tp = append(tp, s->pend_head);
+    s->pend_head = s->pend_tail = s->failed = NULL;
+    s->npend = 0;
+    for (int i = 0; inflight && i < s->n; i++) {
+        cp_wstate *w = &s->ws[i];
+        tp = append(tp, w->head);
+        w->head = w->tail = NULL;
+        w->n = 0;
+    }
+    return all;
+}
+
+/* Move the tasks of `job` from list *from to the list ending at *to;
+ * return the new end of *to, and the count moved in *moved. */
+static cp_task **take_job(cp_task **from, uint64_t job, cp_task **to, size_t *moved)
+{
+    *moved = 0;
+    while (*from != NULL) {
+        cp_task *t = *from;
+        if (t->job != job) {
+            from = &t->next;
+            continue;
+        }
+        *from = t->next;
+        t->next = NULL;
+        *to = t;
+        to = &t->next;
+        (*moved)++;
+    }
+    return to;
+}
+
+cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
+{
+    cp_wstate *w = &s->ws[i];
+    cp_task *held = NULL, **hp = &held, *again = NULL, **ap = &again;
+    size_t nagain = 0, moved;
+    /* A FUNC record it consumed belongs to the task after it: a function
+     * whose unpickling kills the worker fails that task instead of being
+     * resent to kill the next worker, and the next. */
+    uint64_t held_upto = head;
+    int func_taken = w->has_func && w->func_end == head; /* nothing taken after it */
+    for (cp_task *t = w->head; func_taken && t != NULL; t = t->next) {
+        if (t->job != w->func_job) continue;
+        if (t->end_pos > held_upto) held_upto = t->end_pos;
+        break;
+    }
+    cp_close_fsegs(w, UINT64_MAX);
+    for (cp_task *t = w->head, *next; t != NULL; t = next) {
+        next = t->next;
+        t->next = NULL;
+        if (t->end_pos <= held_upto) { /* held: failed by the caller */
+            t->held = t->end_pos <= head; /* its record (and segment) taken */
+            *hp = t;
+            hp = &t->next;
+        } else {
+            *ap = t;
+            ap = &t->next;
+            nagain++;
+        }
+    }
+    if (func_taken && held_upto > head) {
+        /* Its function killed the worker (or a kill landed in that window:
+         * one task pays).  Twice for the same job, the job's queued tasks
+         * would kill the next workers the same way: they fail too. */
+        if (s->func_death_job == w->func_job) {
+            hp = take_job(&s->pend_head, w->func_job, hp, &moved);
+            s->npend -= moved;
+            s->pend_tail = NULL;
+            for (cp_task *t = s->pend_head; t != NULL; t = t->next) s->pend_tail = t;
+            take_job(&again, w->func_job, hp, &moved);
+            nagain -= moved;
+        }
+        s->func_death_job = w->func_job;
+    }
+    if (again != NULL) { /* the ones it never took go first, in their order */
+        cp_task *last = again;
+        while (last->next != NULL) last = last->next;
+        last->next = s->pend_head;
+        s->pend_head = again;
+        if (s->pend_tail == NULL) s->pend_tail = last;
+        s->npend += nagain;
+    }
+    w->head = w->tail = NULL;
+    w->n = 0;
+    w->has_func = 0;
+    w->sent = 0;
+    return held;
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+static int slot_accepts(cp_sched *s, int i)
+{
+    uint32_t st = atomic_load(&s->ctl->slots[i].state);
+    if (st != CP_S_SPAWN_REQ && st != CP_S_SPAWNED && st != CP_S_READY) return 0;
+    cp_wstate *w = &s->ws[i];
+    int depth = (s->task_ns >= 0 && s->task_ns < SHORT_TASK_NS) ? DEPTH_SHORT : 1;
+    if (w->n >= depth) return 0;
+    return s->maxtasks == 0 || w->sent < s->maxtasks;
+}
+
+void cp_close_fsegs(cp_wstate *w, uint64_t upto)
+{
+    int k = 0;
+    for (int j = 0; j < w->nfsegs; j++) {
+        if (w->fsegs[j].end < upto) close(w->fsegs[j].fd);
+        else w->fsegs[k++] = w->fsegs[j];
+    }
+    w->nfsegs = k;
+}
+
+/* Hand slot i's worker the segment of a record about to be put on its
+ * ring (which has room for it): 0, 1 when the socket is full (as a full
+ * ring: later), -1 failed (errno). */
+static int send_segment(cp_sched *s, int i, cp_segref *seg)
+{
+    seg->tag = ++s->tag_seq;
+    if (cp_send_fd(s->psock[i], seg->tag, seg->fd, MSG_DONTWAIT) == 0) return 0;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+}
+
+/* Put one FUNC record, inline or through a new segment of its own, kept
+ * open in w->fsegs until the worker has loaded it: 0 sent, 1 ring full, -1
+ * failed (errno). */
+static int put_func(cp_sched *s, int i, cp_ring *r, cp_rechdr *h, const char *p, size_t n)
+{
+    cp_wstate *w = &s->ws[i];
+    if (n <= cp_ring_inline_max(r)) return cp_ring_try_put(r, h, p, n) ? 1 : 0;
+    cp_segref seg;
+    if (!cp_ring_fits(r, sizeof seg)) return 1;
+    if (w->nfsegs == w->capfsegs) {
+        int cap = w->capfsegs ? 2 * w->capfsegs : 4;
+        struct cp_fseg *f = realloc(w->fsegs, (size_t)cap * sizeof *f);
+        if (f == NULL) return -1;
+        w->fsegs = f;
+        w->capfsegs = cap;
+    }
+    cp_segdest d = {0}; /* one-shot */
+    struct iovec piece = {.iov_base = (void *)p, .iov_len = n};
+    if (cp_seg_write(&d, &piece, 1, 0, &seg) != 0) return -1;
+    h->flags = CP_F_LARGE;
+    int rc = send_segment(s, i, &seg);
+    if (rc == 0 && cp_ring_try_put(r, h, &seg, sizeof seg) != 0) rc = 1; /* cannot be */
+    if (rc != 0) {
+        int saved = errno;
+        close(seg.fd);
+        errno = saved;
+        return rc;
+    }
+    w->fsegs[w->nfsegs++] = (struct cp_fseg){.fd = seg.fd, .end = cp_ring_tail(r)};
+    return 0;
+}
+
+/* Put a task record on slot i's ring: its inline pickle, or a reference to
+ * its segment (handed over first).  0 sent, 1 full, -1 failed (errno). */
+static int put_task(cp_sched *s, int i, cp_ring *r, cp_task *t)
+{
+    cp_rechdr h = {.kind = t->kind, .job = t->job, .idx = t->idx};
+    if (!t->has_seg) return cp_ring_try_put(r, &h, t->data, t->len) ? 1 : 0;
+    if (!cp_ring_fits(r, sizeof t->seg)) return 1;
+    int rc = send_segment(s, i, &t->seg);
+    if (rc != 0) return rc;
+    h.flags = CP_F_LARGE;
+    return cp_ring_try_put(r, &h, &t->seg, sizeof t->seg) ? 1 : 0;
+}
+
+int cp_sched_dispatch(cp_sched *s)
+{
+    int failed = 0;
+    while (s->pend_head != NULL) {
+        cp_task *t = s->pend_head;
+        int best = -1;
+        for (int i = 0; i < s->n; i++) {
+            if (s->full[i] || !slot_accepts(s, i)) continue;
+            if (best < 0 || s->ws[i].n < s->ws[best].n) best = i;
+        }
+        if (best < 0) break;
+        cp_ring *r = cp_task_ring(s->ctl, best);
+        cp_wstate *w = &s->ws[best];
+        int rc = 0;
+        if (t->func != NULL && (!w->has_func || w->func_job != t->job)) {
+            /* The function travels once per job and worker, then is cached. */
+            cp_rechdr fh = {.kind = CP_K_FUNC, .job = t->job};
+            rc = put_func(s, best, r, &fh, t->func->data, t->func->len);
+            if (rc == 0) {
+                w->has_func = 1;
+                w->func_job = t->job;
+                w->func_end = cp_ring_tail(r);
+                s->touched[best] = 1;
+            }
+        }
+        if (rc == 0) rc = put_task(s, best, r, t);
+        if (rc > 0) {
+            s->full[best] = 1;
+            continue;
+        }
+        s->pend_head = t->next;
+        if (s->pend_head == NULL) s->pend_tail = NULL;
+        s->npend--;
+        t->next = NULL;
+        if (rc < 0) {
+            t->err = errno;
+            t->next = s->failed;
+            s->failed = t;
+            failed = 1;
+            continue;
+        }
+        t->end_pos = cp_ring_tail(r);
+        t->sent_ns = cp_now_ns();
+        if (w->tail) w->tail->next = t;
+        else w->head = t;
+        w->tail = t;
+        w->n++;
+        w->sent++;
+        s->touched[best] = 1;
+    }
+    for (int i = 0; i < s->n; i++) {
+        if (s->touched[i]) cp_event_signal(&cp_task_ring(s->ctl, i)->data);
+        s->touched[i] = s->full[i] = 0;
+    }
+    return failed;
+}
