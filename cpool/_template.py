@@ -57,9 +57,8 @@ def spec(method, processes, maxtasks, initializer, initargs, bootstrap, pack_err
     from multiprocessing import context, resource_tracker, spawn, util
     from multiprocessing.reduction import ForkingPickler
     prep = spawn.get_preparation_data("CPoolTemplate")
-    boot = os.memfd_create("cpool-template-boot", os.MFD_CLOEXEC)
+    boot = _cpool._memfd("cpool-template-boot")   # as every memfd of cpool's
     try:
-        os.fchmod(boot, 0o600)   # as every memfd of cpool's (docs/security.md)
         launch = _Launch(boot, processes)
         tracker = launch.duplicate_for_child(resource_tracker.getfd())
         with open(boot, "wb", closefd=False) as f:

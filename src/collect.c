@@ -153,11 +153,10 @@ void cp_wait_template(CoreObject *c)
     int pfd = (int)syscall(SYS_pidfd_open, c->tmpl, 0);
     if (pfd >= 0) {
         struct pollfd p = {.fd = pfd, .events = POLLIN};
-        int64_t deadline = cp_now_ns() + (int64_t)TEMPLATE_GRACE_MS * 1000000;
+        int64_t deadline = cp_deadline((int64_t)TEMPLATE_GRACE_MS * 1000000);
         int rc;
         do {
-            int64_t left = (deadline - cp_now_ns()) / 1000000;
-            rc = poll(&p, 1, left > 0 ? (int)left : 0);
+            rc = poll(&p, 1, (int)(cp_slice(deadline, INT64_MAX) / 1000000));
         } while (rc < 0 && errno == EINTR);
         if (rc == 0) {
             CP_DEBUG("the template %d did not exit: killed", (int)c->tmpl);

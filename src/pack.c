@@ -122,9 +122,23 @@ static PyObject *check_segment(PyObject *Py_UNUSED(m), PyObject *args)
     return PyUnicode_FromString(why);
 }
 
+PyDoc_STRVAR(memfd_doc,
+             "_memfd($module, name, /)\n--\n\n"
+             "A new memfd as every one of cpool's is made: mode 0600, close-on-exec,\n"
+             "sealed against shrinking (cpool._template writes its boot data there).");
+
+static PyObject *memfd(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    int fd = cp_memfd(name, 0);
+    return fd < 0 ? cp_oserror("memfd_create") : PyLong_FromLong(fd);
+}
+
 static PyMethodDef pack_functions[] = {
     {"_rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, rebuild_doc},
     {"_check_segment", check_segment, METH_VARARGS, check_segment_doc},
+    {"_memfd", memfd, METH_VARARGS, memfd_doc},
     {NULL, NULL, 0, NULL},
 };
 
