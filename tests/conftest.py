@@ -7,11 +7,15 @@
   parametrized indirectly, as ``each_start_method()`` does), terminated and
   joined in teardown; a join that does not finish within JOIN_TIMEOUT
   seconds fails the test.
-* ``run_python(source, timeout=60)``: run a Python snippet in a fresh
-  interpreter (PYTHONPATH = the repository root, so ``import cpool`` works from
-  any cwd, and this folder, for ``procs``) and return the CompletedProcess; a
-  snippet that outlives its timeout has its whole process group killed and
-  fails the test.
+* ``run_python(source, timeout=60)``: the one way the tests run a fresh
+  interpreter: a Python snippet (or, with ``script=``, a script file; with
+  ``module=``, ``python -m``), with PYTHONPATH = the repository root, so
+  ``import cpool`` works from any cwd, and this folder, for ``procs``; it
+  returns the CompletedProcess; a snippet that outlives its timeout has its
+  whole process group killed and fails the test.  ``start_python`` starts
+  one the same way and returns the Popen, for a test that talks to it or
+  kills it; ``run_scenario`` is run_python for a scenario that must exit 0,
+  and returns its stdout.
 * ``run_threads(target, argss, timeout)``: target(*args) for each args, each
   in a thread of its own, all at once; a thread still running after the
   timeout fails the test.
@@ -134,21 +138,48 @@ def python_env():
     return env
 
 
-def run_python(source, timeout=60, cwd=None, args=()):
-    """Run `source` (dedented) with a fresh interpreter; CompletedProcess
-    with text stdout/stderr.  Fails the test on timeout, after killing the
-    snippet's process group (its pool workers included)."""
-    source = textwrap.dedent(source)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", source, *args],
+def start_python(source=None, args=(), cwd=None, script=None, module=None,
+                 new_session=True):
+    """Start a fresh interpreter (environment: python_env(); stdin
+    /dev/null; text pipes for stdout and stderr; cwd: the temporary folder
+    unless given) and return its Popen.  It runs `source` (dedented) as
+    ``python -c``; with `script`, a path, `source` written to that file and
+    run as a script (a spawned template imports the main module from its
+    file, as multiprocessing's does); with `module`, ``python -m module``.
+    `args` follow.  It has a session (and process group) of its own, so that
+    its pool workers can be killed with it, unless new_session=False (for a
+    scenario that makes a process group of its own: a session leader may
+    not)."""
+    if module is not None:
+        argv = ["-m", module]
+    elif script is not None:
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(source))
+        argv = [str(script)]
+    else:
+        argv = ["-c", textwrap.dedent(source)]
+    return subprocess.Popen(
+        [sys.executable, *argv, *map(str, args)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=python_env(), cwd=cwd or tempfile.gettempdir(),
-        start_new_session=True)
+        start_new_session=new_session)
+
+
+def run_python(source=None, timeout=60, cwd=None, args=(), script=None, module=None,
+               new_session=True):
+    """start_python(...), waited for: a CompletedProcess with text
+    stdout/stderr.  Fails the test on timeout, after killing the snippet's
+    process group (its pool workers included), or only the snippet when it
+    has no session of its own."""
+    proc = start_python(source, args, cwd, script, module, new_session)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            if new_session:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
         except ProcessLookupError:
             pass
         out, err = proc.communicate()
@@ -157,6 +188,15 @@ def run_python(source, timeout=60, cwd=None, args=()):
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.fixture
-def run_snippet():
-    return run_python
+def run_scenario(source, timeout=60, method=None, tmp_path=None, new_session=True):
+    """run_python(source) for a scenario that must exit 0 (the test fails
+    otherwise, with its output); its stdout.  With a start method, source
+    runs as a script file in tmp_path (a spawned template imports the main
+    module, as multiprocessing's does) with ``{method}`` replaced."""
+    script = None
+    if method is not None:
+        source = textwrap.dedent(source).replace("{method}", repr(method))
+        script = tmp_path / "scenario.py"
+    r = run_python(source, timeout, script=script, new_session=new_session)
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r.stdout

@@ -22,7 +22,8 @@ import pytest
 
 import cpool
 from cpool import pool as cpool_pool
-from conftest import START_METHODS, each_start_method, join_within, run_threads, shutdown
+from conftest import (START_METHODS, each_start_method, join_within, run_python, run_threads,
+                      shutdown)
 from procs import segment_fds, segments_mapped, shm_names, wait_gone, wait_not_running
 
 T = 30  # seconds: the bound on every wait for a result
@@ -1116,9 +1117,9 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
-def test_workers_die_with_their_parent(run_snippet, how):
+def test_workers_die_with_their_parent(how):
     t0 = time.monotonic()
-    res = run_snippet(EXIT_SNIPPET, timeout=60, args=[how])
+    res = run_python(EXIT_SNIPPET, timeout=60, args=[how])
     assert time.monotonic() - t0 < 20
     if how == "exit":
         assert res.returncode == 0, res.stderr

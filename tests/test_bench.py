@@ -1,18 +1,13 @@
 """The benchmark runs and its numbers are checked results (speed goals live
 in the benchmark itself, never in timed tests)."""
 import json
-import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_python
 
 
 def test_benchmark_quick_json_covers_every_workload():
     from cpool import bench
-    p = subprocess.run([sys.executable, "-m", "cpool.bench", "--quick", "--json"],
-                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
-                       text=True, timeout=600)
+    p = run_python(module="cpool.bench", args=["--quick", "--json"], timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     report = json.loads(p.stdout)
     assert [r["key"] for r in report["results"]] == [w.key for w in bench.WORKLOADS]

@@ -1,44 +1,17 @@
 """Scenarios that could hang or leak, each in a fresh interpreter under a
 time limit: a hang fails the test, it is never skipped."""
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 
-from conftest import python_env
+from conftest import run_scenario, start_python
 from procs import alive, shm_names, wait_not_running
 
 
-def start(src):
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(src)], env=python_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def run(src, timeout=60, method=None, tmp_path=None):
-    """Run src in a fresh interpreter; its stdout.  With a start method
-    other than fork, src runs as a script file (a spawned template imports
-    the main module, as multiprocessing's does) with ``{method}`` replaced."""
-    if method is not None:
-        path = tmp_path / "scenario.py"
-        path.write_text(textwrap.dedent(src).replace("{method}", repr(method)))
-        src = f"import runpy; runpy.run_path({str(path)!r}, run_name='__main__')"
-    p = start(src)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        pytest.fail(f"scenario hung for {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
-    assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{out}\nstderr:\n{err}"
-    return out
-
-
 def test_parent_killed_takes_template_and_workers_with_it():
-    p = start("""
+    p = start_python("""
         import os, time, cpool
         def slow(x):
             time.sleep(60)
@@ -57,7 +30,7 @@ def test_parent_killed_takes_template_and_workers_with_it():
 
 
 def test_pool_made_in_a_short_lived_thread_keeps_its_workers():
-    out = run("""
+    out = run_scenario("""
         import threading, time, cpool
         box = {}
         t = threading.Thread(target=lambda: box.setdefault("p", cpool.Pool(2)))
@@ -71,7 +44,7 @@ def test_pool_made_in_a_short_lived_thread_keeps_its_workers():
 
 
 def test_no_process_fd_or_segment_left_after_many_pools():
-    out = run("""
+    out = run_scenario("""
         import gc, os, cpool
         from procs import children
         def inc(x):
@@ -98,7 +71,7 @@ def test_no_process_fd_or_segment_left_after_many_pools():
 
 
 def test_unclosed_pool_is_cleaned_at_exit():
-    p = start("""
+    p = start_python("""
         import cpool
         pool = cpool.Pool(2)
         print(pool._core.template_pid, *[w.pid for w in pool._pool], flush=True)
@@ -112,7 +85,7 @@ def test_unclosed_pool_is_cleaned_at_exit():
 
 
 def test_large_payloads_both_ways_and_no_segment_left():
-    out = run("""
+    out = run_scenario("""
         import os, cpool
         def make(n):
             return b"z" * n
@@ -133,7 +106,7 @@ def test_large_payloads_both_ways_and_no_segment_left():
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_initializer_failure_breaks_the_pool_without_respawning(method, tmp_path):
-    out = run("""
+    out = run_scenario("""
         import time, cpool
         def bad_init():
             raise KeyError("no config")
@@ -159,7 +132,7 @@ def test_initializer_failure_breaks_the_pool_without_respawning(method, tmp_path
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_worker_death_fails_only_its_task_and_pool_goes_on(method, tmp_path):
-    out = run("""
+    out = run_scenario("""
         import os, cpool
         def maybe_die(x):
             if x == 13:
@@ -189,7 +162,7 @@ def test_worker_death_fails_only_its_task_and_pool_goes_on(method, tmp_path):
 # -- regressions found in review: each once hung, crashed or lost a result -----
 
 def test_worker_death_is_seen_when_the_parent_ignores_sigchld():
-    out = run("""
+    out = run_scenario("""
         import os, signal, cpool
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # as daemons often do
         pool = cpool.Pool(2)
@@ -204,7 +177,7 @@ def test_worker_death_is_seen_when_the_parent_ignores_sigchld():
 
 
 def test_template_killed_while_idle_fails_calls_instead_of_hanging():
-    out = run("""
+    out = run_scenario("""
         import os, signal, time, cpool
         pool = cpool.Pool(2)
         pool.apply(abs, (-3,))
@@ -223,7 +196,7 @@ def test_template_killed_while_idle_fails_calls_instead_of_hanging():
 def test_template_killed_during_a_long_get_fails_it_instead_of_hanging():
     # The caller collects for itself while it waits (the collector thread
     # naps): it must notice the template's death too.
-    out = run("""
+    out = run_scenario("""
         import os, signal, threading, time, cpool
         pool = cpool.Pool(2)
         r = pool.apply_async(time.sleep, (60,))
@@ -241,7 +214,7 @@ def test_template_killed_during_a_long_get_fails_it_instead_of_hanging():
 
 
 def test_a_function_that_kills_its_worker_when_unpickled_does_not_loop():
-    out = run("""
+    out = run_scenario("""
         import os, cpool
         class Evil:
             def __reduce__(self):
@@ -270,7 +243,7 @@ def test_a_function_that_kills_its_worker_when_unpickled_does_not_loop():
 
 
 def test_terminate_keeps_a_large_result_already_posted():
-    out = run("""
+    out = run_scenario("""
         import threading, time, cpool
         def small(x):
             return x
@@ -293,7 +266,7 @@ def test_terminate_keeps_a_large_result_already_posted():
 
 
 def test_large_argument_that_fails_to_unpickle_keeps_its_error():
-    out = run("""
+    out = run_scenario("""
         import cpool
         class Bad:
             def __init__(self, pad):
@@ -312,7 +285,7 @@ def test_large_argument_that_fails_to_unpickle_keeps_its_error():
 
 
 def test_a_submission_racing_close_is_refused_not_lost():
-    out = run("""
+    out = run_scenario("""
         import threading, cpool
         from cpool.pool import ApplyResult
         for delay in (0, 0.001, 0.002, 0.005):
@@ -335,7 +308,7 @@ def test_a_submission_racing_close_is_refused_not_lost():
 
 @pytest.mark.parametrize("call", ["map", "imap", "get"])
 def test_ctrl_c_reaches_the_caller_within_half_a_second(call):
-    p = start(f"""
+    p = start_python(f"""
         import time, cpool
         def slow(x):
             time.sleep(30)
@@ -374,7 +347,7 @@ def test_ctrl_c_reaches_the_caller_within_half_a_second(call):
 def test_maxtasksperchild_with_logging_threads_never_deadlocks():
     # Replacement workers come from the template, forked before the threads
     # started: none of them inherits the logging lock held by a thread.
-    out = run("""
+    out = run_scenario("""
         import logging, threading, io, cpool
         log = logging.getLogger("busy")
         log.addHandler(logging.StreamHandler(io.StringIO()))
@@ -404,7 +377,7 @@ def test_maxtasksperchild_with_logging_threads_never_deadlocks():
 
 
 def test_a_hundred_pools_leak_nothing():
-    out = run("""
+    out = run_scenario("""
         import gc, os, cpool
         from procs import children, segment_fds, segments_mapped
         warm = cpool.Pool(2); warm.map(abs, range(4)); warm.close(); warm.join()
@@ -428,7 +401,7 @@ def test_a_hundred_pools_leak_nothing():
 def test_terminate_racing_a_large_submit_does_not_crash_the_parent():
     # A recycled task segment swept by terminate() was reused at its old
     # size: the write past the end of the new empty file was a SIGBUS.
-    out = run("""
+    out = run_scenario("""
         import threading, time, cpool
         done = threading.Event()
         class SlowToPickle:
@@ -456,7 +429,7 @@ def test_terminate_racing_a_large_submit_does_not_crash_the_parent():
 
 
 def test_workers_dying_while_loading_do_not_leak_recycled_segments():
-    out = run("""
+    out = run_scenario("""
         import os, time, cpool
         class Killer:
             def __reduce__(self):
@@ -489,7 +462,7 @@ def test_workers_dying_while_loading_do_not_leak_recycled_segments():
 
 
 def test_ctrl_c_while_imap_pickles_a_batch_does_not_hang_join():
-    out = run("""
+    out = run_scenario("""
         import threading, cpool
         class Interrupts:
             def __reduce__(self):
@@ -519,7 +492,7 @@ def test_ctrl_c_while_imap_pickles_a_batch_does_not_hang_join():
 def test_terminate_returns_when_the_template_is_stuck_in_a_fork_hook():
     # A user's fork hook waiting on a lock another thread holds: the template
     # never starts its loop. terminate() kills it after a grace period.
-    out = run("""
+    out = run_scenario("""
         import os, threading, time, cpool
         lock = threading.Lock()
         os.register_at_fork(after_in_child=lambda: lock.acquire())
@@ -555,7 +528,7 @@ def test_interrupts_during_deliveries_lose_no_outcome():
     still arrives exactly once, and close()+join() finish (the cache
     empties).  Before the fix, interrupted deliveries were dropped and
     get() hung."""
-    out = run('import signal, sys, time, cpool\nclass Interrupt(KeyboardInterrupt):\n    pass\narmed = False\nDELIVERY = {"_set", "_complete", "_finish", "_outcome", "_check_complete", "_collect_until"}\nhits = 0\ndef handler(signum, frame):\n    # Only inside cpool\'s own Python code (delivery, get, next): the harness\n    # around it must not be hit where it cannot catch.\n    global hits\n    if armed and "cpool" in frame.f_code.co_filename and frame.f_code.co_name in DELIVERY:\n        hits += 1\n        raise Interrupt\ndef square(x):\n    return x * x\ndef storm(on):\n    global armed\n    armed = on\ndef robust(get):\n    """get() under a storm of interrupts: retried until it answers."""\n    storm(True)\n    try:\n        while True:\n            try:\n                return get()\n            except Interrupt:\n                pass\n    finally:\n        storm(False)\nif True:\n    pool = cpool.Pool(2)\n    signal.signal(signal.SIGALRM, handler)\n    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)\n    ok, lost = True, 0\n    for rnd in range(3):\n        m = pool.map_async(square, range(20000), 50)\n        v = robust(lambda: m.get(timeout=20)) == [i * i for i in range(20000)]\n        if not v: print("map bad", [i for i, x in enumerate(m._value) if x != i*i][:10], m._success)\n        ok &= v\n        rs = [pool.apply_async(square, (i,)) for i in range(500)]\n        v = [robust(lambda r=r: r.get(timeout=20)) for r in rs] == [i * i for i in range(500)]\n        if not v: print("apply bad")\n        ok &= v\n        for unordered in (False, True):\n            it = (pool.imap_unordered if unordered else pool.imap)(square, range(3000))\n            got = []\n            storm(True)\n            try:\n                while True:\n                    try:\n                        got.append(it.next(timeout=20))\n                    except Interrupt:\n                        continue\n                    except StopIteration:\n                        break\n                    except RuntimeError as e:  # an interrupt landed while it read the input:\n                        assert "interrupted" in str(e)  # the iteration ends there, by design\n                        break\n            finally:\n                storm(False)\n            want = [i * i for i in range(3000)]\n            v = (sorted(got) if unordered else got) == want[:len(got)] or \\\n                (unordered and set(got) <= set(want) and len(set(got)) == len(got))\n            if not v: print("imap bad", unordered, len(got), [(i, x) for i, x in enumerate(got) if x != want[i]][:5])\n            ok &= v\n    signal.setitimer(signal.ITIMER_REAL, 0, 0)\n    print("all outcomes, each once:", ok, "| interrupts:", hits)\n    pool.close()\n    pool.join()\n    print("closed and joined, cache:", len(pool._cache))\n', timeout=240)
+    out = run_scenario('import signal, sys, time, cpool\nclass Interrupt(KeyboardInterrupt):\n    pass\narmed = False\nDELIVERY = {"_set", "_complete", "_finish", "_outcome", "_check_complete", "_collect_until"}\nhits = 0\ndef handler(signum, frame):\n    # Only inside cpool\'s own Python code (delivery, get, next): the harness\n    # around it must not be hit where it cannot catch.\n    global hits\n    if armed and "cpool" in frame.f_code.co_filename and frame.f_code.co_name in DELIVERY:\n        hits += 1\n        raise Interrupt\ndef square(x):\n    return x * x\ndef storm(on):\n    global armed\n    armed = on\ndef robust(get):\n    """get() under a storm of interrupts: retried until it answers."""\n    storm(True)\n    try:\n        while True:\n            try:\n                return get()\n            except Interrupt:\n                pass\n    finally:\n        storm(False)\nif True:\n    pool = cpool.Pool(2)\n    signal.signal(signal.SIGALRM, handler)\n    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)\n    ok, lost = True, 0\n    for rnd in range(3):\n        m = pool.map_async(square, range(20000), 50)\n        v = robust(lambda: m.get(timeout=20)) == [i * i for i in range(20000)]\n        if not v: print("map bad", [i for i, x in enumerate(m._value) if x != i*i][:10], m._success)\n        ok &= v\n        rs = [pool.apply_async(square, (i,)) for i in range(500)]\n        v = [robust(lambda r=r: r.get(timeout=20)) for r in rs] == [i * i for i in range(500)]\n        if not v: print("apply bad")\n        ok &= v\n        for unordered in (False, True):\n            it = (pool.imap_unordered if unordered else pool.imap)(square, range(3000))\n            got = []\n            storm(True)\n            try:\n                while True:\n                    try:\n                        got.append(it.next(timeout=20))\n                    except Interrupt:\n                        continue\n                    except StopIteration:\n                        break\n                    except RuntimeError as e:  # an interrupt landed while it read the input:\n                        assert "interrupted" in str(e)  # the iteration ends there, by design\n                        break\n            finally:\n                storm(False)\n            want = [i * i for i in range(3000)]\n            v = (sorted(got) if unordered else got) == want[:len(got)] or \\\n                (unordered and set(got) <= set(want) and len(set(got)) == len(got))\n            if not v: print("imap bad", unordered, len(got), [(i, x) for i, x in enumerate(got) if x != want[i]][:5])\n            ok &= v\n    signal.setitimer(signal.ITIMER_REAL, 0, 0)\n    print("all outcomes, each once:", ok, "| interrupts:", hits)\n    pool.close()\n    pool.join()\n    print("closed and joined, cache:", len(pool._cache))\n', timeout=240)
     assert "all outcomes, each once: True" in out, out
     assert int(out.split("interrupts:")[1].split()[0]) > 20, out
     assert "closed and joined, cache: 0" in out, out
@@ -564,7 +537,7 @@ def test_interrupts_during_deliveries_lose_no_outcome():
 def test_ctrl_c_that_lands_while_a_result_loads_is_raised_and_the_result_kept():
     # os.killpg runs in C from the unpickler: the SIGINT is pending when the
     # load ends, as a real Ctrl-C during a long load would be.
-    out = run("""
+    out = run_scenario("""
         import os, signal, cpool
         os.setpgid(0, 0)
         class Boom:
@@ -590,7 +563,7 @@ def test_ctrl_c_that_lands_while_a_result_loads_is_raised_and_the_result_kept():
             print(got.count("KI"), [x for x in got if x != "KI"])
             p.close()
             p.join()
-    """)
+    """, new_session=False)     # it makes a process group of its own
     # The KeyboardInterrupt comes when chunk 3's result is loaded, which may
     # be before the consumer reaches it; no item is lost either way.
     assert out.split("\n")[:3] == ["interrupted", "[None, 3]",
@@ -601,7 +574,7 @@ def test_a_callback_outcome_is_not_stranded_while_another_thread_polls():
     # Thread B polls a long task with get(timeout=tiny), collecting almost all
     # the time; outcomes with callbacks that B drains are left to the
     # collector thread, which must get them out (it once never did).
-    out = run("""
+    out = run_scenario("""
         import threading, time, cpool
         def work(t):
             time.sleep(t)

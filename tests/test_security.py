@@ -386,7 +386,10 @@ print("closed", flush=True)
 
 class Scenario:
     """A fresh interpreter running `src`, in a session of its own (its
-    workers die with it), spoken to by lines; every wait is bounded."""
+    workers die with it), spoken to by lines; every wait is bounded.
+    (Not conftest.start_python: it talks on stdin, reads stdout in chunks
+    against deadlines, and an attacker runs isolated, with an environment of
+    its own, to drop to nobody.)"""
 
     def __init__(self, name, src, args=(), nobody=False):
         self.name = name

@@ -13,16 +13,14 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 
 import pytest
 
 import cpool
+from conftest import run_python, start_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 10_000
 TYPECODES = "cbBhHiIlLqQfd" + "u"
 
@@ -156,8 +154,7 @@ def test_pickled_lock_is_the_same_lock():
 
 def test_a_child_can_pass_it_on(tmp_path):
     # A spawned child re-pickles what it received to its own child.
-    script = tmp_path / "relay.py"
-    script.write_text(textwrap.dedent("""
+    p = run_python("""
         import multiprocessing as mp, cpool
         def grandchild(v):
             v.value = 42
@@ -169,9 +166,7 @@ def test_a_child_can_pass_it_on(tmp_path):
             p = mp.get_context("spawn").Process(target=child, args=(v,))
             p.start(); p.join()
             print(v.value)
-    """))
-    p = subprocess.run([sys.executable, str(script)], env=dict(os.environ, PYTHONPATH=ROOT),
-                       capture_output=True, text=True, timeout=60)
+    """, 60, script=tmp_path / "relay.py")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "42"
 
@@ -307,18 +302,16 @@ def test_waiting_on_a_lock_releases_the_gil():
 
 
 def test_ctrl_c_interrupts_a_blocked_acquire():
-    p = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
-            import cpool
-            lock = cpool.Lock()
-            lock.acquire()
-            print("waiting", flush=True)
-            try:
-                lock.acquire()      # held (by us): blocks, as threading.Lock would
-            except KeyboardInterrupt:
-                print("interrupted", flush=True)
-        """)],
-        env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
+    p = start_python("""
+        import cpool
+        lock = cpool.Lock()
+        lock.acquire()
+        print("waiting", flush=True)
+        try:
+            lock.acquire()      # held (by us): blocks, as threading.Lock would
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """)
     assert p.stdout.readline().strip() == "waiting"
     time.sleep(0.3)
     t0 = time.monotonic()
@@ -334,14 +327,6 @@ def test_ctrl_c_interrupts_a_blocked_acquire():
 
 
 # -- nothing left behind ---------------------------------------------------------------
-
-def _run(src, timeout=60):
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(src)],
-                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
-                       text=True, timeout=timeout)
-    assert p.returncode == 0, p.stderr
-    return p.stdout
-
 
 def test_storage_is_anonymous_memory():
     v = cpool.Value("i", 1)
@@ -364,13 +349,10 @@ def test_nothing_left_after_normal_exit_or_sigkill():
         if sys.argv[1] == "wait":
             time.sleep(60)
     """
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(src), "exit"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = run_python(src, 60, args=["exit"])
     assert done.returncode == 0, done.stderr
     assert left_by(int(done.stdout)) == []
-    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(src), "wait"], env=env,
-                         stdout=subprocess.PIPE, text=True)
+    p = start_python(src, args=["wait"])
     pid = int(p.stdout.readline())
     memfds = [f for f in os.listdir(f"/proc/{pid}/fd")
               if os.readlink(f"/proc/{pid}/fd/{f}").startswith("/memfd:cpool")]

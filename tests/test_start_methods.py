@@ -5,15 +5,13 @@ those that need the main module to be importable by the template (spawn's
 ``if __name__ == "__main__"`` rules) run as script files."""
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
 import cpool
-from conftest import START_METHODS, python_env, run_python, shutdown
+from conftest import run_python, shutdown, start_python
 from procs import cmdline, shm_names, wait_not_running
 
 EXEC_METHODS = ("spawn", "forkserver")
@@ -31,19 +29,8 @@ def run_script(tmp_path, source, timeout=60, args=()):
     """Run `source` as a script file (its functions importable by a spawned
     template, as multiprocessing requires); CompletedProcess.  A script
     that outlives `timeout` has its process group killed and fails."""
-    path = tmp_path / "script.py"
-    path.write_text(textwrap.dedent(source))
-    proc = subprocess.Popen([sys.executable, str(path), *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=python_env(), cwd=str(tmp_path), start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"script did not finish within {timeout} s\n"
-                    f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_python(source, timeout, cwd=str(tmp_path), args=args,
+                      script=tmp_path / "script.py")
 
 
 @pytest.mark.parametrize("method", EXEC_METHODS)
@@ -190,8 +177,7 @@ def test_a_multiprocessing_queue_in_initargs_reaches_the_workers(tmp_path, metho
 
 @pytest.mark.parametrize("method", EXEC_METHODS)
 def test_parent_killed_takes_the_exec_template_and_workers(tmp_path, method):
-    path = tmp_path / "script.py"
-    path.write_text(textwrap.dedent(f"""
+    p = start_python(f"""
         import time, cpool
         def slow(x):
             time.sleep(60)
@@ -200,10 +186,7 @@ def test_parent_killed_takes_the_exec_template_and_workers(tmp_path, method):
             pool.map_async(slow, range(4))
             print(pool._core.template_pid, *[w.pid for w in pool._pool], flush=True)
             time.sleep(60)
-    """))
-    p = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=python_env(),
-                         cwd=str(tmp_path))
+    """, cwd=str(tmp_path), script=tmp_path / "script.py")
     before = set(shm_names())
     try:
         pids = [int(x) for x in p.stdout.readline().split()]

@@ -15,10 +15,8 @@ package); mypy errors in them are not the stub's business and are ignored.
 mypy is a test extra: a missing mypy fails, never skips.
 """
 import os
-import subprocess
-import sys
 
-from conftest import REPO_ROOT, python_env
+from conftest import REPO_ROOT, run_python
 
 MYPY_CONFIG = """\
 [mypy]
@@ -40,12 +38,10 @@ def test_the_stub_agrees_with_the_extension(tmp_path):
     config = tmp_path / "mypy.ini"
     config.write_text(MYPY_CONFIG.format(cache=tmp_path / "cache"))
     allowlist = os.path.join(REPO_ROOT, "tests", "stubtest_allowlist.txt")
-    proc = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "cpool._cpool",
-         "--mypy-config-file", str(config), "--allowlist", allowlist],
-        cwd=REPO_ROOT, env=python_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, timeout=50)
-    assert proc.returncode == 0, "stubtest:\n" + proc.stdout
+    proc = run_python(module="mypy.stubtest", timeout=50, cwd=REPO_ROOT,
+                      args=["cpool._cpool", "--mypy-config-file", config,
+                            "--allowlist", allowlist])
+    assert proc.returncode == 0, "stubtest:\n" + proc.stdout + proc.stderr
     assert "Success" in proc.stdout, proc.stdout
 
 

@@ -271,6 +271,8 @@ def test_a_small_dev_shm_does_not_limit_large_records():
             print("after", pool.apply(len, (b"a" * 1000,)), pool.map(abs, [-1, -2]))
         print("segments", os.listdir("/dev/shm"))
     """)
+    # Not conftest.run_python: the interpreter runs under unshare and sh, in a
+    # mount namespace of its own with a tiny /dev/shm.
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
     if os.geteuid() != 0 or probe.returncode != 0:
         pytest.skip("needs root and mount namespaces (unshare -m)")
