@@ -26,7 +26,8 @@ SOURCES = [
     "src/template.c",  # the template process: forks and reaps the workers
     "src/spawn.c",     # the template as a fresh interpreter (spawn, forkserver)
     "src/worker.c",    # the worker loop: unpickle, call, pickle, post
-    "src/value.c",     # shared arenas, the Synchronized wrapper of Value/Array
+    "src/arena.c",     # shared arenas: where Value/Array and the locks live
+    "src/value.c",     # the Synchronized wrapper of Value/Array
     "src/lock.c",      # Lock/RLock: robust process-shared mutexes
     "src/floor.c",     # the benchmark's floor: futex round trip, memcpy
     "src/pack.c",      # pickles for the rings: inline, or out of band in a segment

@@ -789,10 +789,13 @@ CP_HIDDEN int cp_spawn_add_functions(PyObject *module);
 /* floor.c: the benchmark's physical limits. */
 CP_HIDDEN int cp_floor_add_functions(PyObject *module);
 
-/* value.c: arenas and the Synchronized wrapper. */
-CP_HIDDEN int cp_value_add_types(PyObject *module, cpool_state *st);
+/* arena.c: shared memory for Value/Array and the locks. */
+CP_HIDDEN int cp_arena_add_type(PyObject *module, cpool_state *st);
 /* Pointer to n bytes at offset of an arena, or NULL with an exception. */
 CP_HIDDEN char *cp_arena_at(PyObject *arena, Py_ssize_t offset, size_t n);
+
+/* value.c: the Synchronized wrapper of Value/Array. */
+CP_HIDDEN int cp_value_add_type(PyObject *module, cpool_state *st);
 
 /* worker.c: the worker's life after the template forks it.  Never returns. */
 CP_HIDDEN void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)

@@ -108,11 +108,11 @@ static int module_exec(PyObject *m)
         PyModule_AddIntConstant(m, "TEMPLATE_FD_BOOT", CP_TFD_BOOT) < 0 ||
         PyModule_AddIntConstant(m, "TEMPLATE_FD_SOCKS", CP_TFD_SOCKS) < 0)
         return -1;
-    if (cp_core_add_type(m, st) < 0 || cp_lock_add_type(m, st) < 0 ||
-        cp_floor_add_functions(m) < 0 || cp_pack_add_types(m, st) < 0 ||
-        cp_spawn_add_functions(m) < 0)
+    if (cp_core_add_type(m, st) < 0 || cp_arena_add_type(m, st) < 0 ||
+        cp_lock_add_type(m, st) < 0 || cp_floor_add_functions(m) < 0 ||
+        cp_pack_add_types(m, st) < 0 || cp_spawn_add_functions(m) < 0)
         return -1;
-    return cp_value_add_types(m, st);
+    return cp_value_add_type(m, st);
 }
 
 static int module_traverse(PyObject *m, visitproc visit, void *arg)

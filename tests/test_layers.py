@@ -55,6 +55,48 @@ def test_the_worker_side_never_sees_the_parents_core(name):
     assert "CoreObject" not in read(os.path.join(SRC, name)), name
 
 
+# The parent's side of a pool: five files around one CoreObject, which call
+# one another.  Every other file is below them or beside them.
+PARENT = {"pool.c", "submit.c", "collect.c", "deliver.c", "death.c"}
+
+
+def c_call_graph():
+    """{file: files whose cp_ functions it calls}, with the parent's side as
+    one node, "parent", and without module.c's registration calls
+    (cp_*_add_*: the module's init fans out to every type)."""
+    files = {n: t for n, t in c_sources().items() if n.endswith(".c")}
+    node = {n: "parent" if n in PARENT else n for n in files}
+    defined = {}
+    for n, t in files.items():
+        for m in re.finditer(r"^[A-Za-z_][\w \*]*?\b(cp_\w+)\s*\([^;{]*\)\s*\{", t, re.M):
+            defined[m.group(1)] = node[n]
+    graph = {v: set() for v in node.values()}
+    for n, t in files.items():
+        for f in set(re.findall(r"\b(cp_\w+)\s*\(", t)):
+            if n == "module.c" and re.match(r"cp_\w+_add_\w+$", f):
+                continue
+            to = defined.get(f)
+            if to is not None and to != node[n]:
+                graph[node[n]].add(to)
+    return graph
+
+
+def test_the_c_files_form_no_circle():
+    """module.c calls other files only to register their types, arena.c is
+    below lock.c, lock.c below value.c, spawn.c below pool.c: no file calls
+    back into a file that calls it."""
+    graph = c_call_graph()
+    assert {"arena.c", "dispatch.c", "wait.c", "parent"} <= set(graph)
+    assert "dispatch.c" in graph["parent"]   # the graph does see calls
+
+    def path(a, b, seen=()):
+        return a == b or any(path(x, b, seen + (a,)) for x in graph[a] if x not in seen)
+
+    for a in graph:
+        for b in graph[a]:
+            assert not path(b, a), f"{a} calls {b}, and {b} calls back into {a}"
+
+
 def test_c_never_imports_the_package():
     for name, text in c_sources().items():
         assert not re.search(r'Import\w*\(\s*"cpool\b', text), \
