@@ -27,7 +27,8 @@ void cp_debug_print(const char *fmt, ...)
     va_start(ap, fmt);
     n += vsnprintf(buf + n, sizeof buf - (size_t)n - 2, fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof buf - 2) n = (int)sizeof buf - 2;
+    /* Cut short: the text ends where vsnprintf put its NUL. */
+    if (n > (int)sizeof buf - 3) n = (int)sizeof buf - 3;
     buf[n++] = '\n';
     ssize_t w = write(2, buf, (size_t)n); /* one write: lines do not interleave */
     (void)w;

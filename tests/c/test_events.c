@@ -419,3 +419,26 @@ TEST(no_lost_wakeup_between_processes)
     CHECK_EQ(atomic_load(&p->turn[1]), PINGPONG_ROUNDS);
     munmap(p, sizeof *p);
 }
+
+/* cp_debug_print writes one line, however long the message: cut short, it
+ * ends in '\n' with no NUL byte before it (it used to write the NUL that
+ * vsnprintf left). */
+TEST(debug_line_cut_short_has_no_nul)
+{
+    int p[2], saved = dup(2);
+    CHECK(pipe(p) == 0 && saved >= 0);
+    CHECK(dup2(p[1], 2) == 2);
+    char msg[700];
+    memset(msg, 'x', sizeof msg - 1);
+    msg[sizeof msg - 1] = '\0';
+    cp_debug_print("%s", msg);
+    CHECK(dup2(saved, 2) == 2);
+    close(saved);
+    close(p[1]);
+    char out[1024];
+    ssize_t n = read(p[0], out, sizeof out);
+    close(p[0]);
+    CHECK_EQ(n, 510);
+    CHECK_EQ(out[n - 1], '\n');
+    CHECK(memchr(out, '\0', (size_t)n) == NULL);
+}
