@@ -286,6 +286,24 @@ def test_lock_semantics():
         assert lock.acquire(False) is False
 
 
+def test_lock_timeouts_at_the_edges():
+    """Timeouts go through the module's one parser: a negative one is 0
+    (multiprocessing's), a huge one waits as long as it must (no overflow),
+    NaN is refused; the lock works after each."""
+    lock = cpool.Lock()
+    assert lock.acquire(timeout=1e300) is True          # free: taken at once
+    t0 = time.monotonic()
+    assert lock.acquire(timeout=-5) is False            # held: no wait
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(ValueError, match="NaN"):
+        lock.acquire(timeout=float("nan"))
+    with pytest.raises(TypeError):
+        lock.acquire(timeout="1")
+    lock.release()
+    assert lock.acquire(timeout=0) is True
+    lock.release()
+
+
 def test_waiting_on_a_lock_releases_the_gil():
     lock = cpool.Lock()
     lock.acquire()
