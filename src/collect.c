@@ -357,6 +357,33 @@ void cp_await_token(CoreObject *c, int64_t limit_ns)
     cp_event_sleep(&c->tok_ev, seen, nap);
 }
 
+/* ---- work stealing's timer ---------------------------------------------------- */
+
+/* Whoever sleeps for results (the collector thread, or a waiter holding
+ * the token) wakes when a task left in a worker's ring should go to a free
+ * worker (cp_sched_wake_at), and dispatches.  Both are called without the
+ * GIL: nobody holding `mu` waits for it. */
+#define STEAL_NAP_MIN_NS 100000 /* never a busy loop */
+
+/* How long to sleep at most before that (<0: no limit). */
+static int64_t steal_nap(CoreObject *c)
+{
+    if (atomic_load(&c->phase) == CP_TERMINATE || atomic_load(&c->is_broken)) return -1;
+    pthread_mutex_lock(&c->mu);
+    int64_t at = cp_sched_wake_at(&c->sd);
+    pthread_mutex_unlock(&c->mu);
+    if (at < 0) return -1;
+    int64_t nap = at - cp_now_ns();
+    return nap < STEAL_NAP_MIN_NS ? STEAL_NAP_MIN_NS : nap;
+}
+
+static void redispatch(CoreObject *c)
+{
+    pthread_mutex_lock(&c->mu);
+    cp_dispatch_locked(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
 void *cp_collector_main(void *arg)
 {
     CoreObject *c = arg;
@@ -396,8 +423,11 @@ void *cp_collector_main(void *arg)
         int alive = 0;
         for (int i = 0; i < c->n; i++)
             if (atomic_load(&c->ctl->slots[i].state) != CP_S_FREE) alive = 1;
-        int rc = cp_event_sleep(&c->ctl->results, seen, alive ? CP_WATCHDOG_NS : -1);
-        if (rc == ETIMEDOUT) cp_check_template(c);
+        int64_t nap = alive ? CP_WATCHDOG_NS : -1, steal = steal_nap(c);
+        if (steal >= 0 && (nap < 0 || steal < nap)) nap = steal;
+        int rc = cp_event_sleep(&c->ctl->results, seen, nap);
+        if (steal >= 0) redispatch(c);
+        else if (rc == ETIMEDOUT) cp_check_template(c);
     }
     cp_delivering = NULL;
     /* Done is said with the GIL held, and our reference dropped before it is
@@ -459,10 +489,13 @@ PyObject *cp_collect_waiting(CoreObject *c, int64_t left)
         int rc = 0;
         Py_BEGIN_ALLOW_THREADS
         if (!cp_spin_until(ring_news_pred, c)) {
+            int64_t steal = steal_nap(c);
+            if (steal >= 0 && steal < slice) slice = steal;
             uint32_t seen = cp_event_prepare(&c->ctl->results);
             if (cp_ring_news(c) || cp_collector_owed(c))
                 cp_event_cancel(&c->ctl->results);
             else rc = cp_event_sleep(&c->ctl->results, seen, slice);
+            if (steal >= 0) redispatch(c);
         }
         Py_END_ALLOW_THREADS
         if (rc == ETIMEDOUT && (slept += slice) >= CP_WATCHDOG_NS) {

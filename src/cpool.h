@@ -122,9 +122,25 @@ typedef struct {
     uint16_t kind;
     uint16_t flags;
     uint32_t idx;   /* chunk index within the job */
-    uint32_t pad;
+    uint32_t claim; /* a task record's: CP_CLAIM_*, changed only by CAS */
     uint64_t job;
 } cp_rechdr;        /* 24 bytes; records are 8-byte aligned */
+/* Bytes a record of an n-byte payload takes in a ring. */
+#define CP_REC_BYTES(n) (sizeof(cp_rechdr) + (((uint64_t)(n) + 7u) & ~(uint64_t)7u))
+
+/* Who has a task record that is still in a worker's ring.  The worker takes
+ * it (FREE to TAKEN) before it copies it out and runs it; the parent may
+ * take it back (FREE to REVOKED) until then, to give the task to a worker
+ * that is free (dispatch.c), and the worker skips a revoked record.  One
+ * compare-and-swap decides: a task runs at most once. */
+enum { CP_CLAIM_FREE = 0, CP_CLAIM_TAKEN, CP_CLAIM_REVOKED };
+/* Compare-and-swap a record's claim from FREE to `to`: 1 if it was free. */
+static inline int cp_claim(cp_rechdr *h, uint32_t to)
+{
+    uint32_t free_ = CP_CLAIM_FREE;
+    return __atomic_compare_exchange_n(&h->claim, &free_, to, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
 
 /* A large record's payload: where its segment is.  Segments are memfds, so
  * they have no name another user could predict, take first or open: the
@@ -227,6 +243,8 @@ CP_HIDDEN size_t cp_ring_inline_max(const cp_ring *r);
 CP_HIDDEN int cp_ring_try_put(cp_ring *r, const cp_rechdr *h, const void *p, size_t n);
 /* Producer: the ring position just past the last record put. */
 CP_HIDDEN uint64_t cp_ring_tail(const cp_ring *r);
+/* The record at ring position `pos` (a producer's record not yet consumed). */
+CP_HIDDEN cp_rechdr *cp_ring_at(cp_ring *r, uint64_t pos);
 /* Consumer: the next record, or NULL if none (skips fillers). */
 CP_HIDDEN const cp_rechdr *cp_ring_peek(cp_ring *r);
 /* Consumer: drop the record peek returned and wake a waiting producer. */
@@ -320,6 +338,7 @@ typedef struct {
     cp_recy res_recy[CP_RECY_RESULTS]; /* this worker's result segments */
     _Atomic int32_t loading_recy;      /* task recycler entry being loaded, or -1 */
     char pad[4];
+    _Atomic int64_t started_ns; /* when the worker took its current task; 0: none */
 } cp_slot;
 
 #define CP_MAGIC 0x63706f6f6cu
@@ -383,6 +402,7 @@ typedef struct cp_task {
     uint16_t kind;
     uint16_t has_seg;  /* sent through a segment (seg; a one-shot's seg.fd is ours) */
     cp_blob *func;     /* MAP/STARMAP: the job's pickled function (shared) */
+    uint64_t pos;      /* task-ring position of this record */
     uint64_t end_pos;  /* task-ring position just past this record */
     int64_t sent_ns;   /* when it went into a ring */
     int err;           /* errno when it could not be sent */
@@ -407,6 +427,7 @@ typedef struct {
     } *fsegs;
     int nfsegs, capfsegs;
     uint64_t sent;        /* tasks sent to the current incarnation */
+    int stalled;          /* a task was stolen from it, and it answered none since */
 } cp_wstate;
 
 /* The parent's task queue and dispatch state.  Every call below but
@@ -424,6 +445,7 @@ typedef struct {
     int64_t task_ns;            /* moving average of a task's round trip; <0 unknown */
     uint64_t func_death_job;    /* the last job whose function killed a worker */
     unsigned char *touched, *full; /* dispatch scratch, one per slot */
+    uint64_t steals;            /* tasks taken back from a worker's ring */
 } cp_sched;
 
 /* 0, or -1 with errno (ENOMEM). */
@@ -435,9 +457,14 @@ CP_HIDDEN void cp_sched_fini(cp_sched *s, int drop);
 /* Queue the n tasks first..last behind the pending ones. */
 CP_HIDDEN void cp_sched_push(cp_sched *s, cp_task *first, cp_task *last, size_t n);
 /* Put pending tasks on the rings of the workers that may take more (each to
- * the one holding fewest), and wake the workers given some.  1 when a task
+ * the one holding fewest), take back a task left waiting in a worker's
+ * ring when another worker is free (work stealing: cp_claim), and wake the
+ * workers given some.  1 when a task
  * could not be sent (moved to s->failed, with t->err), else 0. */
 CP_HIDDEN int cp_sched_dispatch(cp_sched *s);
+/* When dispatch should look again, to give a free worker a task left
+ * waiting in another's ring (cp_now_ns time), or -1: no need. */
+CP_HIDDEN int64_t cp_sched_wake_at(cp_sched *s);
 /* Slot i's worker answered its oldest task: take it off its list (NULL if
  * it held none), and learn how long it took. */
 CP_HIDDEN cp_task *cp_sched_answered(cp_sched *s, int i);

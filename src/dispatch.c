@@ -22,9 +22,14 @@
  * are short enough that the collector's round trip would leave the worker
  * idle; for long ones it would wait behind a busy worker while another sits
  * idle (the imbalance a shared queue avoids).  So: one, until measured tasks
- * prove short. */
+ * prove short, and one again while the worker's current task has run past
+ * SHORT_TASK_NS (it is not short, whatever the average says). */
 #define DEPTH_SHORT 4
 #define SHORT_TASK_NS 1000000 /* 1 ms */
+/* A task left waiting in a worker's ring this long while another worker is
+ * free is taken back and given to the free one (work stealing): it waits
+ * behind a long task, a stopped worker, or a worker still starting. */
+#define STEAL_AFTER_NS 2000000 /* 2 ms */
 
 /* ---- tasks --------------------------------------------------------------- */
 
@@ -124,6 +129,7 @@ cp_task *cp_sched_answered(cp_sched *s, int i)
     w->head = t->next;
     if (w->head == NULL) w->tail = NULL;
     w->n--;
+    w->stalled = 0;
     t->next = NULL;
     cp_close_fsegs(w, t->end_pos); /* the worker has loaded them */
     int64_t took = cp_now_ns() - t->sent_ns;
@@ -230,19 +236,103 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
     w->n = 0;
     w->has_func = 0;
     w->sent = 0;
+    w->stalled = 0;
     return held;
 }
 
 /* ---- dispatch ----------------------------------------------------------- */
 
-static int slot_accepts(cp_sched *s, int i)
+static int slot_accepts(cp_sched *s, int i, int64_t now)
 {
-    uint32_t st = atomic_load(&s->ctl->slots[i].state);
+    cp_slot *sl = &s->ctl->slots[i];
+    uint32_t st = atomic_load(&sl->state);
     if (st != CP_S_SPAWN_REQ && st != CP_S_SPAWNED && st != CP_S_READY) return 0;
     cp_wstate *w = &s->ws[i];
-    int depth = (s->task_ns >= 0 && s->task_ns < SHORT_TASK_NS) ? DEPTH_SHORT : 1;
-    if (w->n >= depth) return 0;
-    return s->maxtasks == 0 || w->sent < s->maxtasks;
+    if (s->maxtasks != 0 && w->sent >= s->maxtasks) return 0;
+    if (w->n == 0) return 1;
+    if (s->task_ns < 0 || s->task_ns >= SHORT_TASK_NS || w->n >= DEPTH_SHORT) return 0;
+    int64_t started = atomic_load(&sl->started_ns);
+    return started == 0 || now - started < SHORT_TASK_NS;
+}
+
+static int slot_ready(cp_sched *s, int i)
+{
+    return atomic_load(&s->ctl->slots[i].state) == CP_S_READY;
+}
+
+/* The first task slot i's worker has not taken (its record still FREE in
+ * the ring), or NULL.  A consumed record was taken; past it, the claim word
+ * says (the worker takes records in ring order). */
+static cp_task *first_untaken(cp_sched *s, int i)
+{
+    cp_ring *r = cp_task_ring(s->ctl, i);
+    uint64_t head = cp_ring_head(r);
+    for (cp_task *t = s->ws[i].head; t != NULL; t = t->next) {
+        if (t->end_pos <= head) continue; /* consumed: taken */
+        if (__atomic_load_n(&cp_ring_at(r, t->pos)->claim, __ATOMIC_ACQUIRE) ==
+            CP_CLAIM_FREE)
+            return t;
+    }
+    return NULL;
+}
+
+/* 1 if a worker is free to take a stolen task: ready, nothing in flight,
+ * and not one whose tasks were stolen (it may be stopped). */
+static int someone_idle(cp_sched *s, int64_t now)
+{
+    for (int i = 0; i < s->n; i++)
+        if (s->ws[i].n == 0 && !s->ws[i].stalled && slot_ready(s, i) && !s->full[i] &&
+            slot_accepts(s, i, now))
+            return 1;
+    return 0;
+}
+
+/* Take back the task that has waited longest in a worker's ring, if it has
+ * waited STEAL_AFTER_NS, and queue it first: 1 if one was taken back. */
+static int steal_one(cp_sched *s, int64_t now)
+{
+    cp_task *best = NULL;
+    int from = -1;
+    for (int i = 0; i < s->n; i++) {
+        cp_task *t = first_untaken(s, i);
+        if (t != NULL && now - t->sent_ns >= STEAL_AFTER_NS &&
+            (best == NULL || t->sent_ns < best->sent_ns)) {
+            best = t;
+            from = i;
+        }
+    }
+    if (best == NULL) return 0;
+    if (!cp_claim(cp_ring_at(cp_task_ring(s->ctl, from), best->pos), CP_CLAIM_REVOKED))
+        return 1; /* its worker took it meanwhile: look again */
+    cp_wstate *w = &s->ws[from];
+    cp_task **pp = &w->head, *prev = NULL;
+    while (*pp != best) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    *pp = best->next;
+    if (w->tail == best) w->tail = prev;
+    w->n--;
+    w->sent--;
+    w->stalled = 1; /* tasks go elsewhere first until it answers one */
+    best->next = s->pend_head;
+    s->pend_head = best;
+    if (s->pend_tail == NULL) s->pend_tail = best;
+    s->npend++;
+    s->steals++;
+    return 1;
+}
+
+int64_t cp_sched_wake_at(cp_sched *s)
+{
+    int64_t now = cp_now_ns(), at = -1;
+    if (!someone_idle(s, now)) return -1;
+    for (int i = 0; i < s->n; i++) {
+        cp_task *t = first_untaken(s, i);
+        if (t != NULL && (at < 0 || t->sent_ns + STEAL_AFTER_NS < at))
+            at = t->sent_ns + STEAL_AFTER_NS;
+    }
+    return at;
 }
 
 void cp_close_fsegs(cp_wstate *w, uint64_t upto)
@@ -310,15 +400,28 @@ static int put_task(cp_sched *s, int i, cp_ring *r, cp_task *t)
     return cp_ring_try_put(r, &h, &t->seg, sizeof t->seg) ? 1 : 0;
 }
 
-int cp_sched_dispatch(cp_sched *s)
+/* Whether slot i is a better home for the next task than slot j: one not
+ * stalled (a task was stolen from it and it has answered none since: it may
+ * be stopped, or slow to start) first, then the fewest in flight, then a
+ * ready worker before one still starting. */
+static int better(cp_sched *s, int i, int j)
+{
+    cp_wstate *a = &s->ws[i], *b = &s->ws[j];
+    if (a->stalled != b->stalled) return b->stalled;
+    if (a->n != b->n) return a->n < b->n;
+    return slot_ready(s, i) && !slot_ready(s, j);
+}
+
+/* Put pending tasks on the rings of the workers that may take more. */
+static int dispatch_pending(cp_sched *s, int64_t now)
 {
     int failed = 0;
     while (s->pend_head != NULL) {
         cp_task *t = s->pend_head;
         int best = -1;
         for (int i = 0; i < s->n; i++) {
-            if (s->full[i] || !slot_accepts(s, i)) continue;
-            if (best < 0 || s->ws[i].n < s->ws[best].n) best = i;
+            if (s->full[i] || !slot_accepts(s, i, now)) continue;
+            if (best < 0 || better(s, i, best)) best = i;
         }
         if (best < 0) break;
         cp_ring *r = cp_task_ring(s->ctl, best);
@@ -352,13 +455,27 @@ int cp_sched_dispatch(cp_sched *s)
             continue;
         }
         t->end_pos = cp_ring_tail(r);
-        t->sent_ns = cp_now_ns();
+        t->pos = t->end_pos - CP_REC_BYTES(t->has_seg ? sizeof t->seg : t->len);
+        t->sent_ns = now;
         if (w->tail) w->tail->next = t;
         else w->head = t;
         w->tail = t;
         w->n++;
         w->sent++;
         s->touched[best] = 1;
+    }
+    return failed;
+}
+
+int cp_sched_dispatch(cp_sched *s)
+{
+    int64_t now = cp_now_ns();
+    int failed = dispatch_pending(s, now);
+    /* Nobody waits behind a busy worker while another is free: a task left
+     * in a ring goes to the free worker (at most one steal per worker). */
+    for (int k = 0; k < s->n && s->pend_head == NULL && someone_idle(s, now); k++) {
+        if (!steal_one(s, now)) break;
+        failed |= dispatch_pending(s, now);
     }
     for (int i = 0; i < s->n; i++) {
         if (s->touched[i]) cp_event_signal(&cp_task_ring(s->ctl, i)->data);

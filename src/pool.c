@@ -494,6 +494,14 @@ static PyObject *Core_get_done(CoreObject *c, void *Py_UNUSED(closure))
     return PyBool_FromLong(atomic_load(&c->done));
 }
 
+static PyObject *Core_get_steals(CoreObject *c, void *Py_UNUSED(closure))
+{
+    cp_lock_with_gil(c);
+    uint64_t n = c->sd.steals;
+    pthread_mutex_unlock(&c->mu);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
 static PyObject *Core_get_template_pid(CoreObject *c, void *Py_UNUSED(closure))
 {
     return PyLong_FromLong((long)c->tmpl);
@@ -520,6 +528,8 @@ static PyGetSetDef Core_getset[] = {
     {"done", (getter)Core_get_done, NULL, "True once the pool is over", NULL},
     {"template_pid", (getter)Core_get_template_pid, NULL, "pid of the template process",
      NULL},
+    {"steals", (getter)Core_get_steals, NULL,
+     "how many tasks were taken back from a worker's ring and given to another", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

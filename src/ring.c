@@ -51,7 +51,7 @@ uint64_t cp_ring_head(const cp_ring *r)
 static int fits_at(const cp_ring *r, uint64_t tail, uint64_t head, size_t n,
                    uint64_t *skip)
 {
-    uint64_t need = HDR + ALIGN8(n);
+    uint64_t need = CP_REC_BYTES(n);
     uint64_t off = tail & (r->cap - 1);
     *skip = (off + need > r->cap) ? r->cap - off : 0;
     return (tail - head) + *skip + need <= r->cap;
@@ -86,8 +86,13 @@ int cp_ring_try_put(cp_ring *r, const cp_rechdr *h, const void *p, size_t n)
     hh.len = (uint32_t)n;
     memcpy(d + off, &hh, HDR);
     if (n) memcpy(d + off + HDR, p, n);
-    atomic_store_explicit(&r->tail, tail + HDR + ALIGN8(n), memory_order_release);
+    atomic_store_explicit(&r->tail, tail + CP_REC_BYTES(n), memory_order_release);
     return 0;
+}
+
+cp_rechdr *cp_ring_at(cp_ring *r, uint64_t pos)
+{
+    return (cp_rechdr *)(ring_data(r) + (pos & (r->cap - 1)));
 }
 
 const cp_rechdr *cp_ring_peek(cp_ring *r)
@@ -111,7 +116,7 @@ const cp_rechdr *cp_ring_peek(cp_ring *r)
 void cp_ring_consume(cp_ring *r, const cp_rechdr *h)
 {
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-    atomic_store_explicit(&r->head, head + HDR + ALIGN8(h->len), memory_order_release);
+    atomic_store_explicit(&r->head, head + CP_REC_BYTES(h->len), memory_order_release);
     cp_event_signal(&r->space);
 }
 

@@ -152,14 +152,41 @@ static int parent_segment(void *sock, const cp_segref *ref)
 
 static int ring_has_data(void *r) { return cp_ring_has_data((cp_ring *)r); }
 
-/* Wait for the next task record and copy it out: once consumed, the task is
- * held by this worker (the parent fails it, not resends it, if we die). */
+static int is_task(const cp_rechdr *h)
+{
+    return h->kind == CP_K_CALL || h->kind == CP_K_MAP || h->kind == CP_K_STARMAP;
+}
+
+/* A record the parent took back (it gave the task to another worker): drop
+ * it, and the descriptor sent for it, if any. */
+static void skip_revoked(worker *w, const cp_rechdr *h)
+{
+    if (h->flags & CP_F_LARGE) {
+        cp_segref ref;
+        memcpy(&ref, h + 1, sizeof ref);
+        int fd = cp_recv_fd(w->sock, ref.tag);
+        if (fd >= 0) close(fd);
+    }
+    cp_ring_consume(w->tasks, h);
+}
+
+/* Wait for the next task record, take it (cp_claim: unless the parent took
+ * it back first) and copy it out: once consumed, the task is held by this
+ * worker (the parent fails it, not resends it, if we die). */
 static const cp_rechdr *next_task(worker *w)
 {
     const cp_rechdr *h;
     for (;;) {
         h = cp_ring_peek(w->tasks);
-        if (h != NULL) break;
+        if (h != NULL) {
+            if (!is_task(h)) break;
+            if (cp_claim((cp_rechdr *)h, CP_CLAIM_TAKEN)) {
+                atomic_store(&w->slot->started_ns, cp_now_ns());
+                break;
+            }
+            skip_revoked(w, h);
+            continue;
+        }
         if (cp_spin_until(ring_has_data, w->tasks)) continue;
         uint32_t seen = cp_event_prepare(&w->tasks->data);
         if (cp_ring_has_data(w->tasks)) {
@@ -325,6 +352,7 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
             Py_DECREF(res);
         }
         atomic_store(&w.slot->current_job, 0);
+        atomic_store(&w.slot->started_ns, 0);
         atomic_fetch_add(&w.slot->tasks_done, 1);
         if (cfg->maxtasks && ++done >= cfg->maxtasks) break;
     }
