@@ -15,21 +15,37 @@ from .results import _job_counter
 
 __all__ = ["IMapIterator", "IMapUnorderedIterator"]
 
-# How many chunks an imap reads ahead of its consumer, per worker.
+# How far an imap reads ahead of its consumer, by default (buffersize=None).
+# Chunks in flight (queued or running), per worker: enough to keep every
+# worker busy, whatever the consumer is waiting for.
 IMAP_WINDOW_PER_WORKER = 4
+# Results held for the consumer (arrived, not yet taken): reading stops while
+# they reach either bound, so a slow item holds up the workers only once
+# this much has piled up behind it, and an endless input stays in bounded
+# memory.
+IMAP_HOLD_ITEMS = 100_000
+IMAP_HOLD_BYTES = 64 << 20   # of pickled results
 
 _NO_VALUE = object()   # a chunk was taken into _buf: no single value
 
 
 class IMapIterator:
     """The iterator of imap: results in input order.  The input is read
-    lazily, a bounded window of chunks ahead of the consumer, so an endless
-    generator works (multiprocessing reads it all first)."""
+    lazily, ahead of the consumer, so an endless generator works
+    (multiprocessing reads it all first).
+
+    How far ahead: with ``buffersize`` (as CPython 3.15 defines it), at most
+    that many chunks submitted and not yet taken by the consumer.  Without
+    it, ``IMAP_WINDOW_PER_WORKER`` chunks per worker in flight, and more as
+    results arrive, as long as the results held for the consumer stay under
+    ``IMAP_HOLD_ITEMS`` items and ``IMAP_HOLD_BYTES`` bytes of pickles: a
+    slow item does not leave the other workers idle.  The input is read in
+    the consumer's thread (while it waits in next(), too)."""
 
     _ordered = True
     _defer = False
 
-    def __init__(self, pool, func, iterable, chunksize, star):
+    def __init__(self, pool, func, iterable, chunksize, star, buffersize=None):
         self._pool = weakref.ref(pool)
         self._core = pool._core
         self._cache = pool._cache
@@ -41,7 +57,12 @@ class IMapIterator:
         self._job = next(_job_counter)
         self._chunksize = chunksize
         self._star = star
-        self._window = max(2, IMAP_WINDOW_PER_WORKER * pool._processes)
+        self._buffersize = buffersize
+        # The in-flight bound, and how much room there must be before the
+        # input is read again (a batch at a time: one submission each).
+        self._window = buffersize or max(2, IMAP_WINDOW_PER_WORKER * pool._processes)
+        self._refill = max(1, self._window // 2)
+        self._held_bytes = 0     # pickled size of the results held
         self._blob = self._core.func_blob(func)
         self._input = iter(iterable)
         self._submitted = 0      # chunks read from the input and queued
@@ -65,20 +86,29 @@ class IMapIterator:
 
     # -- feeding (the consumer's thread, or join()) --
 
+    def _room(self):
+        """How many chunks may be read now (<= 0: none)."""
+        if self._buffersize is not None:
+            return self._buffersize - (self._submitted - self._consumed)
+        if ((self._delivered - self._consumed) * self._chunksize >= IMAP_HOLD_ITEMS or
+                self._held_bytes >= IMAP_HOLD_BYTES):
+            return 0
+        return self._window - (self._submitted - self._delivered)
+
     def _feed(self, everything=False):
-        """Read input ahead of the consumer, up to the window.  The window is
-        refilled once it is half empty, a batch of chunks in one submission:
-        one lock, one dispatch and one wake-up per batch, not per chunk."""
-        if not everything and (self._length is not None or
-                               self._submitted - self._consumed > self._window // 2):
+        """Read input ahead of the consumer, as far as _room() allows, once
+        there is room for half a window: a batch of chunks in one
+        submission, so one lock, one dispatch and one wake-up per batch, not
+        per chunk."""
+        if not everything and (self._length is not None or self._room() < self._refill):
             return  # the common case, checked again under the lock below
         with self._feed_lock:
             if self._length is not None:
                 return
-            if not everything and self._submitted - self._consumed > self._window // 2:
+            if not everything and self._room() < self._refill:
                 return
             while self._length is None:
-                room = self._window - (self._submitted - self._consumed)
+                room = self._room()
                 if not everything and room <= 0:
                     return
                 chunks, stop = [], None
@@ -171,10 +201,12 @@ class IMapIterator:
 
     # -- results (the collector's thread) --
 
-    def _set(self, idx, status, value):
-        got = (True, value) if status == ST_OK else _outcome(self._job, idx, status, value)
+    def _set(self, idx, status, value, nbytes=0):
+        got = ((True, value, nbytes) if status == ST_OK else
+               (*_outcome(self._job, idx, status, value), nbytes))
         with self._lock:
             if idx != self._last:  # not a repeat (see ApplyResult._set)
+                self._held_bytes += nbytes
                 if self._ordered:
                     self._ready[idx] = got
                 else:
@@ -201,9 +233,10 @@ class IMapIterator:
         if got is None:
             return None
         self._consumed += 1
-        ok, val = got
+        ok, val, nbytes = got
+        self._held_bytes -= nbytes
         if not ok:
-            return got
+            return False, val
         if len(val) == 1:  # chunksize 1: no detour through _buf
             return True, val[0]
         self._buf.extend(val)
@@ -245,6 +278,10 @@ class IMapIterator:
                                 self._cond.wait(left)
                             finally:
                                 self._sleepers -= 1
+                # Results arrived while the next one in line did not: keep
+                # the other workers busy meanwhile.
+                if self._length is None and self._room() >= self._refill:
+                    self._feed()
                 continue
             if got is not None and not got[0]:
                 if self._chunksize > 1:
@@ -257,10 +294,10 @@ class IMapIterator:
                         self._ready.clear()
                         self._buf.clear()
                 raise got[1]
-            # A chunk was taken (or none is in flight): top up the window
-            # once it is half empty (_feed checks again, under its lock).
-            if self._length is None and \
-                    self._submitted - self._consumed <= self._window // 2:
+            # A chunk was taken (or none is in flight): read more input once
+            # there is room for half a window (_feed checks again, under its
+            # lock).
+            if self._length is None and self._room() >= self._refill:
                 try:
                     self._feed()
                 except BaseException:  # Ctrl-C: the value taken is not lost

@@ -258,19 +258,29 @@ class Pool:
                 raise
         return result
 
-    def imap(self, func, iterable, chunksize=1):
-        """Like map, but lazy: an iterator of results in input order."""
-        self._check_running()
-        if chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        return IMapIterator(self, func, iterable, chunksize, False)
+    def imap(self, func, iterable, chunksize=1, buffersize=None):
+        """Like map, but lazy: an iterator of results in input order.
 
-    def imap_unordered(self, func, iterable, chunksize=1):
+        The input is read as the results are consumed.  buffersize (as in
+        CPython 3.15): at most that many chunks submitted whose results the
+        consumer has not taken.  None: as far ahead as keeps every worker
+        busy, within a bound on the results held (see cpool.imap)."""
+        return self._imap(IMapIterator, func, iterable, chunksize, buffersize)
+
+    def imap_unordered(self, func, iterable, chunksize=1, buffersize=None):
         """Like imap, but results come in the order they complete."""
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, buffersize)
+
+    def _imap(self, cls, func, iterable, chunksize, buffersize):
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        return IMapUnorderedIterator(self, func, iterable, chunksize, False)
+        if buffersize is not None:
+            if not isinstance(buffersize, int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
+        return cls(self, func, iterable, chunksize, False, buffersize)
 
     # -- life cycle --
 

@@ -2,8 +2,9 @@
 fills in.
 
 The delivery protocol (src/deliver.c): for each task's outcome the collector
-calls ``job._set(index, status, value)`` on the object registered under the
-job's number in the pool's cache, holding the GIL; ``job._defer`` true means
+calls ``job._set(index, status, value, nbytes)`` on the object registered
+under the job's number in the pool's cache, holding the GIL (nbytes: the
+size of the result's pickle, 0 when it did not come from a worker); ``job._defer`` true means
 "only the collector thread may deliver to me" (the job has callbacks, which
 must not run inside a caller's get()).  A caller waiting in get() collects for
 itself through ``core.collect()`` (``_collect_until``).
@@ -116,7 +117,7 @@ class ApplyResult:
     # call-free steps and skip what an interrupted delivery already did.
     # (Outcomes with callbacks are only ever delivered by the collector.)
 
-    def _set(self, idx, status, value):
+    def _set(self, idx, status, value, nbytes=0):
         if self._ready:
             self._complete()  # a repeat: finish what was interrupted
             return
@@ -148,7 +149,7 @@ class MapResult(ApplyResult):
         else:
             self._number_left = length // chunksize + bool(length % chunksize)
 
-    def _set(self, idx, status, value):
+    def _set(self, idx, status, value, nbytes=0):
         if self._ready:
             self._complete()  # a repeat, or a chunk after a failed one
             return

@@ -63,6 +63,12 @@ static void drain(CoreObject *c, int i)
         }
         PyObject *value = NULL;
         int status;
+        size_t nbytes = hh.len; /* the pickle's size, wherever it lies */
+        if (hh.flags & CP_F_LARGE) {
+            cp_segref ref;
+            memcpy(&ref, h + 1, sizeof ref);
+            nbytes = (size_t)ref.size;
+        }
         if (hh.len == 0 && hh.kind != CP_K_OK) {
             value =
                 PyUnicode_FromString("the worker could not pickle or describe its error");
@@ -100,7 +106,7 @@ static void drain(CoreObject *c, int i)
             cp_task_drop_segment(c->ctl, t);
             cp_task_free(t);
         }
-        cp_deliver(c, hh.job, hh.idx, status, value);
+        cp_deliver(c, hh.job, hh.idx, status, value, nbytes);
         Py_XDECREF(value);
     }
 }

@@ -630,7 +630,7 @@ typedef struct CoreObject {
     _Atomic int64_t waiter_seen; /* when a waiter last gave the token back */
     _Atomic int has_deferred;   /* c->deferred is not empty (read without the GIL) */
     PyObject *interrupt;        /* Ctrl-C that hit a delivery in a waiter */
-    PyObject *deferred;         /* list of (obj, idx, status, value): outcomes
+    PyObject *deferred;         /* list of (obj, idx, status, value, nbytes): outcomes
                                  * with callbacks, for the collector thread */
     pthread_t thread;
     PyThreadState *cts;         /* the collector's, while it runs without the GIL */
@@ -677,13 +677,14 @@ CP_HIDDEN Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blo
                                       uint32_t first, int progressive);
 
 /* deliver.c */
-/* Hand one outcome to the job's result object: job._set(idx, status, value).
+/* Hand one outcome to the job's result object: job._set(idx, status, value,
+ * nbytes), nbytes the size of its pickle (0 when none came from a worker).
  * In a waiter collecting for itself, an object with callbacks (obj._defer)
  * is left to the collector thread: callbacks run on cpool's thread, as
  * multiprocessing's run on its result handler, never inside a caller's
  * get(). */
 CP_HIDDEN void cp_deliver(CoreObject *c, uint64_t job, uint32_t idx, int status,
-                          PyObject *value);
+                          PyObject *value, size_t nbytes);
 /* The collector thread: deliver what waiters left for it. */
 CP_HIDDEN void cp_deliver_deferred(CoreObject *c);
 /* Take and fail the pending queue (and, if `inflight`, everything sent). */

@@ -1,7 +1,9 @@
 /* deliver.c: outcomes into the Python result objects (GIL held).
  *
  * A task's outcome reaches its result object as job._set(index, status,
- * value), the protocol cpool/pool.py's result objects implement; one with
+ * value, nbytes), the protocol cpool/results.py and cpool/imap.py's objects
+ * implement (nbytes: the size of the pickled result, for an imap bounding
+ * what it holds); one with
  * callbacks is deferred to the collector thread, where multiprocessing runs
  * them too.  Also the failing of whole lists of tasks (terminate, a broken
  * pool) and the breaking of a pool.
@@ -22,11 +24,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Leave obj._set(idx, status, value) to the collector thread. */
+/* Leave obj._set(idx, status, value, nbytes) to the collector thread. */
 static void defer(CoreObject *c, PyObject *obj, PyObject *pidx, PyObject *pst,
-                  PyObject *value)
+                  PyObject *value, PyObject *pn)
 {
-    PyObject *t = PyTuple_Pack(4, obj, pidx, pst, value);
+    PyObject *t = PyTuple_Pack(5, obj, pidx, pst, value, pn);
     if (t == NULL || PyList_Append(c->deferred, t) < 0) {
         PyErr_WriteUnraisable(obj);
     } else {
@@ -36,15 +38,15 @@ static void defer(CoreObject *c, PyObject *obj, PyObject *pidx, PyObject *pst,
     Py_XDECREF(t);
 }
 
-/* obj._set(idx, status, value); errors are reported, except a Ctrl-C (or
- * the like) in a waiter that collects for itself: that one is the caller's,
- * raised when its round is over. */
+/* obj._set(idx, status, value, nbytes); errors are reported, except a
+ * Ctrl-C (or the like) in a waiter that collects for itself: that one is
+ * the caller's, raised when its round is over. */
 static void call_set(CoreObject *c, PyObject *obj, PyObject *pidx, PyObject *pst,
-                     PyObject *value)
+                     PyObject *value, PyObject *pn)
 {
-    PyObject *argv[4] = {obj, pidx, pst, value};
+    PyObject *argv[5] = {obj, pidx, pst, value, pn};
     PyObject *r = PyObject_VectorcallMethod(c->st->str_set, argv,
-                                            4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                                            5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (r != NULL) {
         Py_DECREF(r);
         return;
@@ -56,18 +58,20 @@ static void call_set(CoreObject *c, PyObject *obj, PyObject *pidx, PyObject *pst
         PyObject *exc = cp_fetch_exc();
         if (c->interrupt == NULL) c->interrupt = exc;
         else Py_XDECREF(exc);
-        defer(c, obj, pidx, pst, value);
+        defer(c, obj, pidx, pst, value, pn);
         return;
     }
     PyErr_WriteUnraisable(obj);
 }
 
-/* Hand one outcome to the job's result object: job._set(idx, status, value).
+/* Hand one outcome to the job's result object: job._set(idx, status, value,
+ * nbytes).
  * In a waiter collecting for itself, an object with callbacks (obj._defer)
  * is left to the collector thread: callbacks run on cpool's thread, as
  * multiprocessing's run on its result handler, never inside a caller's
  * get(). */
-void cp_deliver(CoreObject *c, uint64_t job, uint32_t idx, int status, PyObject *value)
+void cp_deliver(CoreObject *c, uint64_t job, uint32_t idx, int status, PyObject *value,
+                size_t nbytes)
 {
     PyObject *key = PyLong_FromUnsignedLongLong(job);
     if (key == NULL) goto error;
@@ -80,7 +84,8 @@ void cp_deliver(CoreObject *c, uint64_t job, uint32_t idx, int status, PyObject 
     Py_INCREF(obj);
     PyObject *pidx = PyLong_FromUnsignedLong(idx);
     PyObject *pst = PyLong_FromLong(status); /* small ints: cached */
-    if (pidx == NULL || pst == NULL) {
+    PyObject *pn = PyLong_FromSize_t(nbytes);
+    if (pidx == NULL || pst == NULL || pn == NULL) {
         PyErr_WriteUnraisable(obj);
     } else if (PyThreadState_Get() != c->cts) {
         PyObject *d = PyObject_GetAttr(obj, c->st->str_defer);
@@ -89,19 +94,20 @@ void cp_deliver(CoreObject *c, uint64_t job, uint32_t idx, int status, PyObject 
         if (later < 0) {
             PyErr_WriteUnraisable(obj);
         } else if (later) {
-            defer(c, obj, pidx, pst, value ? value : Py_None);
+            defer(c, obj, pidx, pst, value ? value : Py_None, pn);
         } else {
             /* A signal that arrived meanwhile runs its handler now, not at
              * the first line of _set. */
             if (c->interrupt == NULL && PyErr_CheckSignals() < 0)
                 c->interrupt = cp_fetch_exc();
-            call_set(c, obj, pidx, pst, value ? value : Py_None);
+            call_set(c, obj, pidx, pst, value ? value : Py_None, pn);
         }
     } else {
-        call_set(c, obj, pidx, pst, value ? value : Py_None);
+        call_set(c, obj, pidx, pst, value ? value : Py_None, pn);
     }
     Py_XDECREF(pidx);
     Py_XDECREF(pst);
+    Py_XDECREF(pn);
     Py_DECREF(obj);
     return;
 error:
@@ -123,7 +129,8 @@ void cp_deliver_deferred(CoreObject *c)
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(l); i++) {
             PyObject *t = PyList_GET_ITEM(l, i);
             call_set(c, PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 1),
-                     PyTuple_GET_ITEM(t, 2), PyTuple_GET_ITEM(t, 3));
+                     PyTuple_GET_ITEM(t, 2), PyTuple_GET_ITEM(t, 3),
+                     PyTuple_GET_ITEM(t, 4));
         }
         Py_DECREF(l);
     }
@@ -140,10 +147,10 @@ void cp_fail_list(CoreObject *c, cp_task *t, int status, PyObject *value)
             PyObject *e = PyErr_SetFromErrno(PyExc_OSError);
             (void)e;
             PyObject *exc = cp_fetch_exc();
-            cp_deliver(c, t->job, t->idx, CP_ST_LOCAL, exc);
+            cp_deliver(c, t->job, t->idx, CP_ST_LOCAL, exc, 0);
             Py_XDECREF(exc);
         } else {
-            cp_deliver(c, t->job, t->idx, status, value);
+            cp_deliver(c, t->job, t->idx, status, value, 0);
         }
         cp_task_free(t);
         t = next;

@@ -1,5 +1,6 @@
 """imap and imap_unordered: order, next with a timeout, and their input
-read lazily, a bounded window ahead of the consumer (an endless generator
+read lazily, ahead of the consumer as far as buffersize says, or as keeps
+the workers busy within a bound on the results held (an endless generator
 works; an input that raises ends the iteration there)."""
 import itertools
 import multiprocessing
@@ -138,3 +139,84 @@ def test_imap_terminate_fails_pending(pool):
     pool.terminate()
     with pytest.raises(cpool.PoolTerminatedError):
         it.next(timeout=5)
+
+
+# -- how far ahead the input is read (issue 13) --
+
+def _counting(values):
+    """(generator over values, a list whose length is how many it gave)."""
+    pulled = []
+
+    def gen():
+        for v in values:
+            pulled.append(v)
+            yield v
+    return gen(), pulled
+
+
+@pytest.mark.parametrize("pool", [{"processes": 2}], indirect=True)
+@pytest.mark.parametrize("buffersize", [1, 3, 16])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_imap_buffersize_bounds_what_is_submitted_and_not_taken(pool, buffersize, ordered):
+    """buffersize, as CPython 3.15 defines it: at most that many tasks
+    submitted whose results the consumer has not taken."""
+    src, pulled = _counting(range(200))
+    imap = pool.imap if ordered else pool.imap_unordered
+    it = imap(square, src, buffersize=buffersize)
+    got = []
+    for _ in range(200):
+        got.append(it.next(timeout=T))
+        time.sleep(0.0005)        # the workers get ahead if they may
+        assert len(pulled) - len(got) <= buffersize
+    assert sorted(got) == [square(i) for i in range(200)]
+    assert not ordered or got == [square(i) for i in range(200)]
+
+
+def test_imap_buffersize_is_checked(pool):
+    with pytest.raises(TypeError):
+        pool.imap(square, range(3), buffersize=1.5)
+    with pytest.raises(ValueError):
+        pool.imap_unordered(square, range(3), buffersize=0)
+    assert list(pool.imap(square, range(3), buffersize=1)) == [0, 1, 4]
+
+
+@pytest.mark.parametrize("pool", [{"processes": 2}], indirect=True)
+def test_a_slow_item_does_not_leave_the_workers_idle(pool, monkeypatch):
+    """While the consumer waits for a slow first item, the input goes on
+    being read (the workers stay busy) up to the bound on results held, and
+    no further: an endless input stays in bounded memory."""
+    import cpool.imap as imap_mod
+    monkeypatch.setattr(imap_mod, "IMAP_HOLD_ITEMS", 300)
+    src, pulled = _counting(itertools.chain([(1.5, "slow")], ((0, i) for i in itertools.count())))
+    it = pool.imap(sleepy_identity, src)
+    assert it.next(timeout=T) == "slow"
+    window = 2 * imap_mod.IMAP_WINDOW_PER_WORKER
+    # a window of 8 would have read 8: it read on as results arrived...
+    assert len(pulled) > 300 - window, len(pulled)
+    # ...and stopped at the bound (what is held, plus what is in flight)
+    assert len(pulled) <= 300 + window + 1, len(pulled)
+
+
+@pytest.mark.parametrize("pool", [{"processes": 2}], indirect=True)
+def test_imap_unordered_hands_out_the_rest_while_one_is_slow(pool):
+    it = pool.imap_unordered(sleepy_identity,
+                             itertools.chain([(1.5, "slow")], ((0, i) for i in range(1000))))
+    before = 0
+    while it.next(timeout=T) != "slow":
+        before += 1
+    assert before == 1000     # every fast one came while the slow one ran
+    with pytest.raises(StopIteration):
+        it.next(timeout=T)
+
+
+@pytest.mark.parametrize("pool", [{"processes": 2}], indirect=True)
+def test_imap_bounds_the_bytes_it_holds(pool, monkeypatch):
+    import cpool.imap as imap_mod
+    monkeypatch.setattr(imap_mod, "IMAP_HOLD_BYTES", 1 << 20)
+    big = b"x" * (100 << 10)
+    src, pulled = _counting(itertools.chain([(1.5, big)], ((0, big) for _ in itertools.count())))
+    it = pool.imap(sleepy_identity, src)
+    assert it.next(timeout=T) == big
+    window = 2 * imap_mod.IMAP_WINDOW_PER_WORKER
+    # 1 MiB of 100 KiB results is 11 held, plus what was in flight
+    assert 11 <= len(pulled) <= 11 + window + 1, len(pulled)
