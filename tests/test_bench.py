@@ -46,3 +46,13 @@ def test_benchmark_rejects_a_wrong_result(monkeypatch):
         assert "wrong result" in str(e)
     else:
         raise AssertionError("a wrong map result was not caught")
+
+
+def test_the_ideal_of_uneven_work_is_greedy_list_scheduling():
+    from cpool.bench import ideal_seconds, uneven_mix
+    assert ideal_seconds([1, 1, 1, 1], 2, 0) == 2
+    assert ideal_seconds([3, 1, 1, 1], 2, 0) == 3        # the long one, beside the rest
+    assert ideal_seconds([1, 1, 1, 3], 2, 0) == 4        # in input order: it starts at 1
+    assert ideal_seconds([1, 1], 4, 0.5) == 1.5          # each pays the overshoot
+    mix = uneven_mix(400)
+    assert mix.count(0.2) == 4 and mix.count(0.05) == 16 and mix.count(0.001) == 380
