@@ -16,8 +16,7 @@
 # CORE_SRCS are the core's files (tests/test_layers.py's CORE): no Python.h,
 # so they link into a plain C program, which this gate also proves.  A new
 # core file is one word here; its tests are a new tests/c/test_<section>.c,
-# which the driver picks up by itself (check.h).  dispatch.c is linked in
-# but has no section yet.
+# which the driver picks up by itself (check.h).
 #
 # The compiler is clang-19 when present (the other gates' compiler, see
 # scripts/ci_sanitizers.sh; apt-get install clang-19 libclang-rt-19-dev),

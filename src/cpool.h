@@ -417,15 +417,17 @@ typedef struct {
     int n;
     int has_func;
     uint64_t func_job;    /* the job whose function the worker holds */
-    uint64_t func_end;    /* task-ring position just past that FUNC record */
-    /* One-shot segments of FUNC records sent (their descriptors, and the
-     * task-ring position past each record): closed once the worker has
-     * loaded the function, i.e. answered a task put after it. */
-    struct cp_fseg {
-        int fd;
+    /* FUNC records put and not yet known loaded (the worker answered a task
+     * put after it): the task-ring position past each, its job, and its
+     * one-shot segment's descriptor (-1: inline), closed then.  A worker
+     * that dies having consumed one and nothing after was killed loading
+     * that function. */
+    struct cp_frec {
         uint64_t end;
-    } *fsegs;
-    int nfsegs, capfsegs;
+        uint64_t job;
+        int fd;
+    } *funcs;
+    int nfuncs, capfuncs;
     uint64_t sent;        /* tasks sent to the current incarnation */
     int stalled;          /* a task was stolen from it, and it answered none since */
 } cp_wstate;
@@ -476,12 +478,14 @@ CP_HIDDEN cp_task *cp_sched_take_all(cp_sched *s, int inflight);
 /* Slot i's worker died, having consumed its task ring up to `head`: send
  * again (first, in their order) the tasks it never took, and return the
  * ones it held (t->held set when it had taken the record), which the caller
- * fails.  A task whose function's record it had taken is held too (the
- * function may be what killed it); the second time a job's function does
- * that, all of that job's queued tasks are returned with it. */
+ * fails.  When the last record it consumed was a FUNC record, the first
+ * task of that job after it is held too (the function may be what killed
+ * it); the second time in a row a job's function does that, all of that
+ * job's queued tasks are returned with it. */
 CP_HIDDEN cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head);
-/* Close w's FUNC segments put before ring position `upto`: loaded. */
-CP_HIDDEN void cp_close_fsegs(cp_wstate *w, uint64_t upto);
+/* Forget w's FUNC records put before ring position `upto` (loaded),
+ * closing their segments. */
+CP_HIDDEN void cp_forget_funcs(cp_wstate *w, uint64_t upto);
 /* Drop a reference to a job's pickled function (freed with the last). */
 CP_HIDDEN void cp_blob_decref(cp_blob *b);
 /* Free a task (not its segment: cp_task_drop_segment). */

@@ -93,11 +93,11 @@ void cp_sched_fini(cp_sched *s, int drop)
         cp_free_list(s->ctl, s->failed);
         for (int i = 0; s->ws && i < s->n; i++) {
             cp_free_list(s->ctl, s->ws[i].head);
-            cp_close_fsegs(&s->ws[i], UINT64_MAX);
-            free(s->ws[i].fsegs);
+            cp_forget_funcs(&s->ws[i], UINT64_MAX);
         }
         s->pend_head = s->pend_tail = s->failed = NULL;
     }
+    for (int i = 0; s->ws && i < s->n; i++) free(s->ws[i].funcs);
     free(s->ws);
     free(s->touched);
     free(s->full);
@@ -131,7 +131,7 @@ cp_task *cp_sched_answered(cp_sched *s, int i)
     w->n--;
     w->stalled = 0;
     t->next = NULL;
-    cp_close_fsegs(w, t->end_pos); /* the worker has loaded them */
+    cp_forget_funcs(w, t->end_pos); /* the worker has loaded them */
     int64_t took = cp_now_ns() - t->sent_ns;
     s->task_ns = s->task_ns < 0 ? took : (7 * s->task_ns + took) / 8;
     return t;
@@ -186,21 +186,22 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
     cp_wstate *w = &s->ws[i];
     cp_task *held = NULL, **hp = &held, *again = NULL, **ap = &again;
     size_t nagain = 0, moved;
-    /* A FUNC record it consumed belongs to the task after it: a function
-     * whose unpickling kills the worker fails that task instead of being
-     * resent to kill the next worker, and the next. */
-    uint64_t held_upto = head;
-    int func_taken = w->has_func && w->func_end == head; /* nothing taken after it */
-    for (cp_task *t = w->head; func_taken && t != NULL; t = t->next) {
-        if (t->job != w->func_job) continue;
-        if (t->end_pos > held_upto) held_upto = t->end_pos;
-        break;
+    /* A FUNC record it consumed last belongs to the first task of its job
+     * after it: a function whose unpickling kills the worker fails that
+     * task instead of being resent to kill the next worker, and the next. */
+    cp_task *victim = NULL;
+    uint64_t func_job = 0;
+    for (int j = 0; j < w->nfuncs; j++) {
+        if (w->funcs[j].end != head) continue;
+        func_job = w->funcs[j].job;
+        for (cp_task *t = w->head; t != NULL && victim == NULL; t = t->next)
+            if (t->job == func_job && t->end_pos > head) victim = t;
     }
-    cp_close_fsegs(w, UINT64_MAX);
+    cp_forget_funcs(w, UINT64_MAX);
     for (cp_task *t = w->head, *next; t != NULL; t = next) {
         next = t->next;
         t->next = NULL;
-        if (t->end_pos <= held_upto) { /* held: failed by the caller */
+        if (t->end_pos <= head || t == victim) { /* held: failed by the caller */
             t->held = t->end_pos <= head; /* its record (and segment) taken */
             *hp = t;
             hp = &t->next;
@@ -210,19 +211,19 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
             nagain++;
         }
     }
-    if (func_taken && held_upto > head) {
+    if (victim != NULL) {
         /* Its function killed the worker (or a kill landed in that window:
          * one task pays).  Twice for the same job, the job's queued tasks
          * would kill the next workers the same way: they fail too. */
-        if (s->func_death_job == w->func_job) {
-            hp = take_job(&s->pend_head, w->func_job, hp, &moved);
+        if (s->func_death_job == func_job) {
+            hp = take_job(&s->pend_head, func_job, hp, &moved);
             s->npend -= moved;
             s->pend_tail = NULL;
             for (cp_task *t = s->pend_head; t != NULL; t = t->next) s->pend_tail = t;
-            take_job(&again, w->func_job, hp, &moved);
+            take_job(&again, func_job, hp, &moved);
             nagain -= moved;
         }
-        s->func_death_job = w->func_job;
+        s->func_death_job = func_job;
     }
     if (again != NULL) { /* the ones it never took go first, in their order */
         cp_task *last = again;
@@ -335,14 +336,14 @@ int64_t cp_sched_wake_at(cp_sched *s)
     return at;
 }
 
-void cp_close_fsegs(cp_wstate *w, uint64_t upto)
+void cp_forget_funcs(cp_wstate *w, uint64_t upto)
 {
     int k = 0;
-    for (int j = 0; j < w->nfsegs; j++) {
-        if (w->fsegs[j].end < upto) close(w->fsegs[j].fd);
-        else w->fsegs[k++] = w->fsegs[j];
+    for (int j = 0; j < w->nfuncs; j++) {
+        if (w->funcs[j].end >= upto) w->funcs[k++] = w->funcs[j];
+        else if (w->funcs[j].fd >= 0) close(w->funcs[j].fd);
     }
-    w->nfsegs = k;
+    w->nfuncs = k;
 }
 
 /* Hand slot i's worker the segment of a record about to be put on its
@@ -355,35 +356,40 @@ static int send_segment(cp_sched *s, int i, cp_segref *seg)
     return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
 }
 
-/* Put one FUNC record, inline or through a new segment of its own, kept
- * open in w->fsegs until the worker has loaded it: 0 sent, 1 ring full, -1
- * failed (errno). */
+/* Put one FUNC record, inline or through a new segment of its own, and
+ * note it in w->funcs (with the segment, kept open until the worker has
+ * loaded it): 0 sent, 1 ring full, -1 failed (errno). */
 static int put_func(cp_sched *s, int i, cp_ring *r, cp_rechdr *h, const char *p, size_t n)
 {
     cp_wstate *w = &s->ws[i];
-    if (n <= cp_ring_inline_max(r)) return cp_ring_try_put(r, h, p, n) ? 1 : 0;
-    cp_segref seg;
-    if (!cp_ring_fits(r, sizeof seg)) return 1;
-    if (w->nfsegs == w->capfsegs) {
-        int cap = w->capfsegs ? 2 * w->capfsegs : 4;
-        struct cp_fseg *f = realloc(w->fsegs, (size_t)cap * sizeof *f);
+    if (w->nfuncs == w->capfuncs) {
+        int cap = w->capfuncs ? 2 * w->capfuncs : 4;
+        struct cp_frec *f = realloc(w->funcs, (size_t)cap * sizeof *f);
         if (f == NULL) return -1;
-        w->fsegs = f;
-        w->capfsegs = cap;
+        w->funcs = f;
+        w->capfuncs = cap;
     }
-    cp_segdest d = {0}; /* one-shot */
-    struct iovec piece = {.iov_base = (void *)p, .iov_len = n};
-    if (cp_seg_write(&d, &piece, 1, 0, &seg) != 0) return -1;
-    h->flags = CP_F_LARGE;
-    int rc = send_segment(s, i, &seg);
-    if (rc == 0 && cp_ring_try_put(r, h, &seg, sizeof seg) != 0) rc = 1; /* cannot be */
-    if (rc != 0) {
-        int saved = errno;
-        close(seg.fd);
-        errno = saved;
-        return rc;
+    cp_segref seg = {.fd = -1};
+    if (n <= cp_ring_inline_max(r)) {
+        if (cp_ring_try_put(r, h, p, n) != 0) return 1;
+    } else {
+        if (!cp_ring_fits(r, sizeof seg)) return 1;
+        cp_segdest d = {0}; /* one-shot */
+        struct iovec piece = {.iov_base = (void *)p, .iov_len = n};
+        if (cp_seg_write(&d, &piece, 1, 0, &seg) != 0) return -1;
+        h->flags = CP_F_LARGE;
+        int rc = send_segment(s, i, &seg);
+        if (rc == 0 && cp_ring_try_put(r, h, &seg, sizeof seg) != 0)
+            rc = 1; /* cannot be */
+        if (rc != 0) {
+            int saved = errno;
+            close(seg.fd);
+            errno = saved;
+            return rc;
+        }
     }
-    w->fsegs[w->nfsegs++] = (struct cp_fseg){.fd = seg.fd, .end = cp_ring_tail(r)};
+    w->funcs[w->nfuncs++] =
+        (struct cp_frec){.end = cp_ring_tail(r), .job = h->job, .fd = seg.fd};
     return 0;
 }
 
@@ -434,7 +440,6 @@ static int dispatch_pending(cp_sched *s, int64_t now)
             if (rc == 0) {
                 w->has_func = 1;
                 w->func_job = t->job;
-                w->func_end = cp_ring_tail(r);
                 s->touched[best] = 1;
             }
         }

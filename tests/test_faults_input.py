@@ -63,6 +63,33 @@ def test_a_function_that_kills_its_worker_when_unpickled_does_not_loop():
     assert out.split() == ["lost", "stable", "True"]
 
 
+def test_a_function_that_kills_its_worker_behind_another_jobs_function_does_not_loop():
+    """Tasks measured short are pipelined, so the FUNC record a worker dies
+    loading is often not the last one put on its ring (another job's
+    follows).  The death must still be laid at that function's task (a
+    respawn loop of thousands of workers otherwise), and the other job's
+    task, which the worker never took, must run."""
+    out = run_scenario("""
+        import os, cpool
+        class Evil:
+            def __reduce__(self):
+                return (os._exit, (3,))
+            def __call__(self, x):
+                return x
+        with cpool.Pool(1) as pool:
+            for _ in range(3):
+                pool.map(abs, range(50), chunksize=1)   # measured short: pipelined
+            bad = pool.map_async(Evil(), [1], chunksize=1)
+            good = pool.map_async(abs, range(-5, 5), chunksize=1)
+            try:
+                bad.get(timeout=20)
+            except cpool.WorkerLostError:
+                print("lost")
+            print(good.get(timeout=20) == [abs(x) for x in range(-5, 5)])
+    """, timeout=50)
+    assert out.split() == ["lost", "True"]
+
+
 def test_large_argument_that_fails_to_unpickle_keeps_its_error():
     out = run_scenario("""
         import cpool

@@ -1277,7 +1277,6 @@ typedef struct {
     uint64_t live_jobs[4], next_job;
     /* counts */
     int alive, answered, held, failed, deaths, func_deaths, job_fails, dispatches;
-    int skipped; /* deaths not made: m_known_bug_state */
 } model;
 
 static uint32_t m_rand(model *m, uint32_t n) { return (uint32_t)(ct_rand(&m->rng) % n); }
@@ -1553,23 +1552,10 @@ static void m_check_fds(model *m)
     int want = m->f.fds0 + 2 * M_SLOTS; /* the socketpairs */
     for (uint32_t id = 0; id < m->ntasks; id++)
         if (m->t[id] != NULL && m->t[id]->has_seg) want++;
-    for (int i = 0; i < M_SLOTS; i++) want += m->f.s.ws[i].nfsegs;
+    for (int i = 0; i < M_SLOTS; i++)
+        for (int j = 0; j < m->f.s.ws[i].nfuncs; j++)
+            want += m->f.s.ws[i].funcs[j].fd >= 0;
     CHECK_EQ(ct_open_fds(), want);
-}
-
-/* Where dispatch.c departs from the FUNC rule (the known-bug tests at the
- * end), the model makes no death: the worker took a FUNC record and nothing
- * after it, and either a later FUNC record was put on its ring (the death
- * goes unrecognised: the job's task is sent again, and kills again), or a
- * task of another job lies between that record and the job's next task
- * (that task, never taken, is held too). */
-static int m_known_bug_state(model *m, int i)
-{
-    if (!m->last_func[i]) return 0;
-    if (m->f.s.ws[i].func_end != cp_ring_head(ring(&m->f, i))) return 1;
-    for (int j = 0; j < m->nfl[i]; j++)
-        if (m->job[m->fl[i][j]] == m->wfunc[i]) return j > 0;
-    return 0;
 }
 
 /* Slot i's worker dies: held = what it took (and the FUNC rule's); the rest
@@ -1578,10 +1564,6 @@ static void m_death(model *m, int i)
 {
     fx *f = &m->f;
     cp_sched *s = &f->s;
-    if (m_known_bug_state(m, i)) {
-        m->skipped++;
-        return;
-    }
     uint64_t head = cp_ring_head(ring(f, i));
     int k = m->taken[i];
     /* Expected: the taken ones held (held=1); with the function's record
@@ -1611,7 +1593,7 @@ static void m_death(model *m, int i)
     }
     cp_task *held = cp_sched_worker_lost(s, i, head);
     m->deaths++;
-    CHECK_EQ(s->ws[i].nfsegs, 0); /* its FUNC segments closed with it */
+    CHECK_EQ(s->ws[i].nfuncs, 0); /* its FUNC records forgotten, segments closed */
     /* the new queue: the unheld ones of fl, then the old queue */
     uint32_t q[2 * M_MAX];
     int nq = 0, nheld = 0;
@@ -1713,7 +1695,7 @@ static void m_run(uint64_t seed, uint64_t maxtasks, int steps)
              * collector handles the death; or both at once */
             if (m->st[i] == CP_S_DEAD || (m->st[i] != CP_S_FREE && m_rand(m, 2))) {
                 m_death(m, i);
-            } else if (m->st[i] != CP_S_FREE && !m_known_bug_state(m, i)) {
+            } else if (m->st[i] != CP_S_FREE) {
                 m->st[i] = CP_S_DEAD;
                 set_state(&m->f, i, CP_S_DEAD);
             }
@@ -1758,10 +1740,10 @@ static void m_run(uint64_t seed, uint64_t maxtasks, int steps)
     CHECK_EQ(by_state[M_ANSWERED] + by_state[M_HELD] + by_state[M_GONE], (int)m->ntasks);
     printf("     (seed %#llx, maxtasks %llu: %u tasks, %d answered, %d held, %d "
            "taken, %d left at the end; %d dispatches, %d deaths, %d by a "
-           "function, %d jobs failed whole, %d not made)\n",
+           "function, %d jobs failed whole)\n",
            (unsigned long long)seed, (unsigned long long)maxtasks, m->ntasks, m->answered,
            m->held, by_state[M_GONE] - left, left, m->dispatches, m->deaths,
-           m->func_deaths, m->job_fails, m->skipped);
+           m->func_deaths, m->job_fails);
     for (uint64_t j = 0; j < M_JOBS; j++) {
         if (m->blob[j] == NULL) continue;
         CHECK_EQ(atomic_load(&m->blob[j]->refs), 1); /* every task let go */
@@ -1780,24 +1762,21 @@ TEST(model_random_pushes_dispatches_answers_and_deaths)
     m_run(0xfeed5, 5, 10000);
 }
 
-/* ---- known bugs ----------------------------------------------------------------
+/* ---- a worker killed loading a function --------------------------------------
  *
- * The FUNC rule of cp_sched_worker_lost as cpool.h states it ("a task whose
- * function's record it had taken is held too"), where dispatch.c departs
- * from it today: it recognises such a death only when the FUNC record the
- * worker took last is the last one put on its ring (w->func_end == head),
- * and it then holds every task up to the job's first one in flight.  These
- * fail until that is fixed; build with -DCT_DISPATCH_KNOWN_BUGS to run them,
- * and drop the guard (and m_known_bug_state) with the fix. */
-#ifdef CT_DISPATCH_KNOWN_BUGS
+ * cp_sched_worker_lost's FUNC rule: the FUNC record a worker consumed last
+ * belongs to the first task of its job after it, wherever the last FUNC
+ * record put lies, and no other task is held with it.  (Both were bugs:
+ * the rule once looked at the last FUNC record put only, and held every
+ * task up to the job's.) */
 
 /* A function that kills its worker when loaded, followed in the ring by
- * another job's FUNC record (depth 4, short tasks): the death is not seen
- * as the function's, its task is sent again first, with its function, to
- * the next worker, which dies the same way: a respawn loop (seen from
- * Python: Pool(1), a few quick maps, then map_async(evil, [1]) and
- * map_async(abs, range(10)): thousands of workers a second, forever). */
-TEST(known_bug_a_later_func_record_hides_a_func_death)
+ * another job's FUNC record (depth 4, short tasks): the death is the
+ * function's (else its task went first again, with its function, to the
+ * next worker, which died the same way: a respawn loop; seen from Python:
+ * Pool(1), a few quick maps, then map_async(evil, [1]) and
+ * map_async(abs, range(10))). */
+TEST(a_later_func_record_does_not_hide_a_func_death)
 {
     fx f;
     fx_open(&f, 1, 4096, 0);
@@ -1808,9 +1787,7 @@ TEST(known_bug_a_later_func_record_hides_a_func_death)
     CHECK_EQ(dispatch_now(&f), 0);
     CHECK_TAKE(&f, 0, 1, "F1"); /* loading it kills the worker */
     cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
-    CHECK_LIST(held, "1.0"); /* today: none */
-    /* Today "1.0 2.0 2.1 2.2": 1.0 goes first again, with its function,
-     * and the next worker dies the same way. */
+    CHECK_LIST(held, "1.0");
     CHECK_PENDING(&f, "2.0 2.1 2.2");
     cp_free_list(f.ctl, held);
     cp_blob_decref(evil);
@@ -1819,9 +1796,9 @@ TEST(known_bug_a_later_func_record_hides_a_func_death)
 }
 
 /* The task after a FUNC record could not be sent (or did not fit): the
- * next record is another job's task, never taken, and it is failed with
- * the worker anyway. */
-TEST(known_bug_a_func_death_holds_an_untaken_task_of_another_job)
+ * next record is another job's task, never taken: it is sent again, not
+ * failed with the worker. */
+TEST(a_func_death_holds_no_untaken_task_of_another_job)
 {
     fx f;
     fx_open(&f, 1, 4096, 0);
@@ -1836,10 +1813,9 @@ TEST(known_bug_a_func_death_holds_an_untaken_task_of_another_job)
     CHECK_FLIGHT(&f, 0, "2.0 1.1");
     CHECK_TAKE(&f, 0, 1, "F1");
     cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
-    CHECK_LIST(held, "1.1");      /* today: "2.0 1.1" */
+    CHECK_LIST(held, "1.1");
     CHECK_PENDING(&f, "2.0"); /* never taken: sent again */
     cp_free_list(f.ctl, held);
     cp_blob_decref(evil);
     fx_close(&f);
 }
-#endif
