@@ -129,7 +129,7 @@ class IMapIterator:
                 elif stop is not None:
                     idx = self._submitted
                     self._end_input(idx + 1)
-                    self._set(idx, ST_LOCAL, stop)
+                    self._set(idx, ST_LOCAL, stop, _local=True)
                 if stop is not None or not everything:
                     return
 
@@ -140,7 +140,7 @@ class IMapIterator:
         pool = self._pool()
         if pool is None or pool._terminating():
             self._submitted += 1
-            self._set(first, ST_TERMINATED, None)
+            self._set(first, ST_TERMINATED, None, _local=True)
             self._end_input(first + 1)
             return False
         flat = chunks[0] if len(chunks) == 1 else [x for c in chunks for x in c]
@@ -161,7 +161,7 @@ class IMapIterator:
                 self._core.submit_chunks(self._job, self._blob, chunk, len(chunk),
                                          self._star, first + i, False)
             except Exception as e:
-                self._set(first + i, ST_LOCAL, e)
+                self._set(first + i, ST_LOCAL, e, _local=True)
             except BaseException as e:
                 self._interrupted(first + i, e)
                 raise
@@ -176,7 +176,7 @@ class IMapIterator:
         self._end_input(idx + 1)
         err = RuntimeError(f"reading the input of imap was interrupted at chunk {idx}")
         err.__cause__ = exc
-        self._set(idx, ST_LOCAL, err)
+        self._set(idx, ST_LOCAL, err, _local=True)
 
     def _end_input(self, length):
         with self._lock:
@@ -201,11 +201,15 @@ class IMapIterator:
 
     # -- results (the collector's thread) --
 
-    def _set(self, idx, status, value, nbytes=0):
+    def _set(self, idx, status, value, nbytes=0, _local=False):
         got = ((True, value, nbytes) if status == ST_OK else
                (*_outcome(self._job, idx, status, value), nbytes))
         with self._lock:
-            if idx != self._last:  # not a repeat (see ApplyResult._set)
+            # Not a repeat (see ApplyResult._set).  Only the collector's
+            # deliveries are ever repeated, and before any later one of its
+            # own: an outcome made here, in the consumer's thread (_local),
+            # must not move _last.
+            if _local or idx != self._last:
                 self._held_bytes += nbytes
                 if self._ordered:
                     self._ready[idx] = got
@@ -213,7 +217,8 @@ class IMapIterator:
                     self._ready[self._tail] = got
                     self._tail += 1
                 self._delivered += 1
-                self._last = idx
+                if not _local:
+                    self._last = idx
             if self._length is not None:
                 self._check_complete()
             if self._sleepers:
@@ -224,14 +229,16 @@ class IMapIterator:
     def _take(self):
         """(True, value), (False, exception), or None; caller holds _lock.
         Taking a chunk moves its values to _buf."""
-        if self._ordered:
-            got = self._ready.pop(self._consumed, None)
-        else:
-            got = self._ready.pop(self._head, None)
-            if got is not None:
-                self._head += 1
-        if got is None:
+        # No call between finding and removing it (a signal handler runs
+        # only at a call or a loop edge): a Ctrl-C cannot lose it.
+        key = self._consumed if self._ordered else self._head
+        ready = self._ready
+        if key not in ready:
             return None
+        got = ready[key]
+        del ready[key]
+        if not self._ordered:
+            self._head += 1
         self._consumed += 1
         ok, val, nbytes = got
         self._held_bytes -= nbytes

@@ -433,7 +433,7 @@ void *cp_collector_main(void *arg)
         if (steal >= 0 && (nap < 0 || steal < nap)) nap = steal;
         int rc = cp_event_sleep(&c->ctl->results, seen, nap);
         if (steal >= 0) redispatch(c);
-        else if (rc == ETIMEDOUT) cp_check_template(c);
+        if (rc == ETIMEDOUT) cp_check_template(c);
     }
     cp_delivering = NULL;
     /* Done is said with the GIL held, and our reference dropped before it is

@@ -289,6 +289,9 @@ CP_HIDDEN int cp_send_fd(int sock, uint64_t tag, int fd, int flags);
 CP_HIDDEN int cp_recv_fd(int sock, uint64_t tag);
 /* Close every descriptor waiting on sock. */
 CP_HIDDEN void cp_drop_fds(int sock);
+/* Close the descriptors waiting on sock whose tags are at most `upto`
+ * (those after it are left). */
+CP_HIDDEN void cp_drop_fds_upto(int sock, uint64_t upto);
 /* Write pieces[0] (a pickle) and pieces[1..n-1] (its out-of-band buffers)
  * into a segment in the cp_seghdr layout: one of d's recycled segments if
  * one is free or frees up soon, else a new one-shot segment, whose
@@ -339,6 +342,10 @@ typedef struct {
     _Atomic int32_t loading_recy;      /* task recycler entry being loaded, or -1 */
     char pad[4];
     _Atomic int64_t started_ns; /* when the worker took its current task; 0: none */
+    /* The parent's messages to this slot up to this tag were for a dead
+     * worker: its successor drops them before it starts (a socket left
+     * full of them would refuse every segment sent to the slot). */
+    _Atomic uint64_t stale_tag;
 } cp_slot;
 
 #define CP_MAGIC 0x63706f6f6cu
@@ -429,8 +436,17 @@ typedef struct {
     } *funcs;
     int nfuncs, capfuncs;
     uint64_t sent;        /* tasks sent to the current incarnation */
-    int stalled;          /* a task was stolen from it, and it answered none since */
+    /* A task was stolen from it, and it has neither answered one nor
+     * consumed the revoked record (ring position stall_end) since: it may
+     * be stopped or slow to start. */
+    int stalled;
+    uint64_t stall_end;
 } cp_wstate;
+
+/* Room a task or FUNC record leaves behind it in a ring: a STOP record
+ * (and the filler before it) always fits, even in a ring a stopped worker
+ * left full of records taken back from it. */
+#define CP_STOP_ROOM (2 * sizeof(cp_rechdr))
 
 /* The parent's task queue and dispatch state.  Every call below but
  * init/fini is made under the pool's mutex, without the GIL. */

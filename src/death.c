@@ -35,6 +35,8 @@ void cp_handle_death(CoreObject *c, int i)
     cp_lock_with_gil(c);
     cp_task *held = cp_sched_worker_lost(&c->sd, i, head);
     cp_ring_reset(tr);
+    /* What was sent to it and never read is its successor's to drop. */
+    atomic_store(&s->stale_tag, c->sd.tag_seq);
     cp_ring_reset(cp_result_ring(c->ctl, i));
     int sealed = c->sealed;
     pthread_mutex_unlock(&c->mu);

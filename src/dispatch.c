@@ -256,6 +256,16 @@ static int slot_accepts(cp_sched *s, int i, int64_t now)
     return started == 0 || now - started < SHORT_TASK_NS;
 }
 
+/* Stalled (see cp_wstate); no longer once its worker has gone past the
+ * record taken back from it: it is running. */
+static int is_stalled(cp_sched *s, int i)
+{
+    cp_wstate *w = &s->ws[i];
+    if (w->stalled && cp_ring_head(cp_task_ring(s->ctl, i)) >= w->stall_end)
+        w->stalled = 0;
+    return w->stalled;
+}
+
 static int slot_ready(cp_sched *s, int i)
 {
     return atomic_load(&s->ctl->slots[i].state) == CP_S_READY;
@@ -282,7 +292,7 @@ static cp_task *first_untaken(cp_sched *s, int i)
 static int someone_idle(cp_sched *s, int64_t now)
 {
     for (int i = 0; i < s->n; i++)
-        if (s->ws[i].n == 0 && !s->ws[i].stalled && slot_ready(s, i) && !s->full[i] &&
+        if (s->ws[i].n == 0 && !is_stalled(s, i) && slot_ready(s, i) && !s->full[i] &&
             slot_accepts(s, i, now))
             return 1;
     return 0;
@@ -315,7 +325,8 @@ static int steal_one(cp_sched *s, int64_t now)
     if (w->tail == best) w->tail = prev;
     w->n--;
     w->sent--;
-    w->stalled = 1; /* tasks go elsewhere first until it answers one */
+    w->stalled = 1; /* tasks go elsewhere first until it is seen running */
+    w->stall_end = best->end_pos;
     best->next = s->pend_head;
     s->pend_head = best;
     if (s->pend_tail == NULL) s->pend_tail = best;
@@ -327,7 +338,9 @@ static int steal_one(cp_sched *s, int64_t now)
 int64_t cp_sched_wake_at(cp_sched *s)
 {
     int64_t now = cp_now_ns(), at = -1;
-    if (!someone_idle(s, now)) return -1;
+    /* Steals wait for the queue to be empty (dispatch_pending serves a
+     * free worker first). */
+    if (s->pend_head != NULL || !someone_idle(s, now)) return -1;
     for (int i = 0; i < s->n; i++) {
         cp_task *t = first_untaken(s, i);
         if (t != NULL && (at < 0 || t->sent_ns + STEAL_AFTER_NS < at))
@@ -370,10 +383,11 @@ static int put_func(cp_sched *s, int i, cp_ring *r, cp_rechdr *h, const char *p,
         w->capfuncs = cap;
     }
     cp_segref seg = {.fd = -1};
-    if (n <= cp_ring_inline_max(r)) {
+    int inline_ = n <= cp_ring_inline_max(r);
+    if (!cp_ring_fits(r, (inline_ ? n : sizeof seg) + CP_STOP_ROOM)) return 1;
+    if (inline_) {
         if (cp_ring_try_put(r, h, p, n) != 0) return 1;
     } else {
-        if (!cp_ring_fits(r, sizeof seg)) return 1;
         cp_segdest d = {0}; /* one-shot */
         struct iovec piece = {.iov_base = (void *)p, .iov_len = n};
         if (cp_seg_write(&d, &piece, 1, 0, &seg) != 0) return -1;
@@ -398,8 +412,8 @@ static int put_func(cp_sched *s, int i, cp_ring *r, cp_rechdr *h, const char *p,
 static int put_task(cp_sched *s, int i, cp_ring *r, cp_task *t)
 {
     cp_rechdr h = {.kind = t->kind, .job = t->job, .idx = t->idx};
+    if (!cp_ring_fits(r, (t->has_seg ? sizeof t->seg : t->len) + CP_STOP_ROOM)) return 1;
     if (!t->has_seg) return cp_ring_try_put(r, &h, t->data, t->len) ? 1 : 0;
-    if (!cp_ring_fits(r, sizeof t->seg)) return 1;
     int rc = send_segment(s, i, &t->seg);
     if (rc != 0) return rc;
     h.flags = CP_F_LARGE;
@@ -413,7 +427,8 @@ static int put_task(cp_sched *s, int i, cp_ring *r, cp_task *t)
 static int better(cp_sched *s, int i, int j)
 {
     cp_wstate *a = &s->ws[i], *b = &s->ws[j];
-    if (a->stalled != b->stalled) return b->stalled;
+    int sa = is_stalled(s, i), sb = is_stalled(s, j);
+    if (sa != sb) return sb;
     if (a->n != b->n) return a->n < b->n;
     return slot_ready(s, i) && !slot_ready(s, j);
 }

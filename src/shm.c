@@ -258,6 +258,25 @@ void cp_drop_fds(int sock)
     while (recv_one(sock, &tag, &fd) > 0) close(fd);
 }
 
+void cp_drop_fds_upto(int sock, uint64_t upto)
+{
+    for (;;) {
+        unsigned char peeked[sizeof(uint64_t)];
+        struct iovec iov = {.iov_base = peeked, .iov_len = sizeof peeked};
+        /* A peek without room for a descriptor installs none. */
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+        ssize_t n = recvmsg(sock, &msg, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return;
+        uint64_t tag;
+        memcpy(&tag, peeked, sizeof tag);
+        if (n == (ssize_t)sizeof tag && tag > upto) return; /* not stale: kept */
+        int fd;
+        if (recv_one(sock, &tag, &fd) <= 0) return;
+        close(fd);
+    }
+}
+
 /* ---- writing large records --------------------------------------------------
  *
  * A one-shot segment is written with pwrite, never through a mapping: no

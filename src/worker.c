@@ -168,6 +168,9 @@ static void skip_revoked(worker *w, const cp_rechdr *h)
         if (fd >= 0) close(fd);
     }
     cp_ring_consume(w->tasks, h);
+    /* Past a record taken back from us: the parent may give us work again
+     * (we are not stalled), and whoever sleeps for results looks. */
+    if (!cp_ring_has_data(w->tasks)) cp_event_signal(&w->ctl->results);
 }
 
 /* Wait for the next task record, take it (cp_claim: unless the parent took
@@ -329,6 +332,7 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
         }
         Py_DECREF(r);
     }
+    cp_drop_fds_upto(w.sock, atomic_load(&w.slot->stale_tag)); /* a predecessor's */
     atomic_store(&w.slot->inited, 1);
     atomic_store(&w.slot->state, CP_S_READY);
 

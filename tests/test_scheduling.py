@@ -199,3 +199,119 @@ def test_stolen_tasks_run_exactly_once_while_workers_stop_and_die():
     ok, lost, steals = map(int, out.split())
     assert ok + lost == 150
     assert ok > 0 and steals > 0, (ok, lost, steals)   # the path was taken
+
+
+# -- found in review: what stealing must not break (issue 13) --
+
+def test_a_worker_stopped_then_resumed_gets_work_again():
+    """A worker whose task was stolen is 'stalled' only until it runs
+    again: after SIGCONT a short task queued behind a long one goes to it."""
+    out = scenario("""
+    if __name__ == "__main__":
+        flag = cpool.Value("i", 0)
+        with cpool.Pool(2) as p:
+            a = p._pool[0].pid
+            for trial in range(3):
+                warm(p)
+                os.kill(a, signal.SIGSTOP)            # stopped while idle
+                assert p.map(sq, range(100), chunksize=1) == [x * x for x in range(100)]
+                os.kill(a, signal.SIGCONT)            # running again, idle
+                time.sleep(0.3)
+                flag.value = 0
+                long = p.apply_async(hold, (flag,))
+                short = p.apply_async(sq, (7,))       # right behind it
+                assert short.get(10) == 49            # while the long one runs
+                assert not long.ready()
+                flag.value = 1
+                assert long.get(30) == "held"
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_a_worker_slow_to_start_gets_work_once_started():
+    out = scenario("""
+    def init(first):
+        if first.value == 0:
+            first.value = 1
+            time.sleep(1)          # the first worker to start is slow
+
+    if __name__ == "__main__":
+        first, flag = cpool.Value("i", 0), cpool.Value("i", 0)
+        with cpool.Pool(2, initializer=init, initargs=(first,)) as p:
+            warm(p)
+            time.sleep(1.5)                 # both ready and idle now
+            long = p.apply_async(hold, (flag,))
+            assert p.apply_async(sq, (7,)).get(10) == 49
+            flag.value = 1
+            assert long.get(30) == "held"
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_join_after_a_stopped_worker_filled_its_ring_with_revoked_records():
+    """Records taken back stay in a stopped worker's ring until it runs: a
+    ring is never filled so far that the STOP record close() sends cannot
+    follow (join() would wait for ever)."""
+    out = scenario("""
+    import pickle, threading
+
+    def f(b):
+        time.sleep(0.003)
+        return len(b)
+
+    def record_bytes(k):   # a CALL record's bytes in the ring (see ring.c)
+        n = len(pickle.dumps((f, (b"x" * k,), {}), 5))
+        return 24 + ((n + 7) & ~7)
+
+    if __name__ == "__main__":
+        k = next(k for k in range(32500, 32800) if record_bytes(k) == 32768)
+        arg = b"x" * k     # 8 such records fill a 256 KiB ring exactly
+        p = cpool.Pool(2)
+        a = p._pool[0].pid
+        os.kill(a, signal.SIGSTOP)
+        for i in range(40):            # each pair leaves a revoked record on it
+            r1, r2 = p.apply_async(f, (arg,)), p.apply_async(f, (arg,))
+            assert r1.get(10) == r2.get(10) == k
+        assert p._core.steals >= 7, p._core.steals   # the ring as full as it gets
+        p.close()
+        time.sleep(0.5)                # the STOP records go while it is stopped
+        os.kill(a, signal.SIGCONT)
+        t = threading.Thread(target=p.join, daemon=True)
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), "join() still waiting 20 s after SIGCONT"
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_a_replaced_worker_drops_what_was_sent_to_its_predecessor():
+    """Descriptors sent with records taken back from a stopped worker wait
+    in its slot's socket; killed, its replacement drops them, or the full
+    socket would refuse every large task sent to the slot from then on."""
+    out = scenario("""
+    BIG = b"b" * 100_000            # > 64 KiB: through a segment
+
+    def f(b):
+        time.sleep(0.003)
+        return os.getpid()
+
+    if __name__ == "__main__":
+        with cpool.Pool(2) as p:
+            a = p._pool[0].pid
+            os.kill(a, signal.SIGSTOP)
+            for i in range(400):    # each pair leaves a revoked LARGE record on it
+                r1, r2 = p.apply_async(f, (BIG,)), p.apply_async(f, (BIG,))
+                r1.get(10), r2.get(10)
+            os.kill(a, signal.SIGKILL)
+            time.sleep(0.5)
+            new = p._pool[0].pid
+            assert new != a
+            ran = {p.apply_async(f, (BIG,)).get(10) for _ in range(50)}
+            ran |= set(p.map(f, [BIG] * 20, chunksize=1))
+            assert new in ran, (new, ran)    # the replacement takes large tasks
+        print("ok")
+    """)
+    assert out.strip() == "ok"

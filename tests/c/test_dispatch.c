@@ -727,7 +727,7 @@ TEST(a_full_ring_stops_only_its_slot)
     /* Room for two records: two go, the rest wait (1 slot). */
     fx_open(&f, 1, 1024, 0);
     f.s.task_ns = 1000;
-    fill_ring(&f, 0, 136); /* records of 40 bytes take 64 */
+    fill_ring(&f, 0, 136 + CP_STOP_ROOM); /* records of 40 bytes take 64 */
     push_range(&f, 1, 0, 4, 40, NULL);
     CHECK_EQ(dispatch_now(&f), 0);
     CHECK_FLIGHT(&f, 0, "1.0 1.1");
@@ -742,7 +742,7 @@ TEST(a_full_ring_stops_only_its_slot)
      * later without a second FUNC record. */
     fx_open(&f, 1, 1024, 0);
     cp_blob *a = blob_new(1, 64);
-    fill_ring(&f, 0, 24 + 64 + 8);
+    fill_ring(&f, 0, 24 + 64 + 8 + CP_STOP_ROOM);
     push_range(&f, 1, 0, 1, 40, a);
     uint32_t s0 = data_seq(&f, 0);
     CHECK_EQ(dispatch_now(&f), 0);
@@ -1465,7 +1465,9 @@ static void m_dispatch(model *m)
             for (int p = -1; p < ntaken && !no_room; p++) {
                 const cp_task *t = m_task(m, p < 0 ? m->pend[0] : prefix[p]);
                 size_t fs = func_size(t, imax);
-                no_room = !cp_ring_fits(r, rec_size(t)) || (fs && !cp_ring_fits(r, fs));
+                /* (each record leaves room for a STOP behind it) */
+                no_room = !cp_ring_fits(r, rec_size(t) + CP_STOP_ROOM) ||
+                          (fs && !cp_ring_fits(r, fs + CP_STOP_ROOM));
             }
             if (!no_room)
                 ct_fail(__FILE__, __LINE__,
