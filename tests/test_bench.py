@@ -49,7 +49,7 @@ def test_benchmark_rejects_a_wrong_result(monkeypatch):
 
 
 def test_the_ideal_of_uneven_work_is_greedy_list_scheduling():
-    from cpool.bench import ideal_seconds, uneven_mix
+    from cpool._bench_uneven import ideal_seconds, uneven_mix
     assert ideal_seconds([1, 1, 1, 1], 2, 0) == 2
     assert ideal_seconds([3, 1, 1, 1], 2, 0) == 3        # the long one, beside the rest
     assert ideal_seconds([1, 1, 1, 3], 2, 0) == 4        # in input order: it starts at 1
