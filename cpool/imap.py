@@ -40,7 +40,10 @@ class IMapIterator:
     results arrive, as long as the results held for the consumer stay under
     ``IMAP_HOLD_ITEMS`` items and ``IMAP_HOLD_BYTES`` bytes of pickles: a
     slow item does not leave the other workers idle.  The input is read in
-    the consumer's thread (while it waits in next(), too)."""
+    the consumer's thread (while it waits in next(), too).  close() and
+    join() on an iterator not yet exhausted read the rest of its input and
+    run it (the work was submitted; multiprocessing reads it all at imap()
+    time), whatever buffersize says."""
 
     _ordered = True
     _defer = False

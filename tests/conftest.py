@@ -2,7 +2,9 @@
 
 * ``hang_guard`` (autouse): faulthandler dumps every thread's stack and exits
   the test process if one test (with its fixtures) runs for over a minute, so
-  a hang is a loud failure, never a blocked run.
+  a hang is a loud failure, never a blocked run.  While ``run_python`` waits,
+  the guard waits longer than the snippet's own timeout, which fails the test
+  by name.
 * ``pool``: a running cpool.Pool(4) (or ``Pool(**request.param)`` when
   parametrized indirectly, as ``each_start_method()`` does), terminated and
   joined in teardown; a join that does not finish within JOIN_TIMEOUT
@@ -172,6 +174,10 @@ def run_python(source=None, timeout=60, cwd=None, args=(), script=None, module=N
     process group (its pool workers included), or only the snippet when it
     has no session of its own."""
     proc = start_python(source, args, cwd, script, module, new_session)
+    # The hang guard waits for this timeout to fail the test by name (a
+    # guard shorter than it would end the whole run first), then starts
+    # again for the rest of the test.
+    faulthandler.dump_traceback_later(timeout + HANG_TIMEOUT, exit=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -185,6 +191,8 @@ def run_python(source=None, timeout=60, cwd=None, args=(), script=None, module=N
         out, err = proc.communicate()
         pytest.fail(f"snippet did not finish within {timeout} s\n"
                     f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
+    finally:
+        faulthandler.dump_traceback_later(HANG_TIMEOUT, exit=True)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
