@@ -257,26 +257,42 @@ class IMapIterator:
         deadline = None
         while True:
             if buf:  # the rest of a chunk already taken: no lock, no feeding
+                # Subscripts, not popleft(): no signal handler (and no other
+                # thread) runs between them, where after a call a Ctrl-C
+                # would lose the value.
                 try:
-                    return buf.popleft()
+                    value = buf[0]
+                    del buf[0]
                 except IndexError:  # another thread took it
                     pass
+                else:
+                    return value
             if timeout is not None and deadline is None:
                 deadline = _monotonic() + timeout
             waiting = False
-            with self._lock:
-                got = self._take()
-                if got is None:
-                    if self._length is not None and self._consumed >= self._length:
-                        self._check_complete()  # again, in case a Ctrl-C cut it short
-                        raise StopIteration
-                    if self._submitted > self._consumed or self._length is not None:
-                        left = None if deadline is None else deadline - _monotonic()
-                        if left is not None and left <= 0:
-                            raise TimeoutError
-                        seen = self._delivered
-                        waiting = True
-                    # else nothing in flight: read more input first
+            got = None
+            try:
+                with self._lock:
+                    got = self._take()
+                    if got is None:
+                        if self._length is not None and self._consumed >= self._length:
+                            self._check_complete()  # again, in case a Ctrl-C cut it short
+                            raise StopIteration
+                        if self._submitted > self._consumed or self._length is not None:
+                            left = None if deadline is None else deadline - _monotonic()
+                            if left is not None and left <= 0:
+                                raise TimeoutError
+                            seen = self._delivered
+                            waiting = True
+                        # else nothing in flight: read more input first
+            except BaseException:
+                # A Ctrl-C as the lock was let go, a value taken: the next
+                # call returns it (appendleft is a C call: the handler runs
+                # after it, never between).  A failed item taken then is
+                # lost to the interrupt.
+                if got is not None and got[0] and got[1] is not _NO_VALUE:
+                    buf.appendleft(got[1])
+                raise
             if waiting:
                 # Collect in this thread (without _lock: delivering takes
                 # it).  If another thread collects, wait on _cond for it.
