@@ -2,7 +2,6 @@
 window of chunks ahead of the consumer, and the outcomes (delivered by the C
 collector through ``_set``, as for results.py's objects) handed out in input
 or completion order."""
-import collections
 import itertools
 import threading
 import weakref
@@ -26,7 +25,7 @@ IMAP_WINDOW_PER_WORKER = 4
 IMAP_HOLD_ITEMS = 100_000
 IMAP_HOLD_BYTES = 64 << 20   # of pickled results
 
-_NO_VALUE = object()   # a chunk was taken into _buf: no single value
+_NO_VALUE = object()   # a chunk was taken into the buffer: no single value
 
 
 class IMapIterator:
@@ -78,7 +77,11 @@ class IMapIterator:
         self._ready = {}
         self._head = self._tail = 0
         self._last = -1
-        self._buf = collections.deque()
+        # The rest of the chunks taken: _bufl[_bufi:_bufn].  Taken from
+        # without a lock by plain subscripts and stores, between which no
+        # signal handler and no other thread runs (after a call one may: a
+        # Ctrl-C there would lose the value).
+        self._bufl, self._bufi, self._bufn = [], 0, 0
         self._sleepers = 0       # consumers waiting on _cond
         self._cache[self._job] = self
         pool._lazy.add(self)
@@ -231,7 +234,7 @@ class IMapIterator:
 
     def _take(self):
         """(True, value), (False, exception), or None; caller holds _lock.
-        Taking a chunk moves its values to _buf."""
+        Taking a chunk moves its values to the buffer."""
         # No call between finding and removing it (a signal handler runs
         # only at a call or a loop edge): a Ctrl-C cannot lose it.
         key = self._consumed if self._ordered else self._head
@@ -247,26 +250,25 @@ class IMapIterator:
         self._held_bytes -= nbytes
         if not ok:
             return False, val
-        if len(val) == 1:  # chunksize 1: no detour through _buf
+        if len(val) == 1:  # chunksize 1: no detour through the buffer
             return True, val[0]
-        self._buf.extend(val)
+        self._buffer(val)
         return True, _NO_VALUE
 
+    def _buffer(self, values):
+        """Put values behind what the buffer holds (_lock held; a consumer
+        may take from it meanwhile: no call between reading and storing)."""
+        k = len(values)
+        bl, i, n = self._bufl, self._bufi, self._bufn
+        self._bufl, self._bufi, self._bufn = (bl[i:n] + values if i < n else values), 0, n - i + k
+
     def next(self, timeout=None):
-        buf = self._buf
         deadline = None
         while True:
-            if buf:  # the rest of a chunk already taken: no lock, no feeding
-                # Subscripts, not popleft(): no signal handler (and no other
-                # thread) runs between them, where after a call a Ctrl-C
-                # would lose the value.
-                try:
-                    value = buf[0]
-                    del buf[0]
-                except IndexError:  # another thread took it
-                    pass
-                else:
-                    return value
+            bufl, i = self._bufl, self._bufi
+            if i < self._bufn:  # the rest of a chunk already taken: no lock
+                self._bufi = i + 1
+                return bufl[i]
             if timeout is not None and deadline is None:
                 deadline = _monotonic() + timeout
             waiting = False
@@ -286,12 +288,13 @@ class IMapIterator:
                             waiting = True
                         # else nothing in flight: read more input first
             except BaseException:
-                # A Ctrl-C as the lock was let go, a value taken: the next
-                # call returns it (appendleft is a C call: the handler runs
-                # after it, never between).  A failed item taken then is
-                # lost to the interrupt.
+                # A Ctrl-C as the lock was let go, a value taken: it goes
+                # back in front of the buffer for the next call (inline, as
+                # below: a call here would let a handler run first).  A
+                # failed item taken then is lost to the interrupt.
                 if got is not None and got[0] and got[1] is not _NO_VALUE:
-                    buf.appendleft(got[1])
+                    bl, i, n = self._bufl, self._bufi, self._bufn   # no call: see _buffer
+                    self._bufl, self._bufi, self._bufn = [got[1]] + bl[i:n], 0, n - i + 1
                 raise
             if waiting:
                 # Collect in this thread (without _lock: delivering takes
@@ -318,7 +321,7 @@ class IMapIterator:
                         self._consumed = self._length = max(self._consumed,
                                                             self._length)
                         self._ready.clear()
-                        self._buf.clear()
+                        self._bufl, self._bufi, self._bufn = [], 0, 0
                 raise got[1]
             # A chunk was taken (or none is in flight): read more input once
             # there is room for half a window (_feed checks again, under its
@@ -328,7 +331,8 @@ class IMapIterator:
                     self._feed()
                 except BaseException:  # Ctrl-C: the value taken is not lost
                     if got is not None and got[1] is not _NO_VALUE:
-                        self._buf.appendleft(got[1])
+                        bl, i, n = self._bufl, self._bufi, self._bufn
+                        self._bufl, self._bufi, self._bufn = [got[1]] + bl[i:n], 0, n - i + 1
                     raise
             if got is not None and got[1] is not _NO_VALUE:
                 return got[1]
