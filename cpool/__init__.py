@@ -83,12 +83,64 @@ def get_context(method=None):
     return _Context(method)
 
 
+# multiprocessing's submodules that cpool has none of its own for:
+# ``import cpool.managers``, ``from cpool import shared_memory`` and
+# ``cpool.connection`` give multiprocessing's own module (the very object).
+_OWN = frozenset({"pool", "sharedctypes"})
+
+
+def _mp_submodule(name):
+    """multiprocessing's spec of submodule `name` ("a" or "a.b"), or None."""
+    import importlib.util
+    if name.partition(".")[0] in _OWN or name.startswith("_"):
+        return None
+    try:
+        return importlib.util.find_spec(f"multiprocessing.{name}")
+    except ImportError:
+        return None
+
+
+class _AliasFinder:
+    """A meta path finder: cpool.X (and cpool.X.Y) is multiprocessing.X,
+    for every submodule X of multiprocessing's that cpool does not
+    reimplement.  Last on sys.meta_path: cpool's own modules come first."""
+
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        prefix, _, name = fullname.partition(".")
+        if prefix != __name__ or not name or _mp_submodule(name) is None:
+            return None
+        import importlib.util
+        return importlib.util.spec_from_loader(fullname, cls)
+
+    @staticmethod
+    def create_module(spec):
+        import importlib
+        module = importlib.import_module("multiprocessing." + spec.name.partition(".")[2])
+        spec.loader_state = module.__spec__
+        return module
+
+    @staticmethod
+    def exec_module(module):
+        # multiprocessing's, loaded already.  The import system gave it our
+        # spec: its own goes back (its relative imports name its package).
+        module.__spec__ = module.__spec__.loader_state
+
+
+import sys as _sys  # noqa: E402
+_sys.meta_path.append(_AliasFinder)
+
+
 def __getattr__(name):
     import multiprocessing
     try:
         return getattr(multiprocessing, name)
     except AttributeError:
-        raise AttributeError(f"module 'cpool' has no attribute {name!r}") from None
+        pass
+    if _mp_submodule(name) is not None:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'cpool' has no attribute {name!r}")
 
 
 def __dir__():

@@ -8,6 +8,8 @@ import weakref
 from _thread import allocate_lock as _allocate_lock
 from time import monotonic as _monotonic
 
+import multiprocessing.pool as _mp_pool
+
 from .errors import (ST_LOCAL, ST_OK, ST_TERMINATED, TimeoutError,
                      _outcome)
 from .results import _job_counter
@@ -28,8 +30,9 @@ IMAP_HOLD_BYTES = 64 << 20   # of pickled results
 _NO_VALUE = object()   # a chunk was taken into the buffer: no single value
 
 
-class IMapIterator:
-    """The iterator of imap: results in input order.  The input is read
+class IMapIterator(_mp_pool.IMapIterator):
+    """The iterator of imap: results in input order (a
+    multiprocessing.pool.IMapIterator to isinstance; none of its code runs).  The input is read
     lazily, ahead of the consumer, so an endless generator works
     (multiprocessing reads it all first).
 
@@ -339,7 +342,7 @@ class IMapIterator:
 
     __next__ = next
 
-class IMapUnorderedIterator(IMapIterator):
+class IMapUnorderedIterator(IMapIterator, _mp_pool.IMapUnorderedIterator):
     """The iterator of imap_unordered: results in completion order."""
 
     _ordered = False

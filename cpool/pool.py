@@ -6,6 +6,8 @@ collecting are C; the result objects the collector fills in are in
 results.py and imap.py, the exceptions in errors.py, and what runs inside
 the workers in _worker.py.
 """
+import multiprocessing
+import multiprocessing.pool as _mp_pool
 import os
 import warnings
 import weakref
@@ -93,9 +95,12 @@ def _start_method(context):
     return method
 
 
-class Pool:
+class Pool(_mp_pool.Pool):
     """A pool of worker processes: multiprocessing.Pool's API and semantics,
-    with the machinery in C.
+    with the machinery in C.  A multiprocessing.pool.Pool to isinstance and
+    type checkers (libraries check it before they take a pool); none of its
+    code runs: every method is cpool's, its __init__ is never called, and it
+    starts no handler thread and opens no pipe.
 
     Differences, all deliberate: a worker that dies mid-task fails exactly
     its tasks with WorkerLostError instead of hanging the caller; a failing
@@ -142,6 +147,10 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._processes = processes
+        # What multiprocessing's Pool keeps and libraries read.
+        self._ctx = multiprocessing.get_context(method)
+        self._initializer, self._initargs = initializer, initargs
+        self._maxtasksperchild = maxtasksperchild
         self._cache = {}
         self._lazy = weakref.WeakSet()
         self._owner = os.getpid()

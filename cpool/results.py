@@ -15,6 +15,8 @@ import traceback
 from _thread import allocate_lock as _allocate_lock
 from time import monotonic as _monotonic
 
+import multiprocessing.pool as _mp_pool
+
 from .errors import ST_OK, TimeoutError, _outcome
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult"]
@@ -33,8 +35,10 @@ def _call_back(fn, arg):
 _job_counter = itertools.count(1)
 
 
-class ApplyResult:
-    """The result of apply_async (multiprocessing.pool.ApplyResult)."""
+class ApplyResult(_mp_pool.ApplyResult):
+    """The result of apply_async.  A multiprocessing.pool.ApplyResult to
+    isinstance and type checkers; none of its code runs (every method is
+    cpool's, and its __init__ is never called)."""
 
     def __init__(self, cache, callback, error_callback, core=None):
         # A bare lock, held until the outcome is in, is all the event we need
@@ -133,7 +137,7 @@ class ApplyResult:
 AsyncResult = ApplyResult
 
 
-class MapResult(ApplyResult):
+class MapResult(ApplyResult, _mp_pool.MapResult):
     """The result of map_async/starmap_async: one list, filled chunk by chunk;
     the first failing chunk fails it (as multiprocessing does)."""
 
