@@ -113,6 +113,16 @@ void cp_sched_push(cp_sched *s, cp_task *first, cp_task *last, size_t n)
     s->npend += n;
 }
 
+/* Queue the n tasks first..last ahead of the pending ones (tasks that were
+ * sent once already: they go first, in their order). */
+static void push_front(cp_sched *s, cp_task *first, cp_task *last, size_t n)
+{
+    last->next = s->pend_head;
+    s->pend_head = first;
+    if (s->pend_tail == NULL) s->pend_tail = last;
+    s->npend += n;
+}
+
 int cp_sched_outstanding(const cp_sched *s)
 {
     if (s->npend) return 1;
@@ -228,10 +238,7 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
     if (again != NULL) { /* the ones it never took go first, in their order */
         cp_task *last = again;
         while (last->next != NULL) last = last->next;
-        last->next = s->pend_head;
-        s->pend_head = again;
-        if (s->pend_tail == NULL) s->pend_tail = last;
-        s->npend += nagain;
+        push_front(s, again, last, nagain);
     }
     w->head = w->tail = NULL;
     w->n = 0;
@@ -298,21 +305,28 @@ static int someone_idle(cp_sched *s, int64_t now)
     return 0;
 }
 
+/* The task that has waited longest in a worker's ring, untaken (its slot in
+ * *from), or NULL. */
+static cp_task *oldest_untaken(cp_sched *s, int *from)
+{
+    cp_task *best = NULL;
+    for (int i = 0; i < s->n; i++) {
+        cp_task *t = first_untaken(s, i);
+        if (t != NULL && (best == NULL || t->sent_ns < best->sent_ns)) {
+            best = t;
+            *from = i;
+        }
+    }
+    return best;
+}
+
 /* Take back the task that has waited longest in a worker's ring, if it has
  * waited STEAL_AFTER_NS, and queue it first: 1 if one was taken back. */
 static int steal_one(cp_sched *s, int64_t now)
 {
-    cp_task *best = NULL;
     int from = -1;
-    for (int i = 0; i < s->n; i++) {
-        cp_task *t = first_untaken(s, i);
-        if (t != NULL && now - t->sent_ns >= STEAL_AFTER_NS &&
-            (best == NULL || t->sent_ns < best->sent_ns)) {
-            best = t;
-            from = i;
-        }
-    }
-    if (best == NULL) return 0;
+    cp_task *best = oldest_untaken(s, &from);
+    if (best == NULL || now - best->sent_ns < STEAL_AFTER_NS) return 0;
     if (!cp_claim(cp_ring_at(cp_task_ring(s->ctl, from), best->pos), CP_CLAIM_REVOKED))
         return 1; /* its worker took it meanwhile: look again */
     cp_wstate *w = &s->ws[from];
@@ -327,26 +341,20 @@ static int steal_one(cp_sched *s, int64_t now)
     w->sent--;
     w->stalled = 1; /* tasks go elsewhere first until it is seen running */
     w->stall_end = best->end_pos;
-    best->next = s->pend_head;
-    s->pend_head = best;
-    if (s->pend_tail == NULL) s->pend_tail = best;
-    s->npend++;
+    push_front(s, best, best, 1);
     s->steals++;
     return 1;
 }
 
 int64_t cp_sched_wake_at(cp_sched *s)
 {
-    int64_t now = cp_now_ns(), at = -1;
+    int64_t now = cp_now_ns();
     /* Steals wait for the queue to be empty (dispatch_pending serves a
      * free worker first). */
     if (s->pend_head != NULL || !someone_idle(s, now)) return -1;
-    for (int i = 0; i < s->n; i++) {
-        cp_task *t = first_untaken(s, i);
-        if (t != NULL && (at < 0 || t->sent_ns + STEAL_AFTER_NS < at))
-            at = t->sent_ns + STEAL_AFTER_NS;
-    }
-    return at;
+    int from;
+    cp_task *t = oldest_untaken(s, &from);
+    return t != NULL ? t->sent_ns + STEAL_AFTER_NS : -1;
 }
 
 void cp_forget_funcs(cp_wstate *w, uint64_t upto)
