@@ -4,10 +4,6 @@ import statistics
 import time
 
 
-def identity(x):
-    return x
-
-
 def nap(seconds):
     time.sleep(seconds)
     return seconds
@@ -65,7 +61,7 @@ def run_uneven(k, pool, n, processes):
         # behind it; the ideal is the long task alone.
         long_s = n / 1000
         short = [0.001] * 200
-        pool.map(identity, range(10_000), 10)   # the pool has seen short tasks
+        pool.map(abs, range(10_000), 10)   # the pool has seen short tasks
         t0 = time.perf_counter()
         r = pool.apply_async(nap, (long_s,))
         got = pool.map(nap, short)
