@@ -327,13 +327,24 @@ class Pool(_mp_pool.Pool):
     def __exit__(self, exc_type, exc_val, exc_tb):
         self.terminate()
 
-    def __del__(self, _warn=warnings.warn, RUN=RUN):
-        if self._state == RUN:
-            _warn(f"unclosed running multiprocessing pool {self!r}",
-                  ResourceWarning, source=self)
-        core = self._core
-        if core is not None and not core.done and self._owner == os.getpid():
-            core.terminate()
+    # What __del__ calls is bound here, once, in a closure: a pool collected
+    # at interpreter shutdown may find this module's globals already None.
+    # (multiprocessing binds them as default arguments, which help() then
+    # shows as part of the signature.)
+    def _make_del(warn, run, getpid):
+        def __del__(self):
+            """A running pool warns (ResourceWarning); its workers stop."""
+            if self._state == run:
+                warn(f"unclosed running multiprocessing pool {self!r}",
+                     ResourceWarning, source=self)
+            core = self._core
+            if core is not None and not core.done and self._owner == getpid():
+                core.terminate()
+        return __del__
+
+    __del__ = _make_del(warnings.warn, RUN, os.getpid)
+    __del__.__qualname__ = "Pool.__del__"
+    del _make_del
 
 
 _live_pools = weakref.WeakSet()

@@ -131,7 +131,10 @@ class ApplyResult(_mp_pool.ApplyResult):
             self._success, self._value = _outcome(self._job, idx, status, value)
         self._finish()
 
-    __class_getitem__ = classmethod(lambda cls, item: cls)
+    @classmethod
+    def __class_getitem__(cls, item):
+        """ApplyResult[T] (in annotations) is ApplyResult itself at run time."""
+        return cls
 
 
 AsyncResult = ApplyResult

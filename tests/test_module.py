@@ -128,3 +128,30 @@ def test_submodules_by_import_statements():
     assert cpool.sharedctypes.__name__ == "cpool.sharedctypes"
     with pytest.raises(ImportError):
         import cpool.no_such_submodule  # noqa: F401
+
+
+# -- help() shows the public signatures only (issue 14) --
+
+def test_help_shows_no_internals():
+    """help(cpool.Pool) and help() of the result classes: no parameter of
+    cpool's own methods is private (``_warn=``), and none has a default that
+    is a helper object (``<built-in function warn>``, a lambda)."""
+    import inspect
+    import pydoc
+    import re
+    import cpool
+    from cpool import imap as cpool_imap, results as cpool_results
+    classes = [cpool.Pool, cpool_results.ApplyResult, cpool_results.MapResult,
+               cpool_imap.IMapIterator, cpool_imap.IMapUnorderedIterator]
+    for cls in classes:
+        text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+        assert "_warn=" not in text and "lambda" not in text, text
+        assert not re.search(r"=<[^>]*>", text), text   # a default that is an object
+        for name, attr in vars(cls).items():
+            func = getattr(attr, "__func__", attr)
+            if not inspect.isfunction(func) or not pydoc.visiblename(name, obj=cls):
+                continue
+            for p in inspect.signature(func).parameters.values():
+                assert not p.name.startswith("_"), f"{cls.__name__}.{name}{inspect.signature(func)}"
+    assert str(inspect.signature(cpool.Pool.__del__)) == "(self)"
+    assert cpool.Pool.__del__.__qualname__ == "Pool.__del__"
