@@ -30,7 +30,14 @@ unpacked="$WORK/${sdist%.tar.gz}"
 
 python -m venv "$WORK/venv" || exit 1
 VPY="$WORK/venv/bin/python"
-"$VPY" -m pip install -q "setuptools==$OLD" wheel pytest pytest-timeout "mypy>=1.18" || exit 1
+# The test extra's requirements, as pyproject.toml lists them (fetched: only
+# cpool's own build below is offline).
+mapfile -t test_deps < <("$VPY" -c '
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["optional-dependencies"]["test"]))
+' "$unpacked/pyproject.toml") && [ ${#test_deps[@]} -gt 0 ] || { echo "sdist: no test extra" >&2; exit 1; }
+"$VPY" -m pip install -q "setuptools==$OLD" wheel "${test_deps[@]}" || exit 1
 echo "sdist: building with setuptools $("$VPY" -c 'import setuptools; print(setuptools.__version__)'), offline"
 (cd "$unpacked" && "$VPY" -m pip install -q --no-build-isolation --no-index --no-deps -e .) || {
     echo "sdist: the offline build failed" >&2
