@@ -2,6 +2,7 @@
 set-up, and the pickling of large objects and of errors.  cpool._cpool calls
 these; the pool hands them over (Core() and _set_hooks), so that C never
 imports the package."""
+import io
 import os
 import pickle
 import sys
@@ -36,14 +37,12 @@ def _worker_bootstrap(slot):
         pass
 
 
-_OOB_MIN = _cpool.OOB_MIN
-
 
 class _Big:
     """A large bytes/bytearray, pickled as a protocol-5 buffer (out of band:
     cpool copies it once, straight into shared memory).  bytes and bytearray
     never go out of band by themselves, and Pickler.reducer_override is not
-    consulted for them; so cpool._cpool swaps them for this first."""
+    consulted for them; so _pack_oob's persistent_id stands this in for them."""
 
     __slots__ = ("obj",)
 
@@ -57,32 +56,43 @@ class _Big:
         return _cpool._rebuild, (pickle.PickleBuffer(self.obj), type(self.obj))
 
 
-def _swap_big(o, depth, bigs):
-    t = type(o)
-    if (t is bytes or t is bytearray) and len(o) >= _OOB_MIN:
-        bigs.append(_Big(o))
-        return bigs[-1]
-    if depth:
-        if t is tuple:
-            return tuple([_swap_big(x, depth - 1, bigs) for x in o])
-        if t is list:
-            return [_swap_big(x, depth - 1, bigs) for x in o]
-        if t is dict:
-            return {k: _swap_big(v, depth - 1, bigs) for k, v in o.items()}
-    return o
+class _Pickler(pickle.Pickler):
+    """A pickler whose persistent_id an instance sets (the C Pickler's is
+    read-only from 3.13)."""
+
+
+class _Unpickler(pickle.Unpickler):
+    """Loads what _pack_oob wrote: there a persistent id is a large bytes or
+    bytearray itself, rebuilt from its out-of-band buffer by _Big."""
+
+    def persistent_load(self, pid):
+        return pid
 
 
 def _pack_oob(obj):
     """(pickle, [buffers], copied) of an object holding large buffers (called
-    from C only for those): protocol 5, the buffers out of band.  copied:
-    every buffer is a _Big's, which the receiver copies out (no object keeps
-    a view of the shared memory it came in)."""
-    bufs, bigs = [], []
-    data = pickle.dumps(_swap_big(obj, 2, bigs), protocol=5, buffer_callback=bufs.append)
-    return data, bufs, len(bufs) == len(bigs)
+    from C only for those): protocol 5, the buffers out of band.  Every large
+    bytes or bytearray it holds, at any depth, goes out of band once, however
+    many references to it there are: the pickler's persistent_id turns each
+    into a _Big, the same one for the same object, which the pickler memoizes
+    as it memoizes anything (sharing and identity are pickle's own).
+    copied: every buffer is a _Big's, which the receiver copies out (no
+    object keeps a view of the shared memory it came in)."""
+    f, bufs = io.BytesIO(), []
+    p = _Pickler(f, 5, buffer_callback=bufs.append)
+    p.persistent_id, bigs = _cpool._oob_ids(_Big)
+    p.dump(obj)
+    return f.getbuffer(), bufs, len(bufs) == len(bigs)
 
 
-_cpool._set_hooks(pack_oob=_pack_oob)   # the extension calls it; it never imports us
+def _load_oob(data, buffers):
+    """What _pack_oob wrote, from data (the pickle) and buffers (views of the
+    out-of-band buffers)."""
+    return _Unpickler(io.BytesIO(data), buffers=buffers).load()
+
+
+# the extension calls them; it never imports us
+_cpool._set_hooks(pack_oob=_pack_oob, load_oob=_load_oob)
 
 
 class _ShortRepr:

@@ -542,7 +542,8 @@ typedef struct {
     PyTypeObject *mapping_type;
     /* What C needs of the package, handed to it by _cpool._set_hooks when
      * the package is imported (C never imports the package): */
-    PyObject *pack_oob;     /* cpool.pool._pack_oob */
+    PyObject *pack_oob;     /* cpool._worker._pack_oob */
+    PyObject *load_oob;     /* cpool._worker._load_oob */
     PyObject *attach_arena; /* cpool.sharedctypes._attach_arena */
     PyObject *synchronized; /* cpool.sharedctypes.synchronized */
     PyObject *dumps;   /* pickle.dumps */

@@ -34,21 +34,23 @@ PyObject *cp_hook(PyObject *hook, const char *name)
 }
 
 PyDoc_STRVAR(set_hooks_doc,
-             "_set_hooks($module, /, *, pack_oob=None, attach_arena=None,\n"
-             "           synchronized=None)\n--\n\n"
+             "_set_hooks($module, /, *, pack_oob=None, load_oob=None,\n"
+             "           attach_arena=None, synchronized=None)\n--\n\n"
              "Hand the extension the package's functions it calls: the package does\n"
              "this as it is imported, so C never imports the package.");
 
 static PyObject *set_hooks(PyObject *m, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"pack_oob", "attach_arena", "synchronized", NULL};
-    PyObject *hooks[3] = {NULL, NULL, NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$OOO", kwlist, &hooks[0], &hooks[1],
-                                     &hooks[2]))
+    static char *kwlist[] = {"pack_oob", "load_oob", "attach_arena", "synchronized",
+                             NULL};
+    PyObject *hooks[4] = {NULL, NULL, NULL, NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$OOOO", kwlist, &hooks[0], &hooks[1],
+                                     &hooks[2], &hooks[3]))
         return NULL;
     cpool_state *st = cp_get_state(m);
-    PyObject **slots[3] = {&st->pack_oob, &st->attach_arena, &st->synchronized};
-    for (int i = 0; i < 3; i++)
+    PyObject **slots[4] = {&st->pack_oob, &st->load_oob, &st->attach_arena,
+                           &st->synchronized};
+    for (int i = 0; i < 4; i++)
         if (hooks[i] != NULL && hooks[i] != Py_None)
             Py_XSETREF(*slots[i], Py_NewRef(hooks[i]));
     Py_RETURN_NONE;
@@ -124,6 +126,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->sync_type);
     Py_VISIT(st->mapping_type);
     Py_VISIT(st->pack_oob);
+    Py_VISIT(st->load_oob);
     Py_VISIT(st->attach_arena);
     Py_VISIT(st->synchronized);
     Py_VISIT(st->dumps);
@@ -140,6 +143,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->sync_type);
     Py_CLEAR(st->mapping_type);
     Py_CLEAR(st->pack_oob);
+    Py_CLEAR(st->load_oob);
     Py_CLEAR(st->attach_arena);
     Py_CLEAR(st->synchronized);
     Py_CLEAR(st->dumps);

@@ -106,6 +106,55 @@ static PyObject *rebuild(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize
     return out;
 }
 
+/* ---- large bytes and bytearrays out of band, shared as pickle shares ------ */
+
+/* The persistent_id of _pack_oob's pickler (self: (memo, big)): a large
+ * bytes or bytearray becomes big(obj), which pickles as an out-of-band
+ * buffer; every reference to one object the same big, which the pickler
+ * then memoizes, so the receiver gets one object again, from one buffer.
+ * Anything else: None (pickled as usual).  Called for every object the
+ * pickler meets, hence C. */
+static PyObject *oob_id(PyObject *self, PyObject *o)
+{
+    if (!(PyBytes_CheckExact(o) && PyBytes_GET_SIZE(o) >= CP_OOB_MIN) &&
+        !(PyByteArray_CheckExact(o) && PyByteArray_GET_SIZE(o) >= CP_OOB_MIN))
+        Py_RETURN_NONE;
+    PyObject *memo = PyTuple_GET_ITEM(self, 0);
+    PyObject *key = PyLong_FromVoidPtr(o); /* o lives as long as the dump */
+    if (key == NULL) return NULL;
+    PyObject *big = PyDict_GetItemWithError(memo, key);
+    if (big != NULL) {
+        Py_INCREF(big);
+    } else if (!PyErr_Occurred()) {
+        big = PyObject_CallOneArg(PyTuple_GET_ITEM(self, 1), o);
+        if (big != NULL && PyDict_SetItem(memo, key, big) < 0) Py_CLEAR(big);
+    }
+    Py_DECREF(key);
+    return big;
+}
+
+static PyMethodDef oob_id_def = {
+    "persistent_id", oob_id, METH_O,
+    "A large bytes or bytearray as its out-of-band stand-in."};
+
+PyDoc_STRVAR(oob_ids_doc,
+             "_oob_ids($module, big, /)\n--\n\n"
+             "(persistent_id, memo) for one pickler: persistent_id(obj) is big(obj)\n"
+             "for a bytes or bytearray of OOB_MIN bytes or more, the same one for\n"
+             "every reference to obj (memo: id -> big), else None.");
+
+static PyObject *oob_ids(PyObject *Py_UNUSED(m), PyObject *big)
+{
+    PyObject *memo = PyDict_New();
+    PyObject *self = memo ? PyTuple_Pack(2, memo, big) : NULL;
+    PyObject *fn = self ? PyCFunction_New(&oob_id_def, self) : NULL;
+    PyObject *r = fn ? PyTuple_Pack(2, fn, memo) : NULL;
+    Py_XDECREF(fn);
+    Py_XDECREF(self);
+    Py_XDECREF(memo);
+    return r;
+}
+
 PyDoc_STRVAR(check_segment_doc,
              "_check_segment($module, fd, size, /)\n--\n\n"
              "Why the file open on `fd` would be refused as a segment of `size`\n"
@@ -137,6 +186,7 @@ static PyObject *memfd(PyObject *Py_UNUSED(m), PyObject *args)
 
 static PyMethodDef pack_functions[] = {
     {"_rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, rebuild_doc},
+    {"_oob_ids", oob_ids, METH_O, oob_ids_doc},
     {"_check_segment", check_segment, METH_VARARGS, check_segment_doc},
     {"_memfd", memfd, METH_VARARGS, memfd_doc},
     {NULL, NULL, 0, NULL},
@@ -191,58 +241,131 @@ static int has_big_buffer(PyObject *o, int depth)
     return 0;
 }
 
-/* What plain() finds: not plain data; plain data whose every container
- * appears once (marshal without references will do, the fastest: version
- * 2); or plain data where a container may appear twice, which marshal keeps
- * shared only with references (version 3 and up, a hash table lookup per
- * object with more than one reference: twice the time for a chunk of
- * tuples). */
+/* What plain() finds: not plain data; plain data in which no object
+ * appears twice (marshal without references will do, the fastest: version
+ * 2); or plain data in which one does, which marshal keeps one object only
+ * with references (version 3 and up: a hash table lookup per object with
+ * more than one reference, twice the time for a chunk of tuples). */
 enum { NOT_PLAIN = 0, PLAIN_SINGLE, PLAIN_SHARED };
 
-static int is_container(PyObject *o)
+/* The objects a walk has met that could be met again: a set of addresses,
+ * open addressing, kept at most half full.  Starts on the stack. */
+typedef struct {
+    PyObject **slots;
+    size_t mask;
+    size_t n;
+    int twice; /* an object was met twice; or no memory to tell */
+    PyObject *first[64];
+} cp_seen;
+
+/* room for `expect` objects without growing */
+static void seen_init(cp_seen *s, size_t expect)
 {
-    return PyTuple_CheckExact(o) || PyList_CheckExact(o) || PyDict_CheckExact(o);
+    s->n = 0;
+    s->twice = 0;
+    s->mask = 63;
+    while (s->mask < 4 * expect) s->mask = 2 * s->mask + 1;
+    s->slots = s->mask == 63 ? s->first : PyMem_Calloc(s->mask + 1, sizeof *s->slots);
+    if (s->slots == NULL) { /* then start small */
+        s->mask = 63;
+        s->slots = s->first;
+    }
+    if (s->slots == s->first) memset(s->first, 0, sizeof s->first);
+}
+
+static void seen_fini(cp_seen *s)
+{
+    if (s->slots != s->first) PyMem_Free(s->slots);
+}
+
+/* Objects made one after another lie one after another in memory, and a
+ * payload's are usually walked in that order: the low bits of the address
+ * (past the allocator's 16-byte grain) keep the walk's probes close
+ * together, the high ones spread what lies far apart. */
+static size_t seen_hash(PyObject *o, size_t mask)
+{
+    uintptr_t a = (uintptr_t)o;
+    return (size_t)((a >> 4) ^ (a >> 24)) & mask;
+}
+
+static void seen_put(PyObject **slots, size_t mask, PyObject *o)
+{
+    size_t i = seen_hash(o, mask);
+    while (slots[i] != NULL) i = (i + 1) & mask;
+    slots[i] = o;
+}
+
+/* Note o, met once more: sets s->twice if it was met before. */
+static void seen_add(cp_seen *s, PyObject *o)
+{
+    if (s->twice) return;
+    for (size_t i = seen_hash(o, s->mask);; i = (i + 1) & s->mask) {
+        if (s->slots[i] == o) {
+            s->twice = 1;
+            return;
+        }
+        if (s->slots[i] == NULL) break;
+    }
+    if (2 * (s->n + 1) > s->mask + 1) {
+        size_t mask = 2 * s->mask + 1;
+        PyObject **slots = PyMem_Calloc(mask + 1, sizeof *slots);
+        if (slots == NULL) {
+            s->twice = 1; /* the slower, always right, way */
+            return;
+        }
+        for (size_t i = 0; i <= s->mask; i++)
+            if (s->slots[i] != NULL) seen_put(slots, mask, s->slots[i]);
+        seen_fini(s);
+        s->slots = slots;
+        s->mask = mask;
+    }
+    seen_put(s->slots, s->mask, o);
+    s->n++;
 }
 
 /* Whether o is plain data down to `depth` levels of exact tuples, lists and
  * dicts: what marshal writes and reads back as the same types and values.
  * (marshal would also take any buffer, a bytearray or a NumPy array, and
- * give back bytes: hence exact types only.)  `inner`: o is inside the
- * payload.  A container inside with more than one reference may appear
- * twice; that matters for a list or dict, or a tuple holding one, whose
- * copies would be two objects; a tuple of scalars would only lose its
- * identity, as strings do. */
-static int plain(PyObject *o, int depth, int inner)
+ * give back bytes: hence exact types only.)  Objects with more than one
+ * reference go into *seen, which says whether one appears twice: a pickle
+ * would send it once, and the receiver would get one object (numbers are
+ * the exception, as pickle does not share them either). */
+static int plain(PyObject *o, int depth, cp_seen *seen)
 {
     if (o == Py_None || PyBool_Check(o) || PyLong_CheckExact(o) ||
-        PyFloat_CheckExact(o) || PyUnicode_CheckExact(o) || PyComplex_CheckExact(o))
-        return PLAIN_SINGLE;
-    if (PyBytes_CheckExact(o)) /* big ones go out of band */
-        return PyBytes_GET_SIZE(o) < CP_OOB_MIN ? PLAIN_SINGLE : NOT_PLAIN;
-    if (depth == 0) return NOT_PLAIN;
-    int r = PLAIN_SINGLE, holds = 0;
-    if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
+        PyFloat_CheckExact(o) || PyComplex_CheckExact(o))
+        return 1;
+    if (PyBytes_CheckExact(o) && PyBytes_GET_SIZE(o) >= CP_OOB_MIN)
+        return 0; /* out of band */
+    int is_seq = PyTuple_CheckExact(o) || PyList_CheckExact(o);
+    if (!PyUnicode_CheckExact(o) && !PyBytes_CheckExact(o) && !is_seq &&
+        !PyDict_CheckExact(o))
+        return 0;
+    if (Py_REFCNT(o) > 1) seen_add(seen, o);
+    if (PyUnicode_CheckExact(o) || PyBytes_CheckExact(o)) return 1;
+    if (depth == 0) return 0;
+    if (is_seq) {
         Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *x = PySequence_Fast_GET_ITEM(o, i);
-            int k = plain(x, depth - 1, 1);
-            if (k == NOT_PLAIN) return NOT_PLAIN;
-            if (k == PLAIN_SHARED) r = PLAIN_SHARED;
-            holds |= is_container(x);
-        }
-    } else if (PyDict_CheckExact(o)) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!plain(PySequence_Fast_GET_ITEM(o, i), depth - 1, seen)) return 0;
+    } else {
         Py_ssize_t pos = 0;
         PyObject *k, *v;
-        while (PyDict_Next(o, &pos, &k, &v)) {
-            int a = plain(k, depth - 1, 1), b = plain(v, depth - 1, 1);
-            if (a == NOT_PLAIN || b == NOT_PLAIN) return NOT_PLAIN;
-            if (a == PLAIN_SHARED || b == PLAIN_SHARED) r = PLAIN_SHARED;
-            holds |= is_container(k) || is_container(v);
-        }
-    } else {
-        return NOT_PLAIN;
+        while (PyDict_Next(o, &pos, &k, &v))
+            if (!plain(k, depth - 1, seen) || !plain(v, depth - 1, seen)) return 0;
     }
-    if (inner && Py_REFCNT(o) > 1 && (!PyTuple_CheckExact(o) || holds)) r = PLAIN_SHARED;
+    return 1;
+}
+
+/* What plain() says of a payload: NOT_PLAIN, PLAIN_SINGLE or PLAIN_SHARED. */
+static int plain_kind(PyObject *obj)
+{
+    cp_seen seen; /* a chunk's items, at least, may have more than one reference */
+    int is_seq = PyTuple_CheckExact(obj) || PyList_CheckExact(obj);
+    seen_init(&seen, is_seq ? (size_t)PySequence_Fast_GET_SIZE(obj) : 0);
+    int r = plain(obj, PLAIN_DEPTH, &seen) ? (seen.twice ? PLAIN_SHARED : PLAIN_SINGLE)
+                                           : NOT_PLAIN;
+    seen_fini(&seen);
     return r;
 }
 
@@ -282,11 +405,9 @@ static PyObject *deserialize(cpool_state *st, const char *p, size_t n, PyObject 
         if (buffers == NULL) {
             obj = PyObject_CallOneArg(st->loads, view);
         } else {
-            PyObject *args = PyTuple_Pack(1, view);
-            PyObject *kw = args ? Py_BuildValue("{sO}", "buffers", buffers) : NULL;
-            obj = kw ? PyObject_Call(st->loads, args, kw) : NULL;
-            Py_XDECREF(args);
-            Py_XDECREF(kw);
+            PyObject *load_oob = cp_hook(st->load_oob, "load_oob");
+            obj = load_oob ? PyObject_CallFunctionObjArgs(load_oob, view, buffers, NULL)
+                           : NULL;
         }
         /* A Ctrl-C that landed in Python code the unpickler ran: the
          * caller's, and the payload is still here to load again. */
@@ -340,7 +461,7 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
     int copied = 0;
     /* Plain data holds no big buffer (plain() turns down big bytes): one
      * walk over a chunk of plain items, not two. */
-    int is_plain = plain(obj, PLAIN_DEPTH, 0);
+    int is_plain = plain_kind(obj);
     if (is_plain == NOT_PLAIN && has_big_buffer(obj, 2)) {
         PyObject *pack_oob = cp_hook(st->pack_oob, "pack_oob");
         if (pack_oob == NULL) return -1;
@@ -510,8 +631,8 @@ PyObject *cp_load_payload(cpool_state *st, const cp_rechdr *h, const cp_segsrc *
         PyList_SET_ITEM(views, i, v);
         off += CP_ALIGN64(sh->lens[i]);
     }
-    obj = deserialize(st, (const char *)addr + hdr, sh->pickle_len, pview, views,
-                      interrupt);
+    obj = deserialize(st, (const char *)addr + hdr, sh->pickle_len, pview,
+                      sh->nbufs ? views : NULL, interrupt);
 done:
     Py_XDECREF(pview);
     Py_XDECREF(views);
