@@ -19,11 +19,13 @@ from .pool import (  # noqa: E402
     BrokenPoolError,
     InitializerError,
     Pool,
+    PoolStats,
     PoolTerminatedError,
     ResultUnpicklingError,
     TaskAbortedError,
     TimeoutError,
     WorkerLostError,
+    WorkerStats,
 )
 
 from .sharedctypes import (  # noqa: E402
@@ -38,7 +40,7 @@ from .sharedctypes import (  # noqa: E402
 __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
            "ResultUnpicklingError", "Value", "Array", "RawValue", "RawArray",
-           "Lock", "RLock", "get_context"]
+           "Lock", "RLock", "get_context", "PoolStats", "WorkerStats"]
 
 
 class _Context:

@@ -81,6 +81,7 @@ from .errors import (
     WorkerLostError as WorkerLostError,
 )
 from .pool import Pool as Pool
+from .stats import PoolStats as PoolStats, WorkerStats as WorkerStats
 from .sharedctypes import Lock as Lock, RLock as RLock, _LockLike
 
 if sys.platform != "win32":
@@ -89,7 +90,7 @@ if sys.platform != "win32":
 __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
            "ResultUnpicklingError", "Value", "Array", "RawValue", "RawArray",
-           "Lock", "RLock", "get_context"]
+           "Lock", "RLock", "get_context", "PoolStats", "WorkerStats"]
 
 __version__: str
 

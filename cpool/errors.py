@@ -110,10 +110,11 @@ def _outcome(job, idx, status, value):
     if status == ST_LOCAL:
         return False, value
     if status == ST_LOST:
-        pid, wstatus = value
+        pid, wstatus, deaths = value
         exitcode, sig, words = _describe_status(wstatus)
+        tries = f" (run {deaths} times: each time its worker died)" if deaths > 1 else ""
         return False, WorkerLostError(
-            f"worker {pid} {words} while running task {idx} of job {job}",
+            f"worker {pid} {words} while running task {idx} of job {job}{tries}",
             pid, exitcode, sig)
     if status == ST_TERMINATED:
         return False, PoolTerminatedError(

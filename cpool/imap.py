@@ -50,8 +50,10 @@ class IMapIterator(_mp_pool.IMapIterator):
     _ordered = True
     _defer = False
 
-    def __init__(self, pool, func, iterable, chunksize, star, buffersize=None):
+    def __init__(self, pool, func, iterable, chunksize, star, buffersize=None,
+                 retries=0):
         self._pool = weakref.ref(pool)
+        self._retries = retries
         self._core = pool._core
         self._cache = pool._cache
         # `with self._lock` rather than `with self._cond`: the same lock,
@@ -155,7 +157,7 @@ class IMapIterator(_mp_pool.IMapIterator):
         flat = chunks[0] if len(chunks) == 1 else [x for c in chunks for x in c]
         try:   # all or nothing: only the last chunk can be short
             self._core.submit_chunks(self._job, self._blob, flat, self._chunksize,
-                                     self._star, first, False)
+                                     self._star, first, False, self._retries)
             self._submitted += len(chunks)
             return True
         except Exception:
@@ -168,7 +170,7 @@ class IMapIterator(_mp_pool.IMapIterator):
         for i, chunk in enumerate(chunks):
             try:
                 self._core.submit_chunks(self._job, self._blob, chunk, len(chunk),
-                                         self._star, first + i, False)
+                                         self._star, first + i, False, self._retries)
             except Exception as e:
                 self._set(first + i, ST_LOCAL, e, _local=True)
             except BaseException as e:

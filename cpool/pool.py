@@ -19,12 +19,13 @@ from .errors import (BrokenPoolError, InitializerError, PoolTerminatedError,
                      WorkerLostError, _describe_status, _initializer_error)
 from .imap import IMapIterator, IMapUnorderedIterator
 from .results import ApplyResult, AsyncResult, MapResult
+from .stats import PoolStats, WorkerStats
 
 __all__ = [
     "Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "IMapUnorderedIterator", "TimeoutError", "WorkerLostError",
     "BrokenPoolError", "InitializerError", "PoolTerminatedError",
-    "TaskAbortedError", "ResultUnpicklingError",
+    "TaskAbortedError", "ResultUnpicklingError", "PoolStats", "WorkerStats",
 ]
 
 # The same state names as multiprocessing.pool, so code (and CPython's tests)
@@ -74,6 +75,15 @@ def _default_processes():
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
+def _check_retries(retries):
+    """retries, checked: an int, 0 or more (bool is not one)."""
+    if not isinstance(retries, int) or isinstance(retries, bool):
+        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+    if not 0 <= retries < 2 ** 32:
+        raise ValueError(f"retries must be 0 or more, not {retries}")
+    return retries
+
+
 def _start_method(context):
     """The start method a Pool's context names: "fork" for None (whatever
     multiprocessing's default; see Pool), else the name given or the
@@ -103,7 +113,9 @@ class Pool(_mp_pool.Pool):
     starts no handler thread and opens no pipe.
 
     Differences, all deliberate: a worker that dies mid-task fails exactly
-    its tasks with WorkerLostError instead of hanging the caller; a failing
+    its tasks with WorkerLostError instead of hanging the caller (or, with
+    ``retries=N``, runs each of them again on another worker, up to N times;
+    a task that raises is never run again; per call too); a failing
     initializer breaks the pool with InitializerError instead of respawning
     forever; imap/imap_unordered read their input lazily; terminate() fails
     unfinished results with PoolTerminatedError instead of leaving them
@@ -133,7 +145,7 @@ class Pool(_mp_pool.Pool):
     _wrap_exception = True
 
     def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None):
+                 maxtasksperchild=None, context=None, *, retries=0):
         self._state = None      # __del__ must work if __init__ fails
         self._core = None
         method = _start_method(context)
@@ -146,6 +158,7 @@ class Pool(_mp_pool.Pool):
                 raise ValueError("maxtasksperchild must be a positive int or None")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        self._retries = _check_retries(retries)
         self._processes = processes
         # What multiprocessing's Pool keeps and libraries read.
         self._ctx = multiprocessing.get_context(method)
@@ -191,6 +204,16 @@ class Pool(_mp_pool.Pool):
         return [_Worker(self._core, i, pid)
                 for i, (pid, _, _) in enumerate(self._core.workers())]
 
+    def stats(self):
+        """A snapshot of the pool's tasks and workers (cpool.PoolStats):
+        queued, running, done, failed, lost and retried tasks, and per worker
+        its pid, state, tasks done, seconds busy and idle, how long its
+        current task has run, its resident memory and its slot's respawns.
+        Cheap enough to call in a loop; print() it for a table."""
+        if self._core is None:
+            raise ValueError("Pool not running")
+        return PoolStats._from_core(self._core.stats())
+
     def _repopulate_pool(self):
         """Kept for compatibility: cpool replaces workers by itself."""
 
@@ -204,18 +227,23 @@ class Pool(_mp_pool.Pool):
 
     # -- apply --
 
-    def apply(self, func, args=(), kwds={}):
-        """Call func(*args, **kwds) in a worker and return its result."""
-        return self.apply_async(func, args, kwds).get()
+    def _retries_for(self, retries):
+        return self._retries if retries is None else _check_retries(retries)
+
+    def apply(self, func, args=(), kwds={}, *, retries=None):
+        """Call func(*args, **kwds) in a worker and return its result.
+        retries: as Pool's (None: the pool's)."""
+        return self.apply_async(func, args, kwds, retries=retries).get()
 
     def apply_async(self, func, args=(), kwds={}, callback=None,
-                    error_callback=None):
+                    error_callback=None, *, retries=None):
         """Asynchronous apply: returns an AsyncResult."""
         self._check_running()
+        retries = self._retries_for(retries)
         result = ApplyResult(self._cache, callback, error_callback, self._core)
         try:
             self._core.submit_call(result._job, func, args,
-                                   kwds if type(kwds) is dict else dict(kwds))
+                                   kwds if type(kwds) is dict else dict(kwds), retries)
         except BaseException:
             result._abandon()
             raise
@@ -223,29 +251,31 @@ class Pool(_mp_pool.Pool):
 
     # -- map family --
 
-    def map(self, func, iterable, chunksize=None):
-        """Apply func to each item, in chunks; returns the list of results."""
-        return self._map_async(func, iterable, False, chunksize).get()
+    def map(self, func, iterable, chunksize=None, *, retries=None):
+        """Apply func to each item, in chunks; returns the list of results.
+        retries: as Pool's (None: the pool's); a chunk is what runs again."""
+        return self._map_async(func, iterable, False, chunksize, retries=retries).get()
 
-    def starmap(self, func, iterable, chunksize=None):
+    def starmap(self, func, iterable, chunksize=None, *, retries=None):
         """Like map, but each item is unpacked as func's arguments."""
-        return self._map_async(func, iterable, True, chunksize).get()
+        return self._map_async(func, iterable, True, chunksize, retries=retries).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None,
-                  error_callback=None):
+                  error_callback=None, *, retries=None):
         """Asynchronous map: returns a MapResult."""
         return self._map_async(func, iterable, False, chunksize, callback,
-                               error_callback)
+                               error_callback, retries)
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None,
-                      error_callback=None):
+                      error_callback=None, *, retries=None):
         """Asynchronous starmap: returns a MapResult."""
         return self._map_async(func, iterable, True, chunksize, callback,
-                               error_callback)
+                               error_callback, retries)
 
     def _map_async(self, func, iterable, star, chunksize=None, callback=None,
-                   error_callback=None):
+                   error_callback=None, retries=None):
         self._check_running()
+        retries = self._retries_for(retries)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         n = len(iterable)
@@ -261,27 +291,31 @@ class Pool(_mp_pool.Pool):
             try:
                 blob = self._core.func_blob(func)
                 self._core.submit_chunks(result._job, blob, iterable, chunksize,
-                                         star, 0, True)
+                                         star, 0, True, retries)
             except BaseException:
                 result._abandon()
                 raise
         return result
 
-    def imap(self, func, iterable, chunksize=1, buffersize=None):
+    def imap(self, func, iterable, chunksize=1, buffersize=None, *, retries=None):
         """Like map, but lazy: an iterator of results in input order.
 
         The input is read as the results are consumed.  buffersize (as in
         CPython 3.15): at most that many chunks submitted whose results the
         consumer has not taken.  None: as far ahead as keeps every worker
-        busy, within a bound on the results held (see cpool.imap)."""
-        return self._imap(IMapIterator, func, iterable, chunksize, buffersize)
+        busy, within a bound on the results held (see cpool.imap).  retries:
+        as Pool's (None: the pool's)."""
+        return self._imap(IMapIterator, func, iterable, chunksize, buffersize, retries)
 
-    def imap_unordered(self, func, iterable, chunksize=1, buffersize=None):
+    def imap_unordered(self, func, iterable, chunksize=1, buffersize=None, *,
+                       retries=None):
         """Like imap, but results come in the order they complete."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, buffersize)
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, buffersize,
+                          retries)
 
-    def _imap(self, cls, func, iterable, chunksize, buffersize):
+    def _imap(self, cls, func, iterable, chunksize, buffersize, retries):
         self._check_running()
+        retries = self._retries_for(retries)
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         if buffersize is not None:
@@ -289,7 +323,7 @@ class Pool(_mp_pool.Pool):
                 raise TypeError("buffersize must be an integer or None")
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
-        return cls(self, func, iterable, chunksize, False, buffersize)
+        return cls(self, func, iterable, chunksize, False, buffersize, retries)
 
     # -- life cycle --
 

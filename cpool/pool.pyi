@@ -3,13 +3,14 @@
 cpool.Pool is a multiprocessing.pool.Pool (a subclass, at run time too), so
 it keeps typeshed's generic signatures as they are: ``p.map(f, xs)`` is a
 ``list[T]``, ``p.apply_async(f)`` an ``ApplyResult[T]``, and the types
-revealed are the ones multiprocessing gives.  Only what cpool adds is
-declared here: imap's and imap_unordered's ``buffersize`` (CPython 3.15's).
+revealed are the ones multiprocessing gives.  The methods are declared
+again only for what cpool adds: ``retries`` and ``stats()``, and imap's and
+imap_unordered's ``buffersize`` (CPython 3.15's).
 """
 import multiprocessing.pool as _mp_pool
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.pool import INIT as INIT, ThreadPool as ThreadPool
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from .errors import (
     BrokenPoolError as BrokenPoolError,
@@ -22,12 +23,13 @@ from .errors import (
 )
 from .imap import IMapIterator as IMapIterator, IMapUnorderedIterator as IMapUnorderedIterator
 from .results import ApplyResult as ApplyResult, AsyncResult as AsyncResult, MapResult as MapResult
+from .stats import PoolStats as PoolStats, WorkerStats as WorkerStats
 
 __all__ = [
     "Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "IMapUnorderedIterator", "TimeoutError", "WorkerLostError",
     "BrokenPoolError", "InitializerError", "PoolTerminatedError",
-    "TaskAbortedError", "ResultUnpicklingError",
+    "TaskAbortedError", "ResultUnpicklingError", "PoolStats", "WorkerStats",
 ]
 
 _S = TypeVar("_S")
@@ -39,9 +41,37 @@ TERMINATE: Final = "TERMINATE"
 START_METHODS: Final[tuple[str, ...]]
 
 class Pool(_mp_pool.Pool):
-    # typeshed's imap/imap_unordered, and buffersize.
+    # typeshed's signatures, with what cpool adds: retries= (keyword-only,
+    # per pool and per call) and imap's buffersize (CPython 3.15's).
+    def __init__(self, processes: int | None = None,
+                 initializer: Callable[..., object] | None = None,
+                 initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
+                 context: Any | None = None, *, retries: int = 0) -> None: ...
+    def stats(self) -> PoolStats: ...
+    def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}, *, retries: int | None = None) -> _T: ...
+    def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {},
+                    callback: Callable[[_T], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None, *,
+                    retries: int | None = None) -> _mp_pool.AsyncResult[_T]: ...
+    def map(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+            chunksize: int | None = None, *, retries: int | None = None) -> list[_T]: ...
+    def map_async(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                  chunksize: int | None = None,
+                  callback: Callable[[list[_T]], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None, *,
+                  retries: int | None = None) -> _mp_pool.MapResult[_T]: ...
+    def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None, *, retries: int | None = None) -> list[_T]: ...
+    def starmap_async(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[list[_T]], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None, *,
+                      retries: int | None = None) -> _mp_pool.AsyncResult[list[_T]]: ...
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: int | None = 1,
-             buffersize: int | None = None) -> _mp_pool.IMapIterator[_T]: ...
+             buffersize: int | None = None, *,
+             retries: int | None = None) -> _mp_pool.IMapIterator[_T]: ...
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-                       chunksize: int | None = 1,
-                       buffersize: int | None = None) -> _mp_pool.IMapIterator[_T]: ...
+                       chunksize: int | None = 1, buffersize: int | None = None, *,
+                       retries: int | None = None) -> _mp_pool.IMapIterator[_T]: ...

@@ -55,7 +55,11 @@ static void drain(CoreObject *c, int i)
              * worker does not idle meanwhile. */
             cp_lock_with_gil(c);
             t = cp_sched_answered(&c->sd, i);
-            if (t != NULL) cp_dispatch_locked(c);
+            if (t != NULL) {
+                if (hh.kind == CP_K_OK) c->sd.n_done++;
+                else c->sd.n_failed++;
+                cp_dispatch_locked(c);
+            }
             pthread_mutex_unlock(&c->mu);
             if (t == NULL || t->job != hh.job || t->idx != hh.idx)
                 CP_DEBUG("result %llu/%u out of order on slot %d",

@@ -110,7 +110,7 @@ enum {
     CP_ST_OK = 0,         /* value: the result */
     CP_ST_ERR = 1,        /* value: (exception, traceback text) from the worker */
     CP_ST_LOCAL = 2,      /* value: an exception raised in the parent */
-    CP_ST_LOST = 3,       /* value: (pid, wait status) of the dead worker */
+    CP_ST_LOST = 3,       /* value: (pid, wait status, deaths) of the dead worker */
     CP_ST_TERMINATED = 4, /* value: None */
     CP_ST_INITFAIL = 5,   /* value: the broken pool's (exception, tb, by initializer) */
     CP_ST_UNPICKLE = 6,   /* value: (why, whether it was an error report) */
@@ -333,7 +333,7 @@ typedef struct {
     _Atomic uint32_t state;
     _Atomic int32_t wstatus;   /* waitpid status once DEAD */
     uint32_t pad1;
-    _Atomic uint64_t tasks_done;
+    _Atomic uint64_t tasks_done; /* by this worker (pool.stats() reads these) */
     _Atomic uint64_t current_job;
     _Atomic uint32_t inited;   /* the worker's initializer succeeded */
     uint32_t pad0;
@@ -346,6 +346,12 @@ typedef struct {
      * worker: its successor drops them before it starts (a socket left
      * full of them would refuse every segment sent to the slot). */
     _Atomic uint64_t stale_tag;
+    /* For pool.stats(): when this worker became ready, how long it has run
+     * tasks, and how many workers the template has forked for the slot. */
+    _Atomic int64_t ready_ns;
+    _Atomic uint64_t busy_ns;
+    _Atomic uint32_t spawns;
+    uint32_t pad3;
 } cp_slot;
 
 #define CP_MAGIC 0x63706f6f6cu
@@ -414,6 +420,8 @@ typedef struct cp_task {
     int64_t sent_ns;   /* when it went into a ring */
     int err;           /* errno when it could not be sent */
     int held;          /* a dead worker had taken it: its segment is not ours */
+    uint32_t retries;  /* how often it may be run again after its worker died */
+    uint32_t lost;     /* workers that died running it */
     cp_segref seg;
     size_t len;
     char data[];
@@ -464,6 +472,10 @@ typedef struct {
     uint64_t func_death_job;    /* the last job whose function killed a worker */
     unsigned char *touched, *full; /* dispatch scratch, one per slot */
     uint64_t steals;            /* tasks taken back from a worker's ring */
+    uint64_t retried;           /* tasks sent again after their worker died */
+    uint64_t lost;              /* tasks failed because their worker died */
+    uint64_t n_done, n_failed;  /* tasks answered with a result, with an error
+                                 * (counted by the collector, under the mutex) */
 } cp_sched;
 
 /* 0, or -1 with errno (ENOMEM). */
@@ -492,9 +504,10 @@ CP_HIDDEN int cp_sched_outstanding(const cp_sched *s);
  * `inflight`, every one sent), as one list. */
 CP_HIDDEN cp_task *cp_sched_take_all(cp_sched *s, int inflight);
 /* Slot i's worker died, having consumed its task ring up to `head`: send
- * again (first, in their order) the tasks it never took, and return the
- * ones it held (t->held set when it had taken the record), which the caller
- * fails.  When the last record it consumed was a FUNC record, the first
+ * again (first, in their order) the tasks it never took and the ones it
+ * held that may be retried (t->lost < t->retries; t->lost counts the
+ * deaths), and return the other ones it held (t->held set when it had
+ * taken the record), which the caller fails.  When the last record it consumed was a FUNC record, the first
  * task of that job after it is held too (the function may be what killed
  * it); the second time in a row a job's function does that, all of that
  * job's queued tasks are returned with it. */
@@ -683,10 +696,11 @@ CP_HIDDEN void cp_dispatch_locked(CoreObject *c);
 CP_HIDDEN int cp_enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n);
 /* No task gets in from now on: enqueue refuses under mu. */
 CP_HIDDEN void cp_seal(CoreObject *c, int gil);
-/* apply_async: pickle (func, args, kwds) as task 0 of `job` and queue it.
- * 0, or -1 with the exception (a pickling error raises here). */
+/* apply_async: pickle (func, args, kwds) as task 0 of `job` and queue it,
+ * to be run again up to `retries` times if its worker dies.  0, or -1 with
+ * the exception (a pickling error raises here). */
 CP_HIDDEN int cp_submit_call(CoreObject *c, uint64_t job, PyObject *func, PyObject *args,
-                             PyObject *kwds);
+                             PyObject *kwds, uint32_t retries);
 /* A map-like job's function, pickled once: a capsule for cp_submit_chunks. */
 CP_HIDDEN PyObject *cp_func_blob(CoreObject *c, PyObject *func);
 /* Cut the sequence `items` into chunks, pickle each, and queue them as
@@ -695,7 +709,7 @@ CP_HIDDEN PyObject *cp_func_blob(CoreObject *c, PyObject *func);
  * the exception. */
 CP_HIDDEN Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob,
                                       PyObject *items, Py_ssize_t chunksize, int star,
-                                      uint32_t first, int progressive);
+                                      uint32_t first, int progressive, uint32_t retries);
 
 /* deliver.c */
 /* Hand one outcome to the job's result object: job._set(idx, status, value,
@@ -714,6 +728,12 @@ CP_HIDDEN void cp_fail_all(CoreObject *c, int status, PyObject *value, int infli
 CP_HIDDEN void cp_fail_list(CoreObject *c, cp_task *t, int status, PyObject *value);
 /* Break the pool: (exc, traceback text, 1 if the initializer raised). */
 CP_HIDDEN void cp_set_broken(CoreObject *c, PyObject *exc, PyObject *tb, int init);
+
+/* stats.c */
+/* Resident memory of process pid in bytes (/proc/pid/statm), or -1. */
+CP_HIDDEN int64_t cp_proc_rss(pid_t pid);
+/* pool.stats(): the pool's counters and one dict per worker slot. */
+CP_HIDDEN PyObject *cp_core_stats(CoreObject *c);
 
 /* collect.c */
 /* Wake the collector thread, wherever it sleeps, for work only it does. */

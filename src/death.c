@@ -1,7 +1,7 @@
 /* death.c: a worker died.
  *
- * Fail exactly the tasks it held (with WorkerLostError), send again the ones
- * it never took, hand back the recycled segments it held, close what it
+ * Fail exactly the tasks it held (with WorkerLostError), unless they may be
+ * retried (Pool(retries=)), send again the ones it never took, hand back the recycled segments it held, close what it
  * sent but never posted, and ask the template for a replacement unless the
  * pool is broken or ending.
  */
@@ -81,10 +81,13 @@ void cp_handle_death(CoreObject *c, int i)
     atomic_store(&s->state, respawn ? CP_S_SPAWN_REQ : CP_S_FREE);
     if (respawn) cp_tell_template(c);
 
-    if (held != NULL) {
-        PyObject *info = Py_BuildValue("(ii)", (int)pid, ws);
+    for (cp_task *t = held, *next; t != NULL; t = next) {
+        next = t->next;
+        t->next = NULL;
+        /* (pid, wait status, how many workers died running it) */
+        PyObject *info = Py_BuildValue("(iiI)", (int)pid, ws, t->lost);
         if (info == NULL) PyErr_WriteUnraisable(NULL);
-        cp_fail_list(c, held, CP_ST_LOST, info);
+        cp_fail_list(c, t, CP_ST_LOST, info);
         Py_XDECREF(info);
     }
 }

@@ -221,11 +221,12 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
             nagain++;
         }
     }
+    int doomed = victim != NULL && s->func_death_job == func_job;
     if (victim != NULL) {
         /* Its function killed the worker (or a kill landed in that window:
          * one task pays).  Twice for the same job, the job's queued tasks
          * would kill the next workers the same way: they fail too. */
-        if (s->func_death_job == func_job) {
+        if (doomed) {
             hp = take_job(&s->pend_head, func_job, hp, &moved);
             s->npend -= moved;
             s->pend_tail = NULL;
@@ -235,7 +236,28 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
         }
         s->func_death_job = func_job;
     }
-    if (again != NULL) { /* the ones it never took go first, in their order */
+    /* The held ones that may run again go first, then the ones it never
+     * took, in their order; the others fail. */
+    cp_task *retry = NULL, **rp = &retry;
+    for (cp_task **pp = &held, *t; (t = *pp) != NULL;) {
+        int again_ = t->lost < t->retries && !(doomed && t->job == func_job);
+        t->lost++;
+        if (!again_) {
+            s->lost++;
+            pp = &t->next;
+            continue;
+        }
+        *pp = t->next;
+        t->next = NULL;
+        t->held = 0; /* sent again: a one-shot segment (see submit.c), still ours */
+        *rp = t;
+        rp = &t->next;
+        s->retried++;
+        nagain++;
+    }
+    *rp = again;
+    again = retry;
+    if (again != NULL) {
         cp_task *last = again;
         while (last->next != NULL) last = last->next;
         push_front(s, again, last, nagain);

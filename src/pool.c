@@ -304,18 +304,21 @@ static void Core_dealloc(CoreObject *c)
 static uint64_t job_arg(PyObject *o) { return PyLong_AsUnsignedLongLong(o); }
 
 PyDoc_STRVAR(submit_call_doc,
-             "submit_call($self, job, func, args, kwds)\n--\n\n"
-             "Pickle (func, args, kwds) and queue it as task 0 of `job`.  A pickling\n"
-             "error is raised here, in the caller.");
+             "submit_call($self, job, func, args, kwds, retries=0)\n--\n\n"
+             "Pickle (func, args, kwds) and queue it as task 0 of `job`, to be run\n"
+             "again up to `retries` times if its worker dies.  A pickling error is\n"
+             "raised here, in the caller.");
 
 static PyObject *Core_submit_call(CoreObject *c, PyObject *args)
 {
     PyObject *jobo, *func, *fargs, *kwds;
-    if (!PyArg_ParseTuple(args, "OOOO", &jobo, &func, &fargs, &kwds)) return NULL;
+    unsigned int retries = 0;
+    if (!PyArg_ParseTuple(args, "OOOO|I", &jobo, &func, &fargs, &kwds, &retries))
+        return NULL;
     if (check_owner(c) < 0) return NULL;
     uint64_t job = job_arg(jobo);
     if (PyErr_Occurred()) return NULL;
-    if (cp_submit_call(c, job, func, fargs, kwds) < 0) return NULL;
+    if (cp_submit_call(c, job, func, fargs, kwds, retries) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -332,9 +335,10 @@ static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
 PyDoc_STRVAR(
     submit_chunks_doc,
     "submit_chunks($self, job, func_blob, items, chunksize, star, first_idx, "
-    "progressive)\n--\n\n"
+    "progressive, retries=0)\n--\n\n"
     "Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
-    "queue them as tasks first_idx, first_idx+1, ... of `job`.  A chunk that\n"
+    "queue them as tasks first_idx, first_idx+1, ... of `job` (each run again\n"
+    "up to `retries` times if its worker dies).  A chunk that\n"
     "fails to pickle raises here.  progressive: send them 256 KiB of pickles at\n"
     "a time (batches sent before a failure run anyway); else all or nothing.\n"
     "Returns the number of chunks.");
@@ -344,15 +348,15 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
     PyObject *jobo, *blob, *items;
     Py_ssize_t chunksize;
     int star, progressive;
-    unsigned int first;
-    if (!PyArg_ParseTuple(args, "OOOnpIp", &jobo, &blob, &items, &chunksize, &star,
-                          &first, &progressive))
+    unsigned int first, retries = 0;
+    if (!PyArg_ParseTuple(args, "OOOnpIp|I", &jobo, &blob, &items, &chunksize, &star,
+                          &first, &progressive, &retries))
         return NULL;
     if (check_owner(c) < 0) return NULL;
     uint64_t job = job_arg(jobo);
     if (PyErr_Occurred()) return NULL;
-    Py_ssize_t n =
-        cp_submit_chunks(c, job, blob, items, chunksize, star, first, progressive);
+    Py_ssize_t n = cp_submit_chunks(c, job, blob, items, chunksize, star, first,
+                                    progressive, retries);
     return n < 0 ? NULL : PyLong_FromSsize_t(n);
 }
 
@@ -507,7 +511,17 @@ static PyObject *Core_get_template_pid(CoreObject *c, void *Py_UNUSED(closure))
     return PyLong_FromLong((long)c->tmpl);
 }
 
+PyDoc_STRVAR(stats_doc,
+             "stats($self)\n--\n\n"
+             "A snapshot of the pool's counters: a dict (see cpool.PoolStats).");
+
+static PyObject *Core_stats(CoreObject *c, PyObject *Py_UNUSED(ignored))
+{
+    return cp_core_stats(c);
+}
+
 static PyMethodDef Core_methods[] = {
+    {"stats", (PyCFunction)Core_stats, METH_NOARGS, stats_doc},
     {"submit_call", (PyCFunction)Core_submit_call, METH_VARARGS, submit_call_doc},
     {"func_blob", (PyCFunction)Core_func_blob, METH_O, func_blob_doc},
     {"submit_chunks", (PyCFunction)Core_submit_chunks, METH_VARARGS, submit_chunks_doc},

@@ -52,24 +52,32 @@ static cp_task *task_new(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kin
     return t;
 }
 
-/* Pickle obj into a new task; NULL with the exception.  `wait`: a large
- * one may wait a little for a recycled segment (a map's chunks: see shm.c). */
+/* Pickle obj into a new task that may run `retries` more times if its
+ * worker dies; NULL with the exception.  `wait`: a large one may wait a
+ * little for a recycled segment (a map's chunks: see shm.c).  A task that
+ * may run again keeps its payload: a large one goes into a one-shot
+ * segment, whose descriptor the parent keeps (a recycled one is the next
+ * task's once the worker has loaded it). */
 static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
-                          cp_blob *func, PyObject *obj, int wait)
+                          cp_blob *func, PyObject *obj, int wait, uint32_t retries)
 {
     if (c->sealed) { /* racy read, an early refusal only: enqueue decides */
         PyErr_SetString(PyExc_ValueError, "Pool not running");
         return NULL;
     }
     cp_packed pk;
-    cp_segdest dest = {.recy = c->ctl->task_recy,
-                       .nrecy = CP_RECY_TASKS,
-                       .wait = wait,
-                       .maps = c->task_maps,
-                       .fds = c->task_fds};
+    cp_segdest dest = {0}; /* one-shot */
+    if (retries == 0)
+        dest = (cp_segdest){.recy = c->ctl->task_recy,
+                            .nrecy = CP_RECY_TASKS,
+                            .wait = wait,
+                            .maps = c->task_maps,
+                            .fds = c->task_fds};
     if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
         return NULL;
-    return task_new(c, job, idx, kind, func, &pk);
+    cp_task *t = task_new(c, job, idx, kind, func, &pk);
+    if (t != NULL) t->retries = retries;
+    return t;
 }
 
 /* ---- queueing ----------------------------------------------------------- */
@@ -120,11 +128,11 @@ void cp_seal(CoreObject *c, int gil)
 /* ---- the submit calls ----------------------------------------------------- */
 
 int cp_submit_call(CoreObject *c, uint64_t job, PyObject *func, PyObject *args,
-                   PyObject *kwds)
+                   PyObject *kwds, uint32_t retries)
 {
     PyObject *t = PyTuple_Pack(3, func, args, kwds);
     if (t == NULL) return -1;
-    cp_task *task = task_pack(c, job, 0, CP_K_CALL, NULL, t, 0);
+    cp_task *task = task_pack(c, job, 0, CP_K_CALL, NULL, t, 0, retries);
     Py_DECREF(t);
     if (task == NULL) return -1;
     return cp_enqueue(c, task, task, 1);
@@ -156,7 +164,7 @@ PyObject *cp_func_blob(CoreObject *c, PyObject *func)
 
 Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObject *items,
                             Py_ssize_t chunksize, int star, uint32_t first,
-                            int progressive)
+                            int progressive, uint32_t retries)
 {
     cp_blob *func = PyCapsule_GetPointer(blob, "cpool.func");
     if (func == NULL) return -1;
@@ -187,8 +195,8 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
             Py_INCREF(x);
             PyList_SET_ITEM(chunk, k - lo, x);
         }
-        cp_task *t =
-            task_pack(c, job, first + (uint32_t)count, kind, func, chunk, progressive);
+        cp_task *t = task_pack(c, job, first + (uint32_t)count, kind, func, chunk,
+                               progressive, retries);
         Py_DECREF(chunk);
         if (t == NULL) goto error;
         if (tail) tail->next = t;

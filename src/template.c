@@ -66,6 +66,7 @@ static void spawn_requested(cp_ctl *ctl, cp_spawn_fn spawn, void *arg)
             continue;
         }
         atomic_store(&s->pid, pid);
+        atomic_fetch_add(&s->spawns, 1);
         /* The worker may have become READY already: only move forward. */
         uint32_t want = CP_S_SPAWN_REQ;
         atomic_compare_exchange_strong(&s->state, &want, CP_S_SPAWNED);

@@ -334,6 +334,9 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
     }
     cp_drop_fds_upto(w.sock, atomic_load(&w.slot->stale_tag)); /* a predecessor's */
     atomic_store(&w.slot->inited, 1);
+    atomic_store(&w.slot->tasks_done, 0);
+    atomic_store(&w.slot->busy_ns, 0);
+    atomic_store(&w.slot->ready_ns, cp_now_ns());
     atomic_store(&w.slot->state, CP_S_READY);
 
     uint64_t done = 0;
@@ -356,7 +359,8 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
             Py_DECREF(res);
         }
         atomic_store(&w.slot->current_job, 0);
-        atomic_store(&w.slot->started_ns, 0);
+        int64_t started = atomic_exchange(&w.slot->started_ns, 0);
+        atomic_fetch_add(&w.slot->busy_ns, (uint64_t)(cp_now_ns() - started));
         atomic_fetch_add(&w.slot->tasks_done, 1);
         if (cfg->maxtasks && ++done >= cfg->maxtasks) break;
     }

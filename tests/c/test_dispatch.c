@@ -1110,6 +1110,51 @@ TEST(worker_lost_holds_what_it_took_and_requeues_the_rest_first)
     fx_close(&f);
 }
 
+TEST(a_task_that_may_run_again_goes_first_until_its_retries_are_spent)
+{
+    fx f;
+    fx_open(&f, 1, 4096, 0);
+    f.s.task_ns = 1000;
+    cp_task *a = task_new(1, 0, 32, NULL), *b = seg_task_new(1, 1, 2000, NULL);
+    a->retries = 1;
+    b->retries = 2;
+    push(&f, a);
+    push(&f, b);
+    push_range(&f, 1, 2, 3, 32, NULL); /* 1.2: no retries, never taken */
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0 1.1 1.2");
+    CHECK_TAKE(&f, 0, 2, "1.0 1.1+");
+    /* Both taken, both may run again: nothing held, they go first. */
+    CHECK(cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0))) == NULL);
+    CHECK_PENDING(&f, "1.0 1.1 1.2");
+    CHECK_EQ(a->lost, 1);
+    CHECK_EQ(a->held, 0);
+    CHECK_EQ(f.s.retried, 2);
+    reset_slot(&f, 0);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_TAKE(&f, 0, 2, "1.0 1.1+"); /* the segment comes again */
+    /* 1.0's one retry is spent: held; 1.1 goes again. */
+    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    CHECK_LIST(held, "1.0");
+    CHECK_EQ(held->lost, 2);
+    CHECK_EQ(held->held, 1);
+    cp_free_list(f.ctl, held);
+    CHECK_PENDING(&f, "1.1 1.2");
+    CHECK_EQ(f.s.retried, 3);
+    CHECK_EQ(f.s.lost, 1);
+    reset_slot(&f, 0);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_TAKE(&f, 0, 1, "1.1+");
+    held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    CHECK_LIST(held, "1.1");
+    CHECK_EQ(held->lost, 3);
+    cp_free_list(f.ctl, held);
+    CHECK_PENDING(&f, "1.2");
+    CHECK_EQ(f.s.lost, 2);
+    reset_slot(&f, 0);
+    fx_close(&f);
+}
+
 TEST(a_function_that_kills_its_worker_fails_one_task_then_its_job)
 {
     fx f;

@@ -1,0 +1,112 @@
+/* stats.c: a snapshot of a pool's counters, for pool.stats().
+ *
+ * The counters cost nothing worth measuring where they are kept: a worker
+ * adds to its slot in the control segment as it finishes each task (tasks
+ * done, time busy), the template counts the workers it forks for a slot,
+ * and the parent's queue (cp_sched, under its mutex) counts what it
+ * queued, sent again and failed.  Nothing polls: a snapshot reads them, and
+ * each live worker's resident memory from /proc.
+ */
+#define CP_NEED_PYTHON
+#include "cpool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+int64_t cp_proc_rss(pid_t pid)
+{
+    char path[64], buf[128];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    int fd;
+    do fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) return -1;
+    ssize_t n;
+    do n = read(fd, buf, sizeof buf - 1);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    unsigned long long size, resident;
+    if (sscanf(buf, "%llu %llu", &size, &resident) != 2) return -1;
+    long page = sysconf(_SC_PAGESIZE);
+    return (int64_t)resident * (page > 0 ? page : 4096);
+}
+
+static const char *state_name(uint32_t st)
+{
+    switch (st) {
+        case CP_S_SPAWN_REQ:
+        case CP_S_SPAWNED: return "starting";
+        case CP_S_READY: return "ready";
+        case CP_S_DEAD: return "dead";
+        default: return "none";
+    }
+}
+
+static double seconds(int64_t ns) { return ns > 0 ? (double)ns / 1e9 : 0.0; }
+
+/* One worker slot as a dict (see cpool.WorkerStats). */
+static PyObject *slot_stats(CoreObject *c, int i, int64_t now, int *running)
+{
+    cp_slot *s = &c->ctl->slots[i];
+    uint32_t st = atomic_load(&s->state);
+    pid_t pid = atomic_load(&s->pid);
+    uint32_t spawns = atomic_load(&s->spawns);
+    int ready = st == CP_S_READY;
+    int64_t started = ready ? atomic_load(&s->started_ns) : 0;
+    int64_t born = ready ? atomic_load(&s->ready_ns) : 0;
+    int64_t busy = ready ? (int64_t)atomic_load(&s->busy_ns) : 0;
+    int64_t current = started > 0 && now > started ? now - started : 0;
+    int64_t idle = born > 0 ? now - born - busy - current : 0;
+    int64_t rss = pid > 0 && st != CP_S_DEAD ? cp_proc_rss(pid) : -1;
+    *running += started > 0;
+    PyObject *cur =
+        started > 0 ? PyFloat_FromDouble(seconds(current)) : Py_NewRef(Py_None);
+    PyObject *mem = rss >= 0 ? PyLong_FromLongLong(rss) : Py_NewRef(Py_None);
+    PyObject *pido = pid > 0 ? PyLong_FromLong(pid) : Py_NewRef(Py_None);
+    if (cur == NULL || mem == NULL || pido == NULL) {
+        Py_XDECREF(cur);
+        Py_XDECREF(mem);
+        Py_XDECREF(pido);
+        return NULL;
+    }
+    return Py_BuildValue("{s:i,s:N,s:s,s:K,s:d,s:d,s:N,s:N,s:I}", "slot", i, "pid", pido,
+                         "state", state_name(st), "tasks_done",
+                         (unsigned long long)(ready ? atomic_load(&s->tasks_done) : 0),
+                         "busy", seconds(busy), "idle", seconds(idle > 0 ? idle : 0),
+                         "current", cur, "rss", mem, "respawns",
+                         spawns > 0 ? spawns - 1 : 0);
+}
+
+PyObject *cp_core_stats(CoreObject *c)
+{
+    int64_t now = cp_now_ns();
+    PyObject *workers = PyList_New(c->n);
+    if (workers == NULL) return NULL;
+    int running = 0;
+    for (int i = 0; i < c->n; i++) {
+        PyObject *w = slot_stats(c, i, now, &running);
+        if (w == NULL) {
+            Py_DECREF(workers);
+            return NULL;
+        }
+        PyList_SET_ITEM(workers, i, w);
+    }
+    cp_lock_with_gil(c);
+    cp_sched *s = &c->sd;
+    unsigned long long sent = 0;
+    for (int i = 0; i < s->n; i++) sent += (unsigned)s->ws[i].n;
+    /* queued: not yet started, in the parent's queue or in a worker's ring */
+    unsigned long long queued =
+                           s->npend + (sent > (unsigned)running ? sent - running : 0),
+                       done = s->n_done, failed = s->n_failed, lost = s->lost,
+                       retried = s->retried, steals = s->steals;
+    pthread_mutex_unlock(&c->mu);
+    return Py_BuildValue("{s:K,s:i,s:K,s:K,s:K,s:K,s:K,s:N}", "queued", queued, "running",
+                         running, "done", done, "failed", failed, "lost", lost, "retried",
+                         retried, "steals", steals, "workers", workers);
+}
