@@ -23,6 +23,7 @@ SOURCES = [
     "src/collect.c",   # the parent: draining results, the collector thread, the token
     "src/deliver.c",   # the parent: outcomes into the Python result objects
     "src/death.c",     # the parent: a worker died (held tasks, resends, respawn)
+    "src/limits.c",    # the parent: the watch over running tasks' memory caps
     "src/stats.c",     # the parent: pool.stats(), a snapshot of the counters
     "src/template.c",  # the template process: forks and reaps the workers
     "src/spawn.c",     # the template as a fresh interpreter (spawn, forkserver)

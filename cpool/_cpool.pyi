@@ -55,6 +55,8 @@ class Core:
         bootstrap: Callable[[int], object],
         pack_error: Callable[..., bytes],
         spawn: Optional[Tuple[str, Sequence[str], Sequence[int]]] = ...,
+        *,
+        max_rss: int = ...,
     ) -> "Core": ...
     def submit_call(self, job: int, func: Callable[..., Any], args: Any,
                     kwds: Dict[str, Any], retries: int = 0) -> None: ...

@@ -110,8 +110,10 @@ def _outcome(job, idx, status, value):
     if status == ST_LOCAL:
         return False, value
     if status == ST_LOST:
-        pid, wstatus, deaths = value
+        pid, wstatus, deaths, why = value
         exitcode, sig, words = _describe_status(wstatus)
+        if why is not None:
+            words = why
         tries = f" (run {deaths} times: each time its worker died)" if deaths > 1 else ""
         return False, WorkerLostError(
             f"worker {pid} {words} while running task {idx} of job {job}{tries}",

@@ -115,7 +115,13 @@ class Pool(_mp_pool.Pool):
     Differences, all deliberate: a worker that dies mid-task fails exactly
     its tasks with WorkerLostError instead of hanging the caller (or, with
     ``retries=N``, runs each of them again on another worker, up to N times;
-    a task that raises is never run again; per call too); a failing
+    a task that raises is never run again; per call too); with
+    ``max_memory_per_child=`` (bytes), a worker whose resident memory is
+    over it after a task is replaced before its next one, and one that grows
+    past twice it during a task is killed (that task fails with
+    WorkerLostError saying so, or runs again with retries; resident memory
+    is the worker's RSS, which with fork counts the pages it still shares
+    with the parent as it was when the pool started); a failing
     initializer breaks the pool with InitializerError instead of respawning
     forever; imap/imap_unordered read their input lazily; terminate() fails
     unfinished results with PoolTerminatedError instead of leaving them
@@ -145,7 +151,8 @@ class Pool(_mp_pool.Pool):
     _wrap_exception = True
 
     def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None, *, retries=0):
+                 maxtasksperchild=None, context=None, *, retries=0,
+                 max_memory_per_child=None):
         self._state = None      # __del__ must work if __init__ fails
         self._core = None
         method = _start_method(context)
@@ -159,6 +166,14 @@ class Pool(_mp_pool.Pool):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._retries = _check_retries(retries)
+        if max_memory_per_child is not None:
+            if (not isinstance(max_memory_per_child, int) or
+                    isinstance(max_memory_per_child, bool)):
+                raise TypeError("max_memory_per_child must be an int (bytes) or None")
+            if max_memory_per_child <= 0:
+                raise ValueError("max_memory_per_child must be a positive number of "
+                                 "bytes or None")
+        self._max_memory_per_child = max_memory_per_child
         self._processes = processes
         # What multiprocessing's Pool keeps and libraries read.
         self._ctx = multiprocessing.get_context(method)
@@ -177,7 +192,8 @@ class Pool(_mp_pool.Pool):
         try:
             self._core = _cpool.Core(processes, maxtasksperchild or 0, initializer,
                                      tuple(initargs), self._cache, _worker_bootstrap,
-                                     _pack_error, spawn)
+                                     _pack_error, spawn,
+                                     max_rss=max_memory_per_child or 0)
         finally:
             if spawn is not None:
                 _template.spawn_done(spawn)

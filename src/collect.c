@@ -418,6 +418,7 @@ void *cp_collector_main(void *arg)
             cp_await_token(c, -1);
             continue;
         }
+        cp_check_limits(c);
         int r = collect_round(c);
         if (r < 0) break; /* the token stays taken: nobody collects any more */
         cp_give_token(c, 0);
@@ -434,9 +435,12 @@ void *cp_collector_main(void *arg)
         for (int i = 0; i < c->n; i++)
             if (atomic_load(&c->ctl->slots[i].state) != CP_S_FREE) alive = 1;
         int64_t nap = alive ? CP_WATCHDOG_NS : -1, steal = steal_nap(c);
+        int64_t limits = cp_limits_nap(c);
         if (steal >= 0 && (nap < 0 || steal < nap)) nap = steal;
+        if (limits >= 0 && (nap < 0 || limits < nap)) nap = limits;
         int rc = cp_event_sleep(&c->ctl->results, seen, nap);
         if (steal >= 0) redispatch(c);
+        cp_check_limits(c);
         if (rc == ETIMEDOUT) cp_check_template(c);
     }
     cp_delivering = NULL;
@@ -476,6 +480,7 @@ PyObject *cp_collect_waiting(CoreObject *c, int64_t left)
     int64_t slept = 0;
     PyObject *ret = NULL;
     for (;;) {
+        cp_check_limits(c);
         if (cp_collector_owed(c)) {
             /* Its work first (deferred deliveries come before any later
              * one; a closing pool's end is its to see): it takes over, and
@@ -499,13 +504,15 @@ PyObject *cp_collect_waiting(CoreObject *c, int64_t left)
         int rc = 0;
         Py_BEGIN_ALLOW_THREADS
         if (!cp_spin_until(ring_news_pred, c)) {
-            int64_t steal = steal_nap(c);
+            int64_t steal = steal_nap(c), limits = cp_limits_nap(c);
             if (steal >= 0 && steal < slice) slice = steal;
+            if (limits >= 0 && limits < slice) slice = limits;
             uint32_t seen = cp_event_prepare(&c->ctl->results);
             if (cp_ring_news(c) || cp_collector_owed(c))
                 cp_event_cancel(&c->ctl->results);
             else rc = cp_event_sleep(&c->ctl->results, seen, slice);
             if (steal >= 0) redispatch(c);
+            cp_check_limits(c);
         }
         Py_END_ALLOW_THREADS
         if (rc == ETIMEDOUT && (slept += slice) >= CP_WATCHDOG_NS) {

@@ -274,6 +274,8 @@ CP_HIDDEN const char *cp_seg_check(int fd, uint64_t ino, uint64_t size);
 /* Open the descriptor `fd` of process `pid` (/proc/<pid>/fd/<fd>): a
  * descriptor, or -1 with errno. */
 CP_HIDDEN int cp_open_proc_fd(pid_t pid, int fd, int flags);
+/* Resident memory of process pid in bytes (/proc/<pid>/statm), or -1. */
+CP_HIDDEN int64_t cp_proc_rss(pid_t pid);
 /* Segments change hands over a worker slot's socketpair (AF_UNIX datagrams,
  * SCM_RIGHTS): one message per record, sent before the record is put, in
  * ring order, tagged as the record's cp_segref.  Make one (close-on-exec;
@@ -367,6 +369,10 @@ typedef struct {
     _Atomic int32_t tmpl_pid;
     int32_t parent_pid;
     int32_t pad2;
+    /* Pool(max_memory_per_child=): a worker above it after a task leaves
+     * (and is replaced); one above twice it during a task is killed by the
+     * parent (limits.c).  0: none. */
+    uint64_t max_rss;
     cp_recy task_recy[CP_RECY_TASKS];
     cp_slot slots[];
 } cp_ctl;
@@ -668,6 +674,11 @@ typedef struct CoreObject {
                                  * with callbacks, for the collector thread */
     pthread_t thread;
     PyThreadState *cts;         /* the collector's, while it runs without the GIL */
+    struct cp_kill {            /* limits.c killed slot i's worker, pid */
+        _Atomic int32_t pid;
+        _Atomic int64_t rss;    /* ...because its memory was this */
+    } *kills;
+    _Atomic int64_t limits_due; /* when cp_check_limits looks next */
     int stopping;               /* collector: STOP records sent */
     int sealed;                 /* (mu) no more tasks: the pool is ending */
 } CoreObject;
@@ -729,9 +740,18 @@ CP_HIDDEN void cp_fail_list(CoreObject *c, cp_task *t, int status, PyObject *val
 /* Break the pool: (exc, traceback text, 1 if the initializer raised). */
 CP_HIDDEN void cp_set_broken(CoreObject *c, PyObject *exc, PyObject *tb, int init);
 
+/* limits.c */
+/* How long whoever sleeps for results may sleep before cp_check_limits is
+ * due (<0: no limit to watch). */
+CP_HIDDEN int64_t cp_limits_nap(CoreObject *c);
+/* Kill the workers over their limits, if a look is due (cheap when not;
+ * no GIL). */
+CP_HIDDEN void cp_check_limits(CoreObject *c);
+/* Why slot i's worker `pid` died, if limits.c killed it: the words after
+ * "worker <pid> " (a new str), else None. */
+CP_HIDDEN PyObject *cp_kill_reason(CoreObject *c, int i, pid_t pid);
+
 /* stats.c */
-/* Resident memory of process pid in bytes (/proc/pid/statm), or -1. */
-CP_HIDDEN int64_t cp_proc_rss(pid_t pid);
 /* pool.stats(): the pool's counters and one dict per worker slot. */
 CP_HIDDEN PyObject *cp_core_stats(CoreObject *c);
 

@@ -81,13 +81,19 @@ void cp_handle_death(CoreObject *c, int i)
     atomic_store(&s->state, respawn ? CP_S_SPAWN_REQ : CP_S_FREE);
     if (respawn) cp_tell_template(c);
 
+    PyObject *why = cp_kill_reason(c, i, pid);
+    if (why == NULL) {
+        PyErr_WriteUnraisable(NULL);
+        why = Py_NewRef(Py_None);
+    }
     for (cp_task *t = held, *next; t != NULL; t = next) {
         next = t->next;
         t->next = NULL;
-        /* (pid, wait status, how many workers died running it) */
-        PyObject *info = Py_BuildValue("(iiI)", (int)pid, ws, t->lost);
+        /* (pid, wait status, how many workers died running it, why) */
+        PyObject *info = Py_BuildValue("(iiIO)", (int)pid, ws, t->lost, why);
         if (info == NULL) PyErr_WriteUnraisable(NULL);
         cp_fail_list(c, t, CP_ST_LOST, info);
         Py_XDECREF(info);
     }
+    Py_DECREF(why);
 }

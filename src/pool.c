@@ -102,16 +102,16 @@ static void close_socks(int *socks, int n)
 
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"processes",  "maxtasks", "initializer",
-                             "initargs",   "cache",    "bootstrap",
-                             "pack_error", "spawn",    NULL};
+    static char *kwlist[] = {"processes", "maxtasks",  "initializer", "initargs",
+                             "cache",     "bootstrap", "pack_error",  "spawn",
+                             "max_rss",   NULL};
     int n;
-    unsigned long long maxtasks;
+    unsigned long long maxtasks, max_rss = 0;
     PyObject *init, *initargs, *cache, *bootstrap, *pack_error, *spawn = Py_None;
     int ctl_fd = -1; /* the control segment's memfd, kept for an exec'ed template */
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOO!O!OO|O", kwlist, &n, &maxtasks,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOO!O!OO|O$K", kwlist, &n, &maxtasks,
                                      &init, &PyTuple_Type, &initargs, &PyDict_Type,
-                                     &cache, &bootstrap, &pack_error, &spawn))
+                                     &cache, &bootstrap, &pack_error, &spawn, &max_rss))
         return NULL;
     if (n < 1) {
         PyErr_SetString(PyExc_ValueError, "Number of processes must be at least 1");
@@ -136,7 +136,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->deferred = PyList_New(0);
     if (c->deferred == NULL) goto error;
     c->res_maps = calloc((size_t)n * CP_RECY_RESULTS, sizeof *c->res_maps);
-    if (c->res_maps == NULL) {
+    c->kills = calloc((size_t)n, sizeof *c->kills);
+    if (c->res_maps == NULL || c->kills == NULL) {
         PyErr_NoMemory();
         goto error;
     }
@@ -146,6 +147,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         goto error;
     }
     c->ctl->parent_pid = c->owner;
+    c->ctl->max_rss = max_rss;
     c->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (c->evfd < 0) {
         cp_oserror("eventfd");
@@ -296,6 +298,7 @@ static void Core_dealloc(CoreObject *c)
     free(c->wsock);
     cp_sched_fini(&c->sd, 0); /* what is left: a forked child's copy */
     free(c->res_maps);
+    free(c->kills);
     Py_CLEAR(c->module);
     tp->tp_free(c);
     Py_DECREF(tp);
@@ -550,12 +553,13 @@ static PyGetSetDef Core_getset[] = {
 PyDoc_STRVAR(
     Core_doc,
     "Core(processes, maxtasks, initializer, initargs, cache, bootstrap, pack_error,\n"
-    "     spawn=None)\n"
+    "     spawn=None, *, max_rss=0)\n"
     "--\n\n"
     "The machinery of one pool: its template process, its workers, its rings\n"
     "and its collector thread.  cpool.Pool is the public face.  spawn: None to\n"
     "fork the template, or (executable, argv, fds) from cpool._template to exec\n"
-    "it as a fresh interpreter.");
+    "it as a fresh interpreter.  max_rss: the bytes of resident memory a worker\n"
+    "may keep after a task (Pool's max_memory_per_child); 0: no cap.");
 
 static PyType_Slot Core_slots[] = {
     {Py_tp_new, Core_new},           {Py_tp_dealloc, Core_dealloc},

@@ -174,6 +174,28 @@ int cp_open_proc_fd(pid_t pid, int fd, int flags)
     return nfd;
 }
 
+int64_t cp_proc_rss(pid_t pid)
+{
+    char path[64], buf[128];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    int fd;
+    do {
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) return -1;
+    ssize_t n;
+    do {
+        n = read(fd, buf, sizeof buf - 1);
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    unsigned long long size, resident;
+    if (sscanf(buf, "%llu %llu", &size, &resident) != 2) return -1;
+    long page = sysconf(_SC_PAGESIZE);
+    return (int64_t)resident * (page > 0 ? page : 4096);
+}
+
 /* ---- handing segments over ------------------------------------------------- */
 
 int cp_socketpair(int sv[2])

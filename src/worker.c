@@ -6,7 +6,8 @@
  * user's function, pickling, and (on errors only) formatting a traceback
  * through the package's pack_error helper.  The GIL is released around every
  * wait.  A worker leaves only through _exit(): after a STOP record, after
- * maxtasksperchild tasks, or after its initializer failed.
+ * maxtasksperchild tasks, after a task that left it over the memory cap, or
+ * after its initializer failed.
  */
 #define CP_NEED_PYTHON
 #include "cpool.h"
@@ -363,6 +364,10 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
         atomic_fetch_add(&w.slot->busy_ns, (uint64_t)(cp_now_ns() - started));
         atomic_fetch_add(&w.slot->tasks_done, 1);
         if (cfg->maxtasks && ++done >= cfg->maxtasks) break;
+        /* Over the memory cap: that task's result is posted; leave before
+         * the next (the parent sends what we never took to another). */
+        uint64_t cap = w.ctl->max_rss;
+        if (cap && cp_proc_rss(getpid()) > (int64_t)cap) break;
     }
     leave(0);
 }

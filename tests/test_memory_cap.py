@@ -1,0 +1,111 @@
+"""max_memory_per_child=: a worker over the cap after a task finishes it
+normally and is replaced before its next one; one that grows past twice the
+cap during a task is killed, and that task fails with a WorkerLostError that
+names the cap (or runs again, with retries=)."""
+import os
+import time
+
+import pytest
+
+import cpool
+from conftest import run_scenario
+
+MiB = 1 << 20
+CAP = 100 * MiB
+
+_kept = []
+
+
+def keep(mib):
+    """Grow by `mib` MiB that stay after the task; the worker's pid."""
+    _kept.append(bytearray(mib * MiB))
+    return os.getpid()
+
+
+def balloon(mib, runs=None):
+    """Grow to `mib` MiB within the task, a MiB at a time (the first run
+    only, when `runs` counts them); the size reached."""
+    if runs is not None:
+        with runs.get_lock():
+            runs.value += 1
+            if runs.value > 1:
+                return 0
+    b = bytearray()
+    for _ in range(mib):
+        b += bytearray(MiB)
+        time.sleep(0.001)
+    return len(b)
+
+
+# Resident memory counts what a forked worker shares with its parent: the
+# scenarios run in fresh interpreters, whose workers start small whatever
+# the size of the test process.
+SCENARIO_HEAD = """
+import os, sys
+sys.path.insert(0, %r)
+import cpool
+from test_memory_cap import CAP, MiB, balloon, keep
+if __name__ == "__main__":
+""" % os.path.dirname(os.path.abspath(__file__))
+
+
+def scenario(body, method, tmp_path):
+    import textwrap
+    return run_scenario(SCENARIO_HEAD + textwrap.indent(textwrap.dedent(body), "    "),
+                        method=method, tmp_path=tmp_path, timeout=50)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_over_the_cap_after_a_task(method, tmp_path):
+    scenario("""
+        with cpool.Pool(1, context={method}, max_memory_per_child=CAP) as pool:
+            first = pool.apply(keep, (10,))
+            assert pool.apply(keep, (10,)) == first          # under the cap: the same
+            assert pool.apply(keep, (CAP // MiB,)) == first  # its result arrives...
+            assert pool.apply(keep, (1,)) != first           # ...then a new worker
+            s = pool.stats()
+            assert s.workers[0].respawns == 1 and s.lost == 0 and s.failed == 0, s
+    """, method, tmp_path)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_past_twice_the_cap_during_a_task(method, tmp_path):
+    scenario("""
+        with cpool.Pool(2, context={method}, max_memory_per_child=CAP) as pool:
+            try:
+                pool.apply(balloon, (3 * CAP // MiB,))
+            except cpool.WorkerLostError as e:
+                assert "killed by cpool" in str(e) and "max_memory_per_child" in str(e), e
+                assert e.signal == 9
+            else:
+                raise AssertionError("no WorkerLostError")
+            assert pool.map(abs, range(-4, 0)) == [4, 3, 2, 1]
+            assert pool.apply(balloon, (20,)) == 20 * MiB    # under the cap: fine
+            runs = cpool.Value("i", 0)
+            assert pool.apply(balloon, (3 * CAP // MiB, runs), retries=1) == 0
+            assert runs.value == 2
+            s = pool.stats()
+            assert s.lost == 1 and s.retried == 1, s
+    """, method, tmp_path)
+
+
+def test_tasks_queued_behind_a_worker_that_leaves_are_not_lost(tmp_path):
+    scenario("""
+        with cpool.Pool(2, max_memory_per_child=40 * MiB) as pool:
+            sizes = [30 if i % 7 == 0 else 0 for i in range(60)]
+            pids = pool.map(keep, sizes, chunksize=1)
+            assert len(pids) == 60 and len(set(pids)) > 2    # workers were replaced
+            s = pool.stats()
+            assert s.done == 60 and s.lost == 0 and s.failed == 0, s
+            assert sum(w.respawns for w in s.workers) >= 4, s
+    """, "fork", tmp_path)
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError),
+                                        ("1", TypeError), (True, TypeError),
+                                        (1.5, TypeError)])
+def test_bad_caps_are_clear_errors(bad, error):
+    with pytest.raises(error, match="max_memory_per_child"):
+        cpool.Pool(1, max_memory_per_child=bad)
+    with cpool.Pool(1, max_memory_per_child=None) as pool:
+        assert pool.apply(abs, (-2,)) == 2
