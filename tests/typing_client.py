@@ -94,7 +94,8 @@ class MyPool(cpool.Pool):
 
 def the_pool() -> None:
     pool = cpool.Pool(processes=2, initializer=init, initargs=("ready",),
-                      maxtasksperchild=1000, context="fork")
+                      maxtasksperchild=1000, context="fork", retries=1,
+                      max_memory_per_child=1 << 30)
     assert_type(pool, cpool.Pool)
     assert isinstance(pool, multiprocessing.pool.Pool)
     with pool as p:
@@ -138,6 +139,16 @@ def the_pool() -> None:
         un = p.imap_unordered(square, iter(range(5)), 1, buffersize=4)
         assert sorted(un) == [0, 1, 4, 9, 16]
         assert [x for x in p.imap(square, [])] == []
+
+        # what cpool adds: retries, stats
+        assert_type(p.apply(square, (2,), retries=1), int)
+        assert p.map(square, [1, 2], retries=0) == [1, 4]
+        assert list(p.imap_unordered(square, [3], retries=2)) == [9]
+        stats = p.stats()
+        assert_type(stats, cpool.PoolStats)
+        assert_type(stats.workers[0], cpool.WorkerStats)
+        assert_type(stats.workers[0].rss, "int | None")
+        assert stats.done > 0 and str(stats).startswith("tasks:")
 
         slow = p.apply_async(time.sleep, (0.5,))
         try:
