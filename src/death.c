@@ -1,7 +1,8 @@
 /* death.c: a worker died.
  *
- * Fail exactly the tasks it held (with WorkerLostError), unless they may be
- * retried (Pool(retries=)), send again the ones it never took, hand back the recycled segments it held, close what it
+ * Fail exactly the tasks it held (with WorkerLostError, saying why when
+ * limits.c killed it), unless they may run again (retries=); send again the
+ * ones it never took, hand back the recycled segments it held, close what it
  * sent but never posted, and ask the template for a replacement unless the
  * pool is broken or ending.
  */
