@@ -348,3 +348,69 @@ class IMapUnorderedIterator(IMapIterator, _mp_pool.IMapUnorderedIterator):
     """The iterator of imap_unordered: results in completion order."""
 
     _ordered = False
+
+
+class _WithProgress:
+    """What an imap iterator called with progress= adds (see
+    cpool._progress): it counts the items of each chunk delivered, in the
+    delivering thread, and shows the count.  Classes of their own, so that
+    an imap without progress= pays nothing for it.  A chunk counts once its
+    outcome is in, whether its items succeeded or failed; not when the pool
+    was terminated first, nor an error of the input (no items).  A bar ends
+    when every result has arrived, when next() raises anything but
+    TimeoutError (the end of the iteration, a task's error, a Ctrl-C), or
+    when the pool is terminated."""
+
+    def __init__(self, pool, func, iterable, chunksize, star, buffersize, retries,
+                 progress):
+        self._progress = progress
+        self._read = 0          # chunks read from the input (submitted or not)
+        self._short = (-1, 0)   # (index, items) of the short last chunk
+        super().__init__(pool, func, iterable, chunksize, star, buffersize, retries)
+
+    def _submit(self, chunks):
+        n = len(chunks[-1])
+        if n < self._chunksize:
+            self._short = (self._submitted + len(chunks) - 1, n)
+        self._read = self._submitted + len(chunks)
+        return super()._submit(chunks)
+
+    def _set(self, idx, status, value, nbytes=0, _local=False):
+        if status == ST_OK:
+            k = len(value)
+        elif status == ST_TERMINATED or idx >= self._read:
+            k = 0
+        else:
+            k = self._short[1] if idx == self._short[0] else self._chunksize
+        p = self._progress
+        # Counted once, in call-free steps, as IMapIterator._set stores (a
+        # repeated delivery after a Ctrl-C: see ApplyResult._set).
+        if _local or idx != p.last:
+            if not _local:
+                p.last = idx
+            p.done += k
+        super()._set(idx, status, value, nbytes, _local)
+        p.show(final=self._length is not None and self._delivered >= self._length)
+
+    def next(self, timeout=None):
+        try:
+            return super().next(timeout)
+        except TimeoutError:
+            raise
+        except BaseException:
+            self._progress.end()
+            raise
+
+    __next__ = next
+
+    def _stop(self):
+        super()._stop()
+        self._progress.end()
+
+
+class _IMapIteratorWithProgress(_WithProgress, IMapIterator):
+    pass
+
+
+class _IMapUnorderedIteratorWithProgress(_WithProgress, IMapUnorderedIterator):
+    pass

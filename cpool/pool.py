@@ -12,13 +12,14 @@ import os
 import warnings
 import weakref
 
-from . import _cpool
+from . import _cpool, _progress
 from ._worker import _pack_error, _worker_bootstrap
 from .errors import (BrokenPoolError, InitializerError, PoolTerminatedError,
                      ResultUnpicklingError, TaskAbortedError, TimeoutError,
                      WorkerLostError, _describe_status, _initializer_error)
-from .imap import IMapIterator, IMapUnorderedIterator
-from .results import ApplyResult, AsyncResult, MapResult
+from .imap import (IMapIterator, IMapUnorderedIterator, _IMapIteratorWithProgress,
+                   _IMapUnorderedIteratorWithProgress)
+from .results import ApplyResult, AsyncResult, MapResult, _MapResultWithProgress
 from .stats import PoolStats, WorkerStats
 
 __all__ = [
@@ -267,31 +268,45 @@ class Pool(_mp_pool.Pool):
 
     # -- map family --
 
-    def map(self, func, iterable, chunksize=None, *, retries=None):
+    def map(self, func, iterable, chunksize=None, *, retries=None, progress=None):
         """Apply func to each item, in chunks; returns the list of results.
-        retries: as Pool's (None: the pool's); a chunk is what runs again."""
-        return self._map_async(func, iterable, False, chunksize, retries=retries).get()
+        retries: as Pool's (None: the pool's); a chunk is what runs again.
 
-    def starmap(self, func, iterable, chunksize=None, *, retries=None):
-        """Like map, but each item is unpacked as func's arguments."""
-        return self._map_async(func, iterable, True, chunksize, retries=retries).get()
+        progress: True draws a progress bar on stderr (tqdm's if tqdm is
+        installed, else a plain one), finished when the map ends, also by
+        an error or a Ctrl-C; a callable is called as progress(done, total)
+        after each chunk delivered, in the thread that delivers it.  Counts
+        are of items, not chunks.  None (or False): nothing, at no cost."""
+        return self._map_async(func, iterable, False, chunksize, retries=retries,
+                               progress=progress).get()
+
+    def starmap(self, func, iterable, chunksize=None, *, retries=None, progress=None):
+        """Like map, but each item is unpacked as func's arguments.
+        retries, progress: as map's."""
+        return self._map_async(func, iterable, True, chunksize, retries=retries,
+                               progress=progress).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None,
-                  error_callback=None, *, retries=None):
-        """Asynchronous map: returns a MapResult."""
+                  error_callback=None, *, retries=None, progress=None):
+        """Asynchronous map: returns a MapResult.  retries, progress: as
+        map's (the bar ends when the result is ready, or when get() or wait()
+        raises)."""
         return self._map_async(func, iterable, False, chunksize, callback,
-                               error_callback, retries)
+                               error_callback, retries, progress)
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None,
-                      error_callback=None, *, retries=None):
-        """Asynchronous starmap: returns a MapResult."""
+                      error_callback=None, *, retries=None, progress=None):
+        """Asynchronous starmap: returns a MapResult.  retries, progress: as
+        map_async's."""
         return self._map_async(func, iterable, True, chunksize, callback,
-                               error_callback, retries)
+                               error_callback, retries, progress)
 
     def _map_async(self, func, iterable, star, chunksize=None, callback=None,
-                   error_callback=None, retries=None):
+                   error_callback=None, retries=None, progress=None):
         self._check_running()
         retries = self._retries_for(retries)
+        if progress is not None:
+            _progress.check(progress)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         n = len(iterable)
@@ -301,8 +316,13 @@ class Pool(_mp_pool.Pool):
                 chunksize += 1
         if n == 0:
             chunksize = 0
-        result = MapResult(self._cache, chunksize, n, callback, error_callback,
-                           self._core)
+        shown = None if progress is None else _progress.start(progress, n)
+        if shown is None:
+            result = MapResult(self._cache, chunksize, n, callback, error_callback,
+                               self._core)
+        else:
+            result = _MapResultWithProgress(self._cache, chunksize, n, callback,
+                                            error_callback, self._core, shown)
         if n:
             try:
                 blob = self._core.func_blob(func)
@@ -313,23 +333,31 @@ class Pool(_mp_pool.Pool):
                 raise
         return result
 
-    def imap(self, func, iterable, chunksize=1, buffersize=None, *, retries=None):
+    def imap(self, func, iterable, chunksize=1, buffersize=None, *, retries=None,
+             progress=None):
         """Like map, but lazy: an iterator of results in input order.
 
         The input is read as the results are consumed.  buffersize (as in
         CPython 3.15): at most that many chunks submitted whose results the
         consumer has not taken.  None: as far ahead as keeps every worker
         busy, within a bound on the results held (see cpool.imap).  retries:
-        as Pool's (None: the pool's)."""
-        return self._imap(IMapIterator, func, iterable, chunksize, buffersize, retries)
+        as Pool's (None: the pool's).
+
+        progress: as map's, counting the items whose results have arrived
+        (total None when the input has no len(), as a generator); the bar
+        ends when they all have, or when next() raises (a task's error, a
+        Ctrl-C), or when the pool is terminated."""
+        return self._imap(IMapIterator, func, iterable, chunksize, buffersize, retries,
+                          progress)
 
     def imap_unordered(self, func, iterable, chunksize=1, buffersize=None, *,
-                       retries=None):
-        """Like imap, but results come in the order they complete."""
+                       retries=None, progress=None):
+        """Like imap, but results come in the order they complete.
+        retries, progress: as imap's."""
         return self._imap(IMapUnorderedIterator, func, iterable, chunksize, buffersize,
-                          retries)
+                          retries, progress)
 
-    def _imap(self, cls, func, iterable, chunksize, buffersize, retries):
+    def _imap(self, cls, func, iterable, chunksize, buffersize, retries, progress=None):
         self._check_running()
         retries = self._retries_for(retries)
         if chunksize < 1:
@@ -339,7 +367,20 @@ class Pool(_mp_pool.Pool):
                 raise TypeError("buffersize must be an integer or None")
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
-        return cls(self, func, iterable, chunksize, False, buffersize, retries)
+        if progress is not None:
+            _progress.check(progress)
+        shown = None
+        if progress is not None and progress is not False:
+            shown = _progress.start(progress, _progress.total_of(iterable))
+        if shown is None:   # (also progress=True with no stderr to draw on)
+            return cls(self, func, iterable, chunksize, False, buffersize, retries)
+        cls = (_IMapIteratorWithProgress if cls is IMapIterator
+               else _IMapUnorderedIteratorWithProgress)
+        try:
+            return cls(self, func, iterable, chunksize, False, buffersize, retries, shown)
+        except BaseException:
+            shown.end()
+            raise
 
     # -- life cycle --
 

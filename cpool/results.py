@@ -17,7 +17,7 @@ from time import monotonic as _monotonic
 
 import multiprocessing.pool as _mp_pool
 
-from .errors import ST_OK, TimeoutError, _outcome
+from .errors import ST_OK, ST_TERMINATED, TimeoutError, _outcome
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult"]
 
@@ -171,6 +171,56 @@ class MapResult(ApplyResult, _mp_pool.MapResult):
             self._number_left -= 1
         if self._number_left == 0 or not self._success:
             self._finish()
+
+
+class _MapResultWithProgress(MapResult):
+    """The MapResult of a map called with progress= (see cpool._progress):
+    counts the items of each chunk delivered, in the delivering thread, and
+    shows the count.  A class of its own, so that a map without progress=
+    pays nothing for it.  A chunk counts once its outcome is in, whether
+    its items succeeded or failed; not when the pool was terminated first."""
+
+    def __init__(self, cache, chunksize, length, callback, error_callback, core,
+                 progress):
+        self._progress = progress
+        self._items = length
+        super().__init__(cache, chunksize, length, callback, error_callback, core)
+        if self._ready:     # nothing to map: done at once
+            progress.show(final=True)
+
+    def _set(self, idx, status, value, nbytes=0):
+        if status == ST_OK:
+            k = len(value)
+        elif status == ST_TERMINATED:
+            k = 0
+        else:
+            k = min(self._chunksize, self._items - idx * self._chunksize)
+        p = self._progress
+        # Counted once, in call-free steps, as MapResult._set stores (a
+        # repeated delivery after a Ctrl-C: see ApplyResult._set).
+        if not self._ready and idx != p.last:
+            p.last = idx
+            p.done += k
+        MapResult._set(self, idx, status, value, nbytes)
+        if not self._ready:
+            p.show()
+
+    def _finish(self):
+        # The last count, and the bar finished, before the callbacks run and
+        # the waiters wake: what they print comes after it.
+        self._progress.show(final=True)
+        MapResult._finish(self)
+
+    def wait(self, timeout=None):
+        try:
+            MapResult.wait(self, timeout)
+        except BaseException:   # a Ctrl-C: the traceback on a line of its own
+            self._progress.end()
+            raise
+
+    def _abandon(self):
+        MapResult._abandon(self)
+        self._progress.end()
 
 
 
