@@ -14,7 +14,9 @@
   ``module=``, ``python -m``), with PYTHONPATH = the repository root, so
   ``import cpool`` works from any cwd, and this folder, for ``procs``; it
   returns the CompletedProcess; a snippet that outlives its timeout has its
-  whole process group killed and fails the test.  ``start_python`` starts
+  whole process group killed and fails the test.  Its output is text with
+  newlines translated (a lone carriage return too) unless ``keep_cr=True``
+  (for a test of what is drawn with carriage returns).  ``start_python`` starts
   one the same way and returns the Popen, for a test that talks to it or
   kills it; ``run_scenario`` is run_python for a scenario that must exit 0,
   and returns its stdout.
@@ -141,7 +143,7 @@ def python_env():
 
 
 def start_python(source=None, args=(), cwd=None, script=None, module=None,
-                 new_session=True):
+                 new_session=True, keep_cr=False):
     """Start a fresh interpreter (environment: python_env(); stdin
     /dev/null; text pipes for stdout and stderr; cwd: the temporary folder
     unless given) and return its Popen.  It runs `source` (dedented) as
@@ -151,7 +153,7 @@ def start_python(source=None, args=(), cwd=None, script=None, module=None,
     `args` follow.  It has a session (and process group) of its own, so that
     its pool workers can be killed with it, unless new_session=False (for a
     scenario that makes a process group of its own: a session leader may
-    not)."""
+    not).  keep_cr: byte pipes (run_python decodes them as they are)."""
     if module is not None:
         argv = ["-m", module]
     elif script is not None:
@@ -163,17 +165,17 @@ def start_python(source=None, args=(), cwd=None, script=None, module=None,
     return subprocess.Popen(
         [sys.executable, *argv, *map(str, args)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=python_env(), cwd=cwd or tempfile.gettempdir(),
+        text=not keep_cr, env=python_env(), cwd=cwd or tempfile.gettempdir(),
         start_new_session=new_session)
 
 
 def run_python(source=None, timeout=60, cwd=None, args=(), script=None, module=None,
-               new_session=True):
+               new_session=True, keep_cr=False):
     """start_python(...), waited for: a CompletedProcess with text
     stdout/stderr.  Fails the test on timeout, after killing the snippet's
     process group (its pool workers included), or only the snippet when it
     has no session of its own."""
-    proc = start_python(source, args, cwd, script, module, new_session)
+    proc = start_python(source, args, cwd, script, module, new_session, keep_cr)
     # The hang guard waits for this timeout to fail the test by name (a
     # guard shorter than it would end the whole run first), then starts
     # again for the rest of the test.
@@ -188,12 +190,20 @@ def run_python(source=None, timeout=60, cwd=None, args=(), script=None, module=N
                 proc.kill()
         except ProcessLookupError:
             pass
-        out, err = proc.communicate()
+        out, err = _text(proc.communicate(), keep_cr)
         pytest.fail(f"snippet did not finish within {timeout} s\n"
                     f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
     finally:
         faulthandler.dump_traceback_later(HANG_TIMEOUT, exit=True)
+    out, err = _text((out, err), keep_cr)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _text(outputs, keep_cr):
+    """A byte pipe's output (keep_cr) as text, carriage returns kept."""
+    if not keep_cr:
+        return outputs
+    return tuple(b.decode("utf-8", "replace") for b in outputs)
 
 
 def run_scenario(source, timeout=60, method=None, tmp_path=None, new_session=True):
