@@ -389,12 +389,12 @@ class _WithProgress:
             if not _local:
                 p.last = idx
             p.done += k
-        super()._set(idx, status, value, nbytes, _local)
+        IMapIterator._set(self, idx, status, value, nbytes, _local)
         p.show(final=self._length is not None and self._delivered >= self._length)
 
     def next(self, timeout=None):
         try:
-            return super().next(timeout)
+            return IMapIterator.next(self, timeout)   # (super(): a cost per item)
         except TimeoutError:
             raise
         except BaseException:
