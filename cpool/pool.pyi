@@ -4,13 +4,16 @@ cpool.Pool is a multiprocessing.pool.Pool (a subclass, at run time too), so
 it keeps typeshed's generic signatures as they are: ``p.map(f, xs)`` is a
 ``list[T]``, ``p.apply_async(f)`` an ``ApplyResult[T]``, and the types
 revealed are the ones multiprocessing gives.  The methods are declared
-again only for what cpool adds: ``retries`` and ``stats()``, and imap's and
-imap_unordered's ``buffersize`` (CPython 3.15's).
+again only for what cpool adds: ``retries`` and ``stats()``, the map
+family's ``progress``, and imap's and imap_unordered's ``buffersize``
+(CPython 3.15's).
 """
 import multiprocessing.pool as _mp_pool
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.pool import INIT as INIT, ThreadPool as ThreadPool
 from typing import Any, Final, TypeVar
+
+from typing_extensions import TypeAlias
 
 from .errors import (
     BrokenPoolError as BrokenPoolError,
@@ -35,6 +38,10 @@ __all__ = [
 _S = TypeVar("_S")
 _T = TypeVar("_T")
 
+# progress=: True (a bar), or called as progress(done, total); total is None
+# when the input has no len().
+_Progress: TypeAlias = bool | Callable[[int, int | None], object] | None
+
 RUN: Final = "RUN"
 CLOSE: Final = "CLOSE"
 TERMINATE: Final = "TERMINATE"
@@ -42,7 +49,8 @@ START_METHODS: Final[tuple[str, ...]]
 
 class Pool(_mp_pool.Pool):
     # typeshed's signatures, with what cpool adds: retries= (keyword-only,
-    # per pool and per call) and imap's buffersize (CPython 3.15's).
+    # per pool and per call), progress= (keyword-only, the map family) and
+    # imap's buffersize (CPython 3.15's).
     def __init__(self, processes: int | None = None,
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
@@ -57,22 +65,27 @@ class Pool(_mp_pool.Pool):
                     error_callback: Callable[[BaseException], object] | None = None, *,
                     retries: int | None = None) -> _mp_pool.AsyncResult[_T]: ...
     def map(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-            chunksize: int | None = None, *, retries: int | None = None) -> list[_T]: ...
+            chunksize: int | None = None, *, retries: int | None = None,
+            progress: _Progress = None) -> list[_T]: ...
     def map_async(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                   chunksize: int | None = None,
                   callback: Callable[[list[_T]], object] | None = None,
                   error_callback: Callable[[BaseException], object] | None = None, *,
-                  retries: int | None = None) -> _mp_pool.MapResult[_T]: ...
+                  retries: int | None = None,
+                  progress: _Progress = None) -> _mp_pool.MapResult[_T]: ...
     def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
-                chunksize: int | None = None, *, retries: int | None = None) -> list[_T]: ...
+                chunksize: int | None = None, *, retries: int | None = None,
+                progress: _Progress = None) -> list[_T]: ...
     def starmap_async(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None,
                       callback: Callable[[list[_T]], object] | None = None,
                       error_callback: Callable[[BaseException], object] | None = None, *,
-                      retries: int | None = None) -> _mp_pool.AsyncResult[list[_T]]: ...
+                      retries: int | None = None,
+                      progress: _Progress = None) -> _mp_pool.AsyncResult[list[_T]]: ...
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: int | None = 1,
-             buffersize: int | None = None, *,
-             retries: int | None = None) -> _mp_pool.IMapIterator[_T]: ...
+             buffersize: int | None = None, *, retries: int | None = None,
+             progress: _Progress = None) -> _mp_pool.IMapIterator[_T]: ...
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                        chunksize: int | None = 1, buffersize: int | None = None, *,
-                       retries: int | None = None) -> _mp_pool.IMapIterator[_T]: ...
+                       retries: int | None = None,
+                       progress: _Progress = None) -> _mp_pool.IMapIterator[_T]: ...

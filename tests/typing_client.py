@@ -140,10 +140,19 @@ def the_pool() -> None:
         assert sorted(un) == [0, 1, 4, 9, 16]
         assert [x for x in p.imap(square, [])] == []
 
-        # what cpool adds: retries, stats
+        # what cpool adds: retries, progress, stats
         assert_type(p.apply(square, (2,), retries=1), int)
         assert p.map(square, [1, 2], retries=0) == [1, 4]
         assert list(p.imap_unordered(square, [3], retries=2)) == [9]
+        counts: list[tuple[int, int | None]] = []
+
+        def on_progress(done: int, total: int | None) -> None:
+            counts.append((done, total))
+
+        assert p.map(square, [1, 2], progress=on_progress) == [1, 4]
+        assert p.starmap_async(add, [(1, 2)], progress=False).get(10) == [3]
+        assert list(p.imap(square, iter([3]), progress=lambda d, t: None)) == [9]
+        assert counts[-1] == (2, 2)
         stats = p.stats()
         assert_type(stats, cpool.PoolStats)
         assert_type(stats.workers[0], cpool.WorkerStats)
