@@ -282,6 +282,31 @@ def test_a_task_error(pool):
     assert [c[0] for c in calls] == list(range(1, 11))
 
 
+def die_once(runs, i):
+    """Kills its worker the first time item i runs (counted in shared memory)."""
+    with runs.get_lock():
+        runs[i] += 1
+        first = runs[i] == 1
+    if first and i % 25 == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i
+
+
+def test_a_chunk_run_again_counts_once():
+    """retries=: a chunk whose worker died runs again and is delivered once,
+    so its items count once; the count still ends at the total."""
+    p = cpool.Pool(2, retries=2)
+    try:
+        runs = cpool.Array("i", N)
+        progress, calls = recorder()
+        assert p.starmap(die_once, [(runs, i) for i in range(N)], 4, progress=progress) == \
+            list(range(N))
+        check_counts(calls, N, N, 4)
+        assert p.stats().retried >= 1
+    finally:
+        shutdown(p)
+
+
 def test_no_progress_is_the_plain_classes(pool):
     """The no-cost guarantee: without progress= (None or False) a call gets
     the classes it always got, whose delivery does nothing for progress."""
