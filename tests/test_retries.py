@@ -54,7 +54,11 @@ def test_a_task_killed_once_runs_again_and_succeeds(pool):
     assert runs[1] == 3
     s = pool.stats()
     assert s.retried == 3 and s.lost == 0
-    assert sum(w.respawns for w in s.workers) >= 3
+    # the third replacement may still be on its way
+    end = time.monotonic() + 10
+    while sum(w.respawns for w in pool.stats().workers) < 3:
+        assert time.monotonic() < end, pool.stats()
+        time.sleep(0.01)
 
 
 @each_start_method(2)
