@@ -27,7 +27,17 @@ IMAP_WINDOW_PER_WORKER = 4
 IMAP_HOLD_ITEMS = 100_000
 IMAP_HOLD_BYTES = 64 << 20   # of pickled results
 
-_NO_VALUE = object()   # a chunk was taken into the buffer: no single value
+class _Failed:
+    """A failed chunk, taken: next() raises exc once the buffer before it is
+    empty; `ends`:
+    the iteration ends with it (chunks of more than one item, as
+    multiprocessing's chunked imap, a generator over the chunks, does)."""
+
+    __slots__ = ("exc", "ends")
+
+    def __init__(self, exc, ends):
+        self.exc = exc
+        self.ends = ends
 
 
 class IMapIterator(_mp_pool.IMapIterator):
@@ -87,6 +97,7 @@ class IMapIterator(_mp_pool.IMapIterator):
         # signal handler and no other thread runs (after a call one may: a
         # Ctrl-C there would lose the value).
         self._bufl, self._bufi, self._bufn = [], 0, 0
+        self._fail = None        # a failed chunk taken, raised after the buffer
         self._sleepers = 0       # consumers waiting on _cond
         self._cache[self._job] = self
         pool._lazy.add(self)
@@ -213,8 +224,11 @@ class IMapIterator(_mp_pool.IMapIterator):
     # -- results (the collector's thread) --
 
     def _set(self, idx, status, value, nbytes=0, _local=False):
-        got = ((True, value, nbytes) if status == ST_OK else
-               (*_outcome(self._job, idx, status, value), nbytes))
+        if status == ST_OK:
+            got = (True, value, nbytes)
+        else:
+            got = (False, _Failed(_outcome(self._job, idx, status, value)[1],
+                                  self._chunksize > 1), nbytes)
         with self._lock:
             # Not a repeat (see ApplyResult._set).  Only the collector's
             # deliveries are ever repeated, and before any later one of its
@@ -238,69 +252,66 @@ class IMapIterator(_mp_pool.IMapIterator):
     # -- consuming --
 
     def _take(self):
-        """(True, value), (False, exception), or None; caller holds _lock.
-        Taking a chunk moves its values to the buffer."""
-        # No call between finding and removing it (a signal handler runs
-        # only at a call or a loop edge): a Ctrl-C cannot lose it.
+        """Move the next outcome, if it has arrived, from _ready to the
+        buffer (its values; a failed chunk's _Failed to _fail), which is
+        empty; True if it did.  The caller holds _lock.  A signal handler runs only at a call or a
+        loop edge: there is none between taking the outcome out of _ready
+        and storing it in the buffer, and the buffer is where next() takes
+        from, so a Ctrl-C anywhere loses nothing."""
         key = self._consumed if self._ordered else self._head
         ready = self._ready
         if key not in ready:
-            return None
-        got = ready[key]
+            return False
+        ok, val, nbytes = ready[key]
+        k = len(val) if ok else 0  # the last call before the outcome moves
         del ready[key]
         if not self._ordered:
             self._head += 1
         self._consumed += 1
-        ok, val, nbytes = got
         self._held_bytes -= nbytes
-        if not ok:
-            return False, val
-        if len(val) == 1:  # chunksize 1: no detour through the buffer
-            return True, val[0]
-        self._buffer(val)
-        return True, _NO_VALUE
+        if ok:
+            self._bufl, self._bufi, self._bufn = val, 0, k
+        else:
+            self._fail = val
+        return True
 
-    def _buffer(self, values):
-        """Put values behind what the buffer holds (_lock held; a consumer
-        may take from it meanwhile: no call between reading and storing)."""
-        k = len(values)
-        bl, i, n = self._bufl, self._bufi, self._bufn
-        self._bufl, self._bufi, self._bufn = (bl[i:n] + values if i < n else values), 0, n - i + k
+    def _end_with_failure(self):
+        """A failed chunk ends the iteration: nothing after it is kept or
+        read (again harmless: a Ctrl-C may make next() call this twice)."""
+        self._stop()
+        with self._lock:
+            self._consumed = self._length = max(self._consumed, self._length)
+            self._ready.clear()
 
     def next(self, timeout=None):
         deadline = None
         while True:
             bufl, i = self._bufl, self._bufi
-            if i < self._bufn:  # the rest of a chunk already taken: no lock
+            if i < self._bufn:  # taken already: no lock, and no call before it moves on
                 self._bufi = i + 1
                 return bufl[i]
+            failed = self._fail
+            if failed is not None:  # after the values before it
+                if failed.ends:
+                    self._end_with_failure()
+                self._fail = None   # no call between here and the raise
+                raise failed.exc
             if timeout is not None and deadline is None:
                 deadline = _monotonic() + timeout
-            waiting = False
-            got = None
-            try:
-                with self._lock:
-                    got = self._take()
-                    if got is None:
-                        if self._length is not None and self._consumed >= self._length:
-                            self._check_complete()  # again, in case a Ctrl-C cut it short
-                            raise StopIteration
-                        if self._submitted > self._consumed or self._length is not None:
-                            left = None if deadline is None else deadline - _monotonic()
-                            if left is not None and left <= 0:
-                                raise TimeoutError
-                            seen = self._delivered
-                            waiting = True
-                        # else nothing in flight: read more input first
-            except BaseException:
-                # A Ctrl-C as the lock was let go, a value taken: it goes
-                # back in front of the buffer for the next call (inline, as
-                # below: a call here would let a handler run first).  A
-                # failed item taken then is lost to the interrupt.
-                if got is not None and got[0] and got[1] is not _NO_VALUE:
-                    bl, i, n = self._bufl, self._bufi, self._bufn   # no call: see _buffer
-                    self._bufl, self._bufi, self._bufn = [got[1]] + bl[i:n], 0, n - i + 1
-                raise
+            waiting = took = False
+            with self._lock:
+                took = self._take()
+                if not took:
+                    if self._length is not None and self._consumed >= self._length:
+                        self._check_complete()  # again, in case a Ctrl-C cut it short
+                        raise StopIteration
+                    if self._submitted > self._consumed or self._length is not None:
+                        left = None if deadline is None else deadline - _monotonic()
+                        if left is not None and left <= 0:
+                            raise TimeoutError
+                        seen = self._delivered
+                        waiting = True
+                    # else nothing in flight: read more input first
             if waiting:
                 # Collect in this thread (without _lock: delivering takes
                 # it).  If another thread collects, wait on _cond for it.
@@ -317,30 +328,11 @@ class IMapIterator(_mp_pool.IMapIterator):
                 if self._length is None and self._room() >= self._refill:
                     self._feed()
                 continue
-            if got is not None and not got[0]:
-                if self._chunksize > 1:
-                    # As multiprocessing's chunked imap (a generator over the
-                    # chunks): a failed chunk ends the iteration.
-                    self._stop()
-                    with self._lock:
-                        self._consumed = self._length = max(self._consumed,
-                                                            self._length)
-                        self._ready.clear()
-                        self._bufl, self._bufi, self._bufn = [], 0, 0
-                raise got[1]
             # A chunk was taken (or none is in flight): read more input once
             # there is room for half a window (_feed checks again, under its
-            # lock).
+            # lock; what was taken waits in the buffer).
             if self._length is None and self._room() >= self._refill:
-                try:
-                    self._feed()
-                except BaseException:  # Ctrl-C: the value taken is not lost
-                    if got is not None and got[1] is not _NO_VALUE:
-                        bl, i, n = self._bufl, self._bufi, self._bufn
-                        self._bufl, self._bufi, self._bufn = [got[1]] + bl[i:n], 0, n - i + 1
-                    raise
-            if got is not None and got[1] is not _NO_VALUE:
-                return got[1]
+                self._feed()
 
     __next__ = next
 

@@ -161,3 +161,44 @@ def test_ctrl_c_anywhere_in_imap_next_loses_no_item():
             print("ok")
     """, timeout=50)
     assert out.strip() == "ok"
+
+
+def test_ctrl_c_anywhere_in_imap_next_loses_no_failure_either():
+    """The same storm over an imap whose every seventh item raises: each
+    failure is raised once, at its place, and every value still comes.
+    (A failed item used to be lost when a Ctrl-C landed as it was taken,
+    and so was a value when one landed as _take() returned it.)"""
+    out = run_scenario("""
+        import signal, sys, cpool
+        hits = [0]
+        def handler(signum, frame):
+            if frame.f_code.co_name in ("next", "_take") and hits[0] < 300:
+                hits[0] += 1
+                raise KeyboardInterrupt
+        def sq(x):
+            if x % 7 == 3:
+                raise ValueError(x)
+            return x * x
+        if __name__ == "__main__":
+            with cpool.Pool(2) as p:
+                it = p.imap(sq, range(3000))
+                signal.signal(signal.SIGALRM, handler)
+                signal.setitimer(signal.ITIMER_REAL, 0.00005, 0.00005)
+                got = []
+                while True:
+                    try:
+                        got.append(it.next(timeout=10))
+                    except KeyboardInterrupt:
+                        continue
+                    except ValueError as e:
+                        got.append(("failed", e.args[0]))
+                    except StopIteration:
+                        break
+                signal.setitimer(signal.ITIMER_REAL, 0, 0)
+                assert hits[0] > 50, hits[0]
+                want = [("failed", x) if x % 7 == 3 else x * x for x in range(3000)]
+                assert got == want, [(k, a, b) for k, (a, b) in enumerate(zip(got, want))
+                                     if a != b][:3] or len(got)
+            print("ok")
+    """, timeout=50)
+    assert out.strip() == "ok"
