@@ -11,7 +11,6 @@ import cpool
 from conftest import run_scenario
 
 MiB = 1 << 20
-CAP = 100 * MiB
 
 _kept = []
 
@@ -37,15 +36,26 @@ def balloon(mib, runs=None):
     return len(b)
 
 
+def fresh_rss(method):
+    """A new worker's resident memory: what a cap is set above (a build
+    with sanitizers starts far bigger)."""
+    with cpool.Pool(1, context=method) as pool:
+        pool.apply(abs, (1,))
+        return pool.stats().workers[0].rss
+
+
 # Resident memory counts what a forked worker shares with its parent: the
 # scenarios run in fresh interpreters, whose workers start small whatever
-# the size of the test process.
+# the size of the test process.  BASE: a fresh worker's; CAP: 100 MiB more.
 SCENARIO_HEAD = """
 import os, sys
 sys.path.insert(0, %r)
 import cpool
-from test_memory_cap import CAP, MiB, balloon, keep
+from test_memory_cap import MiB, balloon, fresh_rss, keep
 if __name__ == "__main__":
+    BASE = fresh_rss({method})
+    CAP = BASE + 100 * MiB
+    PAST_TWICE = (BASE + 250 * MiB) // MiB   # MiB to allocate to pass 2 * CAP
 """ % os.path.dirname(os.path.abspath(__file__))
 
 
@@ -61,7 +71,7 @@ def test_over_the_cap_after_a_task(method, tmp_path):
         with cpool.Pool(1, context={method}, max_memory_per_child=CAP) as pool:
             first = pool.apply(keep, (10,))
             assert pool.apply(keep, (10,)) == first          # under the cap: the same
-            assert pool.apply(keep, (CAP // MiB,)) == first  # its result arrives...
+            assert pool.apply(keep, (100,)) == first         # its result arrives...
             assert pool.apply(keep, (1,)) != first           # ...then a new worker
             s = pool.stats()
             assert s.workers[0].respawns == 1 and s.lost == 0 and s.failed == 0, s
@@ -73,7 +83,7 @@ def test_past_twice_the_cap_during_a_task(method, tmp_path):
     scenario("""
         with cpool.Pool(2, context={method}, max_memory_per_child=CAP) as pool:
             try:
-                pool.apply(balloon, (3 * CAP // MiB,))
+                pool.apply(balloon, (PAST_TWICE,))
             except cpool.WorkerLostError as e:
                 assert "killed by cpool" in str(e) and "max_memory_per_child" in str(e), e
                 assert e.signal == 9
@@ -82,7 +92,7 @@ def test_past_twice_the_cap_during_a_task(method, tmp_path):
             assert pool.map(abs, range(-4, 0)) == [4, 3, 2, 1]
             assert pool.apply(balloon, (20,)) == 20 * MiB    # under the cap: fine
             runs = cpool.Value("i", 0)
-            assert pool.apply(balloon, (3 * CAP // MiB, runs), retries=1) == 0
+            assert pool.apply(balloon, (PAST_TWICE, runs), retries=1) == 0
             assert runs.value == 2
             s = pool.stats()
             assert s.lost == 1 and s.retried == 1, s
@@ -91,8 +101,8 @@ def test_past_twice_the_cap_during_a_task(method, tmp_path):
 
 def test_tasks_queued_behind_a_worker_that_leaves_are_not_lost(tmp_path):
     scenario("""
-        with cpool.Pool(2, max_memory_per_child=40 * MiB) as pool:
-            sizes = [30 if i % 7 == 0 else 0 for i in range(60)]
+        with cpool.Pool(2, max_memory_per_child=BASE + 40 * MiB) as pool:
+            sizes = [50 if i % 7 == 0 else 0 for i in range(60)]
             pids = pool.map(keep, sizes, chunksize=1)
             assert len(pids) == 60 and len(set(pids)) > 2    # workers were replaced
             s = pool.stats()
