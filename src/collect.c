@@ -394,6 +394,18 @@ static void redispatch(CoreObject *c)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* `nap` (<0: none) shortened to what the sleeper's timers allow: a task to
+ * steal (*steal: dispatch again after the sleep) and the limits to check
+ * (cp_check_limits, at the top of the sleeper's loop). */
+static int64_t timers_nap(CoreObject *c, int64_t nap, int *steal)
+{
+    int64_t s = steal_nap(c), l = cp_limits_nap(c);
+    *steal = s >= 0;
+    if (s >= 0 && (nap < 0 || s < nap)) nap = s;
+    if (l >= 0 && (nap < 0 || l < nap)) nap = l;
+    return nap;
+}
+
 void *cp_collector_main(void *arg)
 {
     CoreObject *c = arg;
@@ -407,6 +419,7 @@ void *cp_collector_main(void *arg)
     c->cts = PyEval_SaveThread();
     cp_delivering = c;
     for (;;) {
+        cp_check_limits(c);
         int64_t quiet = cp_now_ns() - atomic_load(&c->waiter_seen);
         if (quiet < CP_TOKEN_NAP_NS && !cp_collector_owed(c)) {
             /* A waiter collected a moment ago: it will be back. */
@@ -418,7 +431,6 @@ void *cp_collector_main(void *arg)
             cp_await_token(c, -1);
             continue;
         }
-        cp_check_limits(c);
         int r = collect_round(c);
         if (r < 0) break; /* the token stays taken: nobody collects any more */
         cp_give_token(c, 0);
@@ -434,13 +446,10 @@ void *cp_collector_main(void *arg)
         int alive = 0;
         for (int i = 0; i < c->n; i++)
             if (atomic_load(&c->ctl->slots[i].state) != CP_S_FREE) alive = 1;
-        int64_t nap = alive ? CP_WATCHDOG_NS : -1, steal = steal_nap(c);
-        int64_t limits = cp_limits_nap(c);
-        if (steal >= 0 && (nap < 0 || steal < nap)) nap = steal;
-        if (limits >= 0 && (nap < 0 || limits < nap)) nap = limits;
+        int steal;
+        int64_t nap = timers_nap(c, alive ? CP_WATCHDOG_NS : -1, &steal);
         int rc = cp_event_sleep(&c->ctl->results, seen, nap);
-        if (steal >= 0) redispatch(c);
-        cp_check_limits(c);
+        if (steal) redispatch(c);
         if (rc == ETIMEDOUT) cp_check_template(c);
     }
     cp_delivering = NULL;
@@ -504,15 +513,13 @@ PyObject *cp_collect_waiting(CoreObject *c, int64_t left)
         int rc = 0;
         Py_BEGIN_ALLOW_THREADS
         if (!cp_spin_until(ring_news_pred, c)) {
-            int64_t steal = steal_nap(c), limits = cp_limits_nap(c);
-            if (steal >= 0 && steal < slice) slice = steal;
-            if (limits >= 0 && limits < slice) slice = limits;
+            int steal;
+            slice = timers_nap(c, slice, &steal);
             uint32_t seen = cp_event_prepare(&c->ctl->results);
             if (cp_ring_news(c) || cp_collector_owed(c))
                 cp_event_cancel(&c->ctl->results);
             else rc = cp_event_sleep(&c->ctl->results, seen, slice);
-            if (steal >= 0) redispatch(c);
-            cp_check_limits(c);
+            if (steal) redispatch(c);
         }
         Py_END_ALLOW_THREADS
         if (rc == ETIMEDOUT && (slept += slice) >= CP_WATCHDOG_NS) {
