@@ -21,9 +21,10 @@ def keep(mib):
     return os.getpid()
 
 
-def balloon(mib, runs=None):
+def balloon(mib, runs=None, hold=0.0):
     """Grow to `mib` MiB within the task, a MiB at a time (the first run
-    only, when `runs` counts them); the size reached."""
+    only, when `runs` counts them), and stay there `hold` seconds (the
+    parent looks every 0.1 s); the size reached."""
     if runs is not None:
         with runs.get_lock():
             runs.value += 1
@@ -33,6 +34,7 @@ def balloon(mib, runs=None):
     for _ in range(mib):
         b += bytearray(MiB)
         time.sleep(0.001)
+    time.sleep(hold)
     return len(b)
 
 
@@ -83,7 +85,7 @@ def test_past_twice_the_cap_during_a_task(method, tmp_path):
     scenario("""
         with cpool.Pool(2, context={method}, max_memory_per_child=CAP) as pool:
             try:
-                pool.apply(balloon, (PAST_TWICE,))
+                pool.apply(balloon, (PAST_TWICE, None, 20))
             except cpool.WorkerLostError as e:
                 assert "killed by cpool" in str(e) and "max_memory_per_child" in str(e), e
                 assert e.signal == 9
@@ -92,7 +94,7 @@ def test_past_twice_the_cap_during_a_task(method, tmp_path):
             assert pool.map(abs, range(-4, 0)) == [4, 3, 2, 1]
             assert pool.apply(balloon, (20,)) == 20 * MiB    # under the cap: fine
             runs = cpool.Value("i", 0)
-            assert pool.apply(balloon, (PAST_TWICE, runs), retries=1) == 0
+            assert pool.apply(balloon, (PAST_TWICE, runs, 20), retries=1) == 0
             assert runs.value == 2
             s = pool.stats()
             assert s.lost == 1 and s.retried == 1, s
