@@ -76,13 +76,18 @@ def _default_processes():
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
+def _check_int(name, value, least, limit):
+    """value, checked: an int (bool is not one), least <= value < limit
+    (what the C side stores it in)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not least <= value < limit:
+        raise ValueError(f"{name} must be from {least} to {limit - 1}, not {value}")
+    return value
+
+
 def _check_retries(retries):
-    """retries, checked: an int, 0 or more (bool is not one)."""
-    if not isinstance(retries, int) or isinstance(retries, bool):
-        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
-    if not 0 <= retries < 2 ** 32:
-        raise ValueError(f"retries must be 0 or more, not {retries}")
-    return retries
+    return _check_int("retries", retries, 0, 2 ** 32)
 
 
 def _start_method(context):
@@ -167,13 +172,8 @@ class Pool(_mp_pool.Pool):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._retries = _check_retries(retries)
-        if max_memory_per_child is not None:
-            if (not isinstance(max_memory_per_child, int) or
-                    isinstance(max_memory_per_child, bool)):
-                raise TypeError("max_memory_per_child must be an int (bytes) or None")
-            if max_memory_per_child <= 0:
-                raise ValueError("max_memory_per_child must be a positive number of "
-                                 "bytes or None")
+        if max_memory_per_child is not None:   # bytes
+            _check_int("max_memory_per_child", max_memory_per_child, 1, 2 ** 64)
         self._max_memory_per_child = max_memory_per_child
         self._processes = processes
         # What multiprocessing's Pool keeps and libraries read.
