@@ -108,6 +108,13 @@ static PyObject *rebuild(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize
 
 /* ---- large bytes and bytearrays out of band, shared as pickle shares ------ */
 
+/* A bytes or bytearray that goes out of band. */
+static int big_bytes(PyObject *o)
+{
+    return (PyBytes_CheckExact(o) && PyBytes_GET_SIZE(o) >= CP_OOB_MIN) ||
+           (PyByteArray_CheckExact(o) && PyByteArray_GET_SIZE(o) >= CP_OOB_MIN);
+}
+
 /* The persistent_id of _pack_oob's pickler (self: (memo, big)): a large
  * bytes or bytearray becomes big(obj), which pickles as an out-of-band
  * buffer; every reference to one object the same big, which the pickler
@@ -116,9 +123,7 @@ static PyObject *rebuild(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize
  * pickler meets, hence C. */
 static PyObject *oob_id(PyObject *self, PyObject *o)
 {
-    if (!(PyBytes_CheckExact(o) && PyBytes_GET_SIZE(o) >= CP_OOB_MIN) &&
-        !(PyByteArray_CheckExact(o) && PyByteArray_GET_SIZE(o) >= CP_OOB_MIN))
-        Py_RETURN_NONE;
+    if (!big_bytes(o)) Py_RETURN_NONE;
     PyObject *memo = PyTuple_GET_ITEM(self, 0);
     PyObject *key = PyLong_FromVoidPtr(o); /* o lives as long as the dump */
     if (key == NULL) return NULL;
@@ -204,8 +209,7 @@ int cp_pack_add_types(PyObject *module, cpool_state *st)
 
 static int big_buffer(PyObject *o)
 {
-    if (PyBytes_CheckExact(o)) return PyBytes_GET_SIZE(o) >= CP_OOB_MIN;
-    if (PyByteArray_CheckExact(o)) return PyByteArray_GET_SIZE(o) >= CP_OOB_MIN;
+    if (PyBytes_CheckExact(o) || PyByteArray_CheckExact(o)) return big_bytes(o);
     if (PyUnicode_Check(o) || PyLong_Check(o) || PyTuple_Check(o) || PyList_Check(o) ||
         !PyObject_CheckBuffer(o))
         return 0;
