@@ -4,7 +4,7 @@ control segment, the parent's queue; see src/stats.c): nothing polls, and a
 pool that is never asked pays nothing for them.
 
     >>> print(pool.stats())           # doctest: +SKIP
-    tasks: 3 queued, 2 running, 118 done, 0 failed, 1 lost, 1 retried
+    tasks: 3 queued, 2 running, 118 done, 0 failed, 1 lost, 1 retried, 0 timed out
     slot  pid    state  tasks  busy s  idle s  current s  rss MiB  respawns
        0  4121   ready     61    5.02    0.01       0.30     14.2         0
        1  4187   ready     57    4.87    0.02       0.41     14.0         1
@@ -43,6 +43,7 @@ class PoolStats:
     failed: int    # answered with an exception (the task raised)
     lost: int      # failed because the worker running them died
     retried: int   # sent again after their worker died (retries=)
+    timed_out: int  # items that ran past their time limit (task_timeout=)
     steals: int    # taken back from a busy worker's ring for an idle one
     workers: Tuple[WorkerStats, ...]
 
@@ -54,7 +55,7 @@ class PoolStats:
     def __str__(self):
         lines = [f"tasks: {self.queued} queued, {self.running} running, "
                  f"{self.done} done, {self.failed} failed, {self.lost} lost, "
-                 f"{self.retried} retried",
+                 f"{self.retried} retried, {self.timed_out} timed out",
                  "slot  pid      state     tasks   busy s   idle s  current s"
                  "  rss MiB  respawns"]
         for w in self.workers:

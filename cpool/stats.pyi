@@ -24,6 +24,7 @@ class PoolStats:
     failed: int
     lost: int
     retried: int
+    timed_out: int
     steals: int
     workers: tuple[WorkerStats, ...]
     @classmethod

@@ -87,11 +87,14 @@ static void drain(CoreObject *c, int i)
                              .recy = c->ctl->slots[i].res_recy,
                              .maps = c->res_maps + (size_t)i * CP_RECY_RESULTS};
             value = cp_load_payload(c->st, h, &src, waiter ? &c->interrupt : NULL);
-            status = hh.kind == CP_K_OK ? CP_ST_OK : CP_ST_ERR;
+            status = hh.kind != CP_K_OK      ? CP_ST_ERR
+                     : hh.flags & CP_F_MIXED ? CP_ST_MIXED
+                                             : CP_ST_OK;
             if (value == NULL) {
                 /* (why, whether it was an error report): Python names it. */
                 PyObject *why = cp_fetch_exc();
-                value = Py_BuildValue("(NO)", why, status ? Py_True : Py_False);
+                value =
+                    Py_BuildValue("(NO)", why, status == CP_ST_ERR ? Py_True : Py_False);
                 status = CP_ST_UNPICKLE;
             }
         }

@@ -114,8 +114,19 @@ enum {
     CP_ST_TERMINATED = 4, /* value: None */
     CP_ST_INITFAIL = 5,   /* value: the broken pool's (exception, tb, by initializer) */
     CP_ST_UNPICKLE = 6,   /* value: (why, whether it was an error report) */
+    CP_ST_MIXED = 7,      /* value: (results, {i: (exception, traceback text)}):
+                           * a chunk some of whose items ran out of time */
+    CP_ST_TIMEOUT = 8,    /* value: (pid, item or None, seconds run, limit): the
+                           * worker was killed for running past the limit */
 };
 #define CP_F_LARGE 1u /* payload is a cp_segref: the bytes are in a segment */
+/* A task record with a time limit: its payload starts with a cp_timing and
+ * its cp_skip entries, then the pickle (or cp_segref).  Untimed records
+ * carry nothing of it. */
+#define CP_F_TIMED 2u
+/* A chunk's result record whose items did not all finish: the payload is
+ * (results, {item: (exception, traceback text)}), the results None there. */
+#define CP_F_MIXED 4u
 
 typedef struct {
     uint32_t len;   /* payload bytes that follow the header */
@@ -125,6 +136,27 @@ typedef struct {
     uint32_t claim; /* a task record's: CP_CLAIM_*, changed only by CAS */
     uint64_t job;
 } cp_rechdr;        /* 24 bytes; records are 8-byte aligned */
+/* A timed task's limit (task_timeout=), and the items of its chunk that
+ * are not to run again: a worker running one of them was killed for
+ * running past the limit, and the chunk was sent again without it. */
+typedef struct {
+    uint32_t item;      /* index in the chunk */
+    int32_t pid;        /* the worker that was killed running it */
+    int64_t elapsed_ns; /* how long it had run */
+} cp_skip;
+typedef struct {
+    uint64_t timeout_ns;
+    uint32_t chunksize; /* the job's: a chunk's first item is idx * chunksize */
+    uint32_t nskips;
+    cp_skip skips[];
+} cp_timing;
+/* Bytes of a record's cp_timing prefix (0 unless CP_F_TIMED). */
+static inline size_t cp_timing_len(const cp_rechdr *h)
+{
+    if (!(h->flags & CP_F_TIMED)) return 0;
+    const cp_timing *t = (const cp_timing *)(h + 1);
+    return sizeof *t + (size_t)t->nskips * sizeof(cp_skip);
+}
 /* Bytes a record of an n-byte payload takes in a ring. */
 #define CP_REC_BYTES(n) (sizeof(cp_rechdr) + (((uint64_t)(n) + 7u) & ~(uint64_t)7u))
 
@@ -241,6 +273,9 @@ CP_HIDDEN size_t cp_ring_inline_max(const cp_ring *r);
 /* Producer: append a record whose payload is p[0..n); 0, or -1 if full.
  * Does not wake the consumer: call cp_event_signal(&r->data) after a batch. */
 CP_HIDDEN int cp_ring_try_put(cp_ring *r, const cp_rechdr *h, const void *p, size_t n);
+/* The same with a payload in two pieces: p0 (n0 bytes, 8-aligned), then p. */
+CP_HIDDEN int cp_ring_try_put2(cp_ring *r, const cp_rechdr *h, const void *p0, size_t n0,
+                               const void *p, size_t n);
 /* Producer: the ring position just past the last record put. */
 CP_HIDDEN uint64_t cp_ring_tail(const cp_ring *r);
 /* The record at ring position `pos` (a producer's record not yet consumed). */
@@ -338,7 +373,7 @@ typedef struct {
     _Atomic uint64_t tasks_done; /* by this worker (pool.stats() reads these) */
     _Atomic uint64_t current_job;
     _Atomic uint32_t inited;   /* the worker's initializer succeeded */
-    uint32_t pad0;
+    _Atomic uint32_t current_idx; /* the chunk index of current_job's task */
     uint64_t task_off, result_off; /* ring offsets from the segment start */
     cp_recy res_recy[CP_RECY_RESULTS]; /* this worker's result segments */
     _Atomic int32_t loading_recy;      /* task recycler entry being loaded, or -1 */
@@ -353,8 +388,22 @@ typedef struct {
     _Atomic int64_t ready_ns;
     _Atomic uint64_t busy_ns;
     _Atomic uint32_t spawns;
-    uint32_t pad3;
+    /* A timed task's current item (task_timeout=), written by the worker
+     * as it calls the function: its index in the chunk (UINT32_MAX: an
+     * apply), when it started, and when it is out of time (0: no item with
+     * a limit is running).  limits.c stops it by setting stop_for to that
+     * deadline and signalling CP_STOP_SIGNAL: the worker's handler raises
+     * TaskTimeoutError only while the deadline is still stop_for, so a
+     * late signal never stops the next item. */
+    _Atomic uint32_t item;
+    _Atomic int64_t item_ns;
+    _Atomic int64_t deadline_ns;
+    _Atomic int64_t stop_for;
 } cp_slot;
+
+/* The signal that asks a worker to stop an item past its time limit (its
+ * Python handler raises TaskTimeoutError inside the task). */
+#define CP_STOP_SIGNAL (SIGRTMIN + 3)
 
 #define CP_MAGIC 0x63706f6f6cu
 enum { CP_CMD_NONE = 0, CP_CMD_EXIT, CP_CMD_TERMINATE };
@@ -373,6 +422,7 @@ typedef struct {
      * (and is replaced); one above twice it during a task is killed by the
      * parent (limits.c).  0: none. */
     uint64_t max_rss;
+    _Atomic uint64_t timed_out; /* items that ran past their time limit */
     cp_recy task_recy[CP_RECY_TASKS];
     cp_slot slots[];
 } cp_ctl;
@@ -428,6 +478,8 @@ typedef struct cp_task {
     int held;          /* a dead worker had taken it: its segment is not ours */
     uint32_t retries;  /* how often it may be run again after its worker died */
     uint32_t lost;     /* workers that died running it */
+    int timed_out;     /* an apply killed for running past its time limit */
+    cp_timing *timing; /* its time limit, or NULL (see CP_F_TIMED) */
     cp_segref seg;
     size_t len;
     char data[];
@@ -509,6 +561,12 @@ CP_HIDDEN int cp_sched_outstanding(const cp_sched *s);
 /* Take every task that could not be sent and every pending one (and, with
  * `inflight`, every one sent), as one list. */
 CP_HIDDEN cp_task *cp_sched_take_all(cp_sched *s, int inflight);
+/* Task (job, idx) was killed running item `item` of it, past its time limit. */
+typedef struct {
+    uint64_t job;
+    uint32_t idx;
+    cp_skip item;
+} cp_tkill;
 /* Slot i's worker died, having consumed its task ring up to `head`: send
  * again (first, in their order) the tasks it never took and the ones it
  * held that may be retried (t->lost < t->retries; t->lost counts the
@@ -516,8 +574,12 @@ CP_HIDDEN cp_task *cp_sched_take_all(cp_sched *s, int inflight);
  * taken the record), which the caller fails.  When the last record it consumed was a FUNC record, the first
  * task of that job after it is held too (the function may be what killed
  * it); the second time in a row a job's function does that, all of that
- * job's queued tasks are returned with it. */
-CP_HIDDEN cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head);
+ * job's queued tasks are returned with it.  With tk (limits.c killed it
+ * for a time limit), that task is not counted lost: an apply is returned
+ * with t->timed_out set (it fails with TaskTimeoutError), a chunk is sent
+ * again first, with the item noted to skip (cp_timing). */
+CP_HIDDEN cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head,
+                                        const cp_tkill *tk);
 /* Forget w's FUNC records put before ring position `upto` (loaded),
  * closing their segments. */
 CP_HIDDEN void cp_forget_funcs(cp_wstate *w, uint64_t upto);
@@ -565,6 +627,7 @@ typedef struct {
     PyObject *load_oob;     /* cpool._worker._load_oob */
     PyObject *attach_arena; /* cpool.sharedctypes._attach_arena */
     PyObject *synchronized; /* cpool.sharedctypes.synchronized */
+    PyObject *timed_out;    /* cpool._worker._timed_out */
     PyObject *dumps;   /* pickle.dumps */
     PyObject *loads;   /* pickle.loads */
     PyObject *protocol;/* int 5 */
@@ -674,11 +737,19 @@ typedef struct CoreObject {
                                  * with callbacks, for the collector thread */
     pthread_t thread;
     PyThreadState *cts;         /* the collector's, while it runs without the GIL */
-    struct cp_kill {            /* limits.c killed slot i's worker, pid */
+    /* limits.c killed slot i's worker `pid` (published last): why, and
+     * when it asked the item it is stopping to stop (stop_ns). */
+    struct cp_kill {
         _Atomic int32_t pid;
-        _Atomic int64_t rss;    /* ...because its memory was this */
+        int why;                /* CP_KILL_* */
+        int64_t rss;            /* MEMORY: its resident memory */
+        cp_tkill tk;            /* TIMEOUT: the task and item */
+        int64_t timeout_ns;     /* TIMEOUT: the item's limit */
+        _Atomic int64_t stop_ns;
     } *kills;
-    _Atomic int64_t limits_due; /* when cp_check_limits looks next */
+    _Atomic int64_t limits_due; /* when cp_check_limits looks at memory next */
+    _Atomic int checking;       /* a sleeper is in cp_check_limits */
+    _Atomic int timed;          /* a task with a time limit was ever queued */
     int stopping;               /* collector: STOP records sent */
     int sealed;                 /* (mu) no more tasks: the pool is ending */
 } CoreObject;
@@ -707,11 +778,19 @@ CP_HIDDEN void cp_dispatch_locked(CoreObject *c);
 CP_HIDDEN int cp_enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n);
 /* No task gets in from now on: enqueue refuses under mu. */
 CP_HIDDEN void cp_seal(CoreObject *c, int gil);
-/* apply_async: pickle (func, args, kwds) as task 0 of `job` and queue it,
- * to be run again up to `retries` times if its worker dies.  0, or -1 with
- * the exception (a pickling error raises here). */
+/* A call's options for its tasks: how often one may run again after its
+ * worker died (retries=), how long one item may run (task_timeout=; 0:
+ * no limit), and the call's chunk size (set by cp_submit_chunks). */
+typedef struct {
+    uint32_t retries;
+    uint32_t chunksize;
+    uint64_t timeout_ns;
+} cp_taskopts;
+/* apply_async: pickle (func, args, kwds) as task 0 of `job` and queue it
+ * with options o.  0, or -1 with the exception (a pickling error raises
+ * here). */
 CP_HIDDEN int cp_submit_call(CoreObject *c, uint64_t job, PyObject *func, PyObject *args,
-                             PyObject *kwds, uint32_t retries);
+                             PyObject *kwds, const cp_taskopts *o);
 /* A map-like job's function, pickled once: a capsule for cp_submit_chunks. */
 CP_HIDDEN PyObject *cp_func_blob(CoreObject *c, PyObject *func);
 /* Cut the sequence `items` into chunks, pickle each, and queue them as
@@ -720,7 +799,7 @@ CP_HIDDEN PyObject *cp_func_blob(CoreObject *c, PyObject *func);
  * the exception. */
 CP_HIDDEN Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob,
                                       PyObject *items, Py_ssize_t chunksize, int star,
-                                      uint32_t first, int progressive, uint32_t retries);
+                                      uint32_t first, int progressive, cp_taskopts o);
 
 /* deliver.c */
 /* Hand one outcome to the job's result object: job._set(idx, status, value,
@@ -744,12 +823,20 @@ CP_HIDDEN void cp_set_broken(CoreObject *c, PyObject *exc, PyObject *tb, int ini
 /* How long whoever sleeps for results may sleep before cp_check_limits is
  * due (<0: no limit to watch). */
 CP_HIDDEN int64_t cp_limits_nap(CoreObject *c);
-/* Kill the workers over their limits, if a look is due (cheap when not;
- * no GIL). */
+/* Stop the items past their time limits, kill the workers that did not
+ * stop within CP_STOP_GRACE_NS or are over their memory limit, if a look
+ * is due (cheap when not; no GIL). */
 CP_HIDDEN void cp_check_limits(CoreObject *c);
-/* Why slot i's worker `pid` died, if limits.c killed it: the words after
- * "worker <pid> " (a new str), else None. */
-CP_HIDDEN PyObject *cp_kill_reason(CoreObject *c, int i, pid_t pid);
+enum { CP_KILL_NONE = 0, CP_KILL_MEMORY, CP_KILL_TIMEOUT };
+/* How long a worker asked to stop an item past its time limit has before
+ * it is killed. */
+#define CP_STOP_GRACE_NS 1000000000 /* 1 s */
+/* Whether limits.c killed slot i's worker `pid` (CP_KILL_*); the note is
+ * taken (copied to *k). */
+CP_HIDDEN int cp_take_kill(CoreObject *c, int i, pid_t pid, struct cp_kill *k);
+/* Why a worker died, from its note: the words after "worker <pid> " (a new
+ * str), else None. */
+CP_HIDDEN PyObject *cp_kill_words(CoreObject *c, const struct cp_kill *k);
 
 /* stats.c */
 /* pool.stats(): the pool's counters and one dict per worker slot. */
@@ -874,6 +961,9 @@ CP_HIDDEN int cp_warn_fork_with_threads(Py_ssize_t os_threads);
 CP_HIDDEN pid_t cp_exec_template(int ctl_fd, int evfd, const int *wsock, int n,
                                  PyObject *spec);
 CP_HIDDEN int cp_spawn_add_functions(PyObject *module);
+/* worker.c: _stop_requested() and STOP_SIGNAL, for a worker's stop-signal
+ * handler.  0, or -1 with the exception. */
+CP_HIDDEN int cp_worker_add_functions(PyObject *module);
 
 /* floor.c: the benchmark's physical limits. */
 CP_HIDDEN int cp_floor_add_functions(PyObject *module);

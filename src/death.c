@@ -1,7 +1,9 @@
 /* death.c: a worker died.
  *
  * Fail exactly the tasks it held (with WorkerLostError, saying why when
- * limits.c killed it), unless they may run again (retries=); send again the
+ * limits.c killed it; an apply killed past its time limit with
+ * TaskTimeoutError), unless they may run again (retries=, or a chunk
+ * killed past its time limit, without that item); send again the
  * ones it never took, hand back the recycled segments it held, close what it
  * sent but never posted, and ask the template for a replacement unless the
  * pool is broken or ending.
@@ -33,8 +35,14 @@ void cp_handle_death(CoreObject *c, int i)
     cp_ring *tr = cp_task_ring(c->ctl, i);
     uint64_t head = cp_ring_head(tr);
 
+    /* Why, if limits.c killed it: taken before the slot is given a new
+     * worker, whose kill would note again. */
+    struct cp_kill note = {0};
+    int killed = cp_take_kill(c, i, pid, &note);
+
     cp_lock_with_gil(c);
-    cp_task *held = cp_sched_worker_lost(&c->sd, i, head);
+    cp_task *held = cp_sched_worker_lost(&c->sd, i, head,
+                                         killed == CP_KILL_TIMEOUT ? &note.tk : NULL);
     cp_ring_reset(tr);
     /* What was sent to it and never read is its successor's to drop. */
     atomic_store(&s->stale_tag, c->sd.tag_seq);
@@ -82,7 +90,7 @@ void cp_handle_death(CoreObject *c, int i)
     atomic_store(&s->state, respawn ? CP_S_SPAWN_REQ : CP_S_FREE);
     if (respawn) cp_tell_template(c);
 
-    PyObject *why = cp_kill_reason(c, i, pid);
+    PyObject *why = cp_kill_words(c, &note);
     if (why == NULL) {
         PyErr_WriteUnraisable(NULL);
         why = Py_NewRef(Py_None);
@@ -90,10 +98,19 @@ void cp_handle_death(CoreObject *c, int i)
     for (cp_task *t = held, *next; t != NULL; t = next) {
         next = t->next;
         t->next = NULL;
-        /* (pid, wait status, how many workers died running it, why) */
-        PyObject *info = Py_BuildValue("(iiIO)", (int)pid, ws, t->lost, why);
+        PyObject *info;
+        int status = CP_ST_LOST;
+        if (t->timed_out) { /* (pid, item, seconds run, limit) */
+            status = CP_ST_TIMEOUT;
+            atomic_fetch_add(&c->ctl->timed_out, 1);
+            info = Py_BuildValue("(iOdd)", (int)pid, Py_None,
+                                 (double)note.tk.item.elapsed_ns / 1e9,
+                                 (double)note.timeout_ns / 1e9);
+        } else { /* (pid, wait status, how many workers died running it, why) */
+            info = Py_BuildValue("(iiIO)", (int)pid, ws, t->lost, why);
+        }
         if (info == NULL) PyErr_WriteUnraisable(NULL);
-        cp_fail_list(c, t, CP_ST_LOST, info);
+        cp_fail_list(c, t, status, info);
         Py_XDECREF(info);
     }
     Py_DECREF(why);

@@ -41,6 +41,7 @@ void cp_blob_decref(cp_blob *b)
 void cp_task_free(cp_task *t)
 {
     cp_blob_decref(t->func);
+    free(t->timing);
     free(t);
 }
 
@@ -191,7 +192,20 @@ static cp_task **take_job(cp_task **from, uint64_t job, cp_task **to, size_t *mo
     return to;
 }
 
-cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
+/* Note in a chunk's timing that `item` is not to run again: 0, or -1
+ * (ENOMEM). */
+static int add_skip(cp_task *t, const cp_skip *item)
+{
+    uint32_t n = t->timing->nskips + 1;
+    cp_timing *tm = realloc(t->timing, sizeof *tm + n * sizeof(cp_skip));
+    if (tm == NULL) return -1;
+    tm->skips[n - 1] = *item;
+    tm->nskips = n;
+    t->timing = tm;
+    return 0;
+}
+
+cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head, const cp_tkill *tk)
 {
     cp_wstate *w = &s->ws[i];
     cp_task *held = NULL, **hp = &held, *again = NULL, **ap = &again;
@@ -240,8 +254,18 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
      * took, in their order; the others fail. */
     cp_task *retry = NULL, **rp = &retry;
     for (cp_task **pp = &held, *t; (t = *pp) != NULL;) {
-        int again_ = t->lost < t->retries && !(doomed && t->job == func_job);
-        t->lost++;
+        /* Killed for its time limit, not lost: an apply fails with
+         * TaskTimeoutError, a chunk runs again without that item. */
+        int timed = tk != NULL && t->held && t->timing != NULL && t->job == tk->job &&
+                    t->idx == tk->idx;
+        if (timed && t->kind == CP_K_CALL) {
+            t->timed_out = 1;
+            pp = &t->next;
+            continue;
+        }
+        if (timed && add_skip(t, &tk->item) != 0) timed = 0; /* ENOMEM: lost */
+        int again_ = timed || (t->lost < t->retries && !(doomed && t->job == func_job));
+        if (!timed) t->lost++;
         if (!again_) {
             s->lost++;
             pp = &t->next;
@@ -252,7 +276,7 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head)
         t->held = 0; /* sent again: a one-shot segment (see submit.c), still ours */
         *rp = t;
         rp = &t->next;
-        s->retried++;
+        if (!timed) s->retried++;
         nagain++;
     }
     *rp = again;
@@ -437,17 +461,33 @@ static int put_func(cp_sched *s, int i, cp_ring *r, cp_rechdr *h, const char *p,
     return 0;
 }
 
+/* The bytes of a task's time limit ahead of its payload (CP_F_TIMED). */
+static size_t timing_len(const cp_task *t)
+{
+    return t->timing ? sizeof *t->timing + t->timing->nskips * sizeof(cp_skip) : 0;
+}
+
+/* The payload bytes of a task's record. */
+static size_t record_len(const cp_task *t)
+{
+    return timing_len(t) + (t->has_seg ? sizeof t->seg : t->len);
+}
+
 /* Put a task record on slot i's ring: its inline pickle, or a reference to
- * its segment (handed over first).  0 sent, 1 full, -1 failed (errno). */
+ * its segment (handed over first), behind its time limit if it has one.
+ * 0 sent, 1 full, -1 failed (errno). */
 static int put_task(cp_sched *s, int i, cp_ring *r, cp_task *t)
 {
     cp_rechdr h = {.kind = t->kind, .job = t->job, .idx = t->idx};
-    if (!cp_ring_fits(r, (t->has_seg ? sizeof t->seg : t->len) + CP_STOP_ROOM)) return 1;
-    if (!t->has_seg) return cp_ring_try_put(r, &h, t->data, t->len) ? 1 : 0;
+    size_t nt = timing_len(t);
+    if (nt) h.flags = CP_F_TIMED;
+    if (!cp_ring_fits(r, record_len(t) + CP_STOP_ROOM)) return 1;
+    if (!t->has_seg)
+        return cp_ring_try_put2(r, &h, t->timing, nt, t->data, t->len) ? 1 : 0;
     int rc = send_segment(s, i, &t->seg);
     if (rc != 0) return rc;
-    h.flags = CP_F_LARGE;
-    return cp_ring_try_put(r, &h, &t->seg, sizeof t->seg) ? 1 : 0;
+    h.flags |= CP_F_LARGE;
+    return cp_ring_try_put2(r, &h, t->timing, nt, &t->seg, sizeof t->seg) ? 1 : 0;
 }
 
 /* Whether slot i is a better home for the next task than slot j: one not
@@ -505,7 +545,7 @@ static int dispatch_pending(cp_sched *s, int64_t now)
             continue;
         }
         t->end_pos = cp_ring_tail(r);
-        t->pos = t->end_pos - CP_REC_BYTES(t->has_seg ? sizeof t->seg : t->len);
+        t->pos = t->end_pos - CP_REC_BYTES(record_len(t));
         t->sent_ns = now;
         if (w->tail) w->tail->next = t;
         else w->head = t;

@@ -1,14 +1,25 @@
-/* limits.c: the parent's watch over running tasks, for the caps a pool was
- * given (Pool(max_memory_per_child=)).
+/* limits.c: the parent's watch over running tasks, for the limits a pool
+ * or a call was given: task_timeout= and max_memory_per_child=.
  *
- * A worker checks its own memory after each task and leaves when it is over
- * the cap (worker.c): its task ends normally, and it is replaced before its
- * next one.  During a task only the parent can act: whoever sleeps for
- * results (the collector thread, or a waiter holding the token) looks at
- * the busy workers every LIMITS_POLL_NS, and kills one whose resident
- * memory passed twice the cap, noting why; the task it held then fails with
- * a WorkerLostError that says so (death.c), or runs again (retries=).  No
- * GIL: /proc reads and kill() only.
+ * Time: a worker running an item of a timed task writes the item's deadline
+ * into its slot (worker.c).  Past it, the parent asks the worker to stop
+ * the item: it sets the slot's stop_for to that deadline and sends
+ * CP_STOP_SIGNAL, whose handler in the worker raises TaskTimeoutError
+ * inside the task (finally: blocks run).  A worker still on that item
+ * CP_STOP_GRACE_NS later is killed, noting why: death.c fails the apply
+ * with TaskTimeoutError, or sends its chunk again without that item.
+ *
+ * Memory: a worker checks its own memory after each task and leaves when it
+ * is over the cap (worker.c): its task ends normally, and it is replaced
+ * before its next one.  During a task the parent looks at the busy workers
+ * every LIMITS_POLL_NS and kills one whose resident memory passed twice the
+ * cap, noting why; the task it held then fails with a WorkerLostError that
+ * says so (death.c), or runs again (retries=).
+ *
+ * Whoever sleeps for results (the collector thread, or a waiter holding the
+ * token) looks, one at a time, and sleeps no longer than the next deadline.
+ * No GIL: /proc reads, kill() and atomics only.  A pool without limits pays
+ * two loads per look.
  */
 #define CP_NEED_PYTHON
 #include "cpool.h"
@@ -18,52 +29,136 @@
 
 #define LIMITS_POLL_NS 100000000 /* 0.1 s */
 
+/* When slot i's timed item next needs a look (cp_now_ns time), or 0: no
+ * timed item runs there. */
+static int64_t time_due(CoreObject *c, int i)
+{
+    cp_slot *s = &c->ctl->slots[i];
+    int64_t d = atomic_load(&s->deadline_ns);
+    if (d == 0) return 0;
+    if (atomic_load(&s->stop_for) != d) return d;
+    return atomic_load(&c->kills[i].stop_ns) + CP_STOP_GRACE_NS;
+}
+
 int64_t cp_limits_nap(CoreObject *c)
 {
-    if (c->ctl->max_rss == 0 || atomic_load(&c->phase) == CP_TERMINATE) return -1;
+    int mem = c->ctl->max_rss != 0, timed = atomic_load(&c->timed);
+    if ((!mem && !timed) || atomic_load(&c->phase) == CP_TERMINATE) return -1;
+    int64_t now = cp_now_ns(), due = -1;
     for (int i = 0; i < c->n; i++) {
         if (atomic_load(&c->ctl->slots[i].state) != CP_S_READY) continue;
-        int64_t left = atomic_load(&c->limits_due) - cp_now_ns();
-        return left > 0 ? left : 0;
+        int64_t at = mem ? atomic_load(&c->limits_due) : 0;
+        int64_t t = timed ? time_due(c, i) : 0;
+        if (t != 0 && (at == 0 || t < at)) at = t;
+        if (at != 0 && (due < 0 || at - now < due)) due = at - now > 0 ? at - now : 0;
     }
-    return -1;
+    return due;
+}
+
+/* Note why slot i's worker `pid` is killed (before the kill: its death may
+ * be handled at once), then kill it. */
+static void kill_noted(CoreObject *c, int i, pid_t pid, const struct cp_kill *note)
+{
+    struct cp_kill *k = &c->kills[i];
+    k->why = note->why;
+    k->rss = note->rss;
+    k->tk = note->tk;
+    k->timeout_ns = note->timeout_ns;
+    atomic_store(&k->pid, pid);
+    (void)kill(pid, SIGKILL);
+}
+
+/* Slot i runs a timed item: stop it past its deadline, kill its worker past
+ * the grace period after that. */
+static void check_time(CoreObject *c, int i, pid_t pid, int64_t now)
+{
+    cp_slot *s = &c->ctl->slots[i];
+    int64_t d = atomic_load(&s->deadline_ns);
+    if (d == 0 || now < d) return;
+    if (atomic_load(&s->stop_for) != d) {
+        atomic_store(&c->kills[i].stop_ns, now);
+        atomic_store(&s->stop_for, d);
+        CP_DEBUG("slot %d: worker %d ran past its time limit: asked to stop", i,
+                 (int)pid);
+        (void)kill(pid, CP_STOP_SIGNAL);
+        return;
+    }
+    if (now - atomic_load(&c->kills[i].stop_ns) < CP_STOP_GRACE_NS) return;
+    int64_t began = atomic_load(&s->item_ns);
+    struct cp_kill note = {
+        .why = CP_KILL_TIMEOUT,
+        .tk = {.job = atomic_load(&s->current_job),
+               .idx = atomic_load(&s->current_idx),
+               .item = {.item = atomic_load(&s->item),
+                        .pid = pid,
+                        .elapsed_ns = now - began}},
+        .timeout_ns = d - began,
+    };
+    /* Still the item it was asked to stop (a worker that moved on since
+     * the look above is killed only in the window of these loads). */
+    if (atomic_load(&s->deadline_ns) != d) return;
+    CP_DEBUG("slot %d: worker %d did not stop within the grace period: killed", i,
+             (int)pid);
+    kill_noted(c, i, pid, &note);
 }
 
 void cp_check_limits(CoreObject *c)
 {
     uint64_t cap = c->ctl->max_rss;
-    if (cap == 0) return;
-    /* Once per LIMITS_POLL_NS, by whichever sleeper gets there first. */
+    int timed = atomic_load(&c->timed);
+    if (cap == 0 && !timed) return;
+    /* One sleeper at a time writes the notes. */
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&c->checking, &idle, 1)) return;
     int64_t now = cp_now_ns(), due = atomic_load(&c->limits_due);
-    if (now < due ||
-        !atomic_compare_exchange_strong(&c->limits_due, &due, now + LIMITS_POLL_NS))
-        return;
+    /* Memory once per LIMITS_POLL_NS. */
+    int mem = cap != 0 && now >= due;
+    if (mem) atomic_store(&c->limits_due, now + LIMITS_POLL_NS);
     for (int i = 0; i < c->n; i++) {
         cp_slot *s = &c->ctl->slots[i];
         pid_t pid = atomic_load(&s->pid);
         if (pid <= 0 || atomic_load(&s->state) != CP_S_READY ||
-            atomic_load(&s->started_ns) == 0)
+            atomic_load(&c->kills[i].pid) == pid)
+            continue;
+        if (timed) check_time(c, i, pid, now);
+        if (!mem || atomic_load(&s->started_ns) == 0 ||
+            atomic_load(&c->kills[i].pid) == pid)
             continue;
         int64_t rss = cp_proc_rss(pid);
         if (rss < 0 || (uint64_t)rss <= 2 * cap) continue;
-        /* The reason first: the death it causes may be handled at once. */
-        atomic_store(&c->kills[i].rss, rss);
-        atomic_store(&c->kills[i].pid, pid);
         CP_DEBUG("slot %d: worker %d has %lld bytes resident, over twice the cap: killed",
                  i, (int)pid, (long long)rss);
-        (void)kill(pid, SIGKILL);
+        kill_noted(c, i, pid, &(struct cp_kill){.why = CP_KILL_MEMORY, .rss = rss});
     }
+    atomic_store(&c->checking, 0);
 }
 
-PyObject *cp_kill_reason(CoreObject *c, int i, pid_t pid)
+int cp_take_kill(CoreObject *c, int i, pid_t pid, struct cp_kill *k)
 {
-    if (pid <= 0 || atomic_load(&c->kills[i].pid) != pid) return Py_NewRef(Py_None);
-    atomic_store(&c->kills[i].pid, 0);
-    char why[160];
-    snprintf(why, sizeof why,
-             "was killed by cpool: its resident memory, %.1f MiB, passed twice "
-             "max_memory_per_child (%.1f MiB)",
-             (double)atomic_load(&c->kills[i].rss) / 1048576.0,
-             (double)c->ctl->max_rss / 1048576.0);
+    struct cp_kill *n = &c->kills[i];
+    if (pid <= 0 || atomic_load(&n->pid) != pid) return CP_KILL_NONE;
+    k->why = n->why;
+    k->rss = n->rss;
+    k->tk = n->tk;
+    k->timeout_ns = n->timeout_ns;
+    atomic_store(&n->pid, 0);
+    return k->why;
+}
+
+PyObject *cp_kill_words(CoreObject *c, const struct cp_kill *k)
+{
+    char why[200];
+    if (k->why == CP_KILL_MEMORY)
+        snprintf(why, sizeof why,
+                 "was killed by cpool: its resident memory, %.1f MiB, passed twice "
+                 "max_memory_per_child (%.1f MiB)",
+                 (double)k->rss / 1048576.0, (double)c->ctl->max_rss / 1048576.0);
+    else if (k->why == CP_KILL_TIMEOUT)
+        snprintf(why, sizeof why,
+                 "was killed by cpool: task %u of job %llu ran %.3g s, past its time "
+                 "limit of %.3g s, and did not stop when asked",
+                 k->tk.idx, (unsigned long long)k->tk.job,
+                 (double)k->tk.item.elapsed_ns / 1e9, (double)k->timeout_ns / 1e9);
+    else return Py_NewRef(Py_None);
     return PyUnicode_FromString(why);
 }

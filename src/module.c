@@ -35,22 +35,22 @@ PyObject *cp_hook(PyObject *hook, const char *name)
 
 PyDoc_STRVAR(set_hooks_doc,
              "_set_hooks($module, /, *, pack_oob=None, load_oob=None,\n"
-             "           attach_arena=None, synchronized=None)\n--\n\n"
+             "           attach_arena=None, synchronized=None, timed_out=None)\n--\n\n"
              "Hand the extension the package's functions it calls: the package does\n"
              "this as it is imported, so C never imports the package.");
 
 static PyObject *set_hooks(PyObject *m, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"pack_oob", "load_oob", "attach_arena", "synchronized",
-                             NULL};
-    PyObject *hooks[4] = {NULL, NULL, NULL, NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$OOOO", kwlist, &hooks[0], &hooks[1],
-                                     &hooks[2], &hooks[3]))
+    static char *kwlist[] = {"pack_oob",     "load_oob",  "attach_arena",
+                             "synchronized", "timed_out", NULL};
+    PyObject *hooks[5] = {NULL, NULL, NULL, NULL, NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$OOOOO", kwlist, &hooks[0], &hooks[1],
+                                     &hooks[2], &hooks[3], &hooks[4]))
         return NULL;
     cpool_state *st = cp_get_state(m);
-    PyObject **slots[4] = {&st->pack_oob, &st->load_oob, &st->attach_arena,
-                           &st->synchronized};
-    for (int i = 0; i < 4; i++)
+    PyObject **slots[5] = {&st->pack_oob, &st->load_oob, &st->attach_arena,
+                           &st->synchronized, &st->timed_out};
+    for (int i = 0; i < 5; i++)
         if (hooks[i] != NULL && hooks[i] != Py_None)
             Py_XSETREF(*slots[i], Py_NewRef(hooks[i]));
     Py_RETURN_NONE;
@@ -99,6 +99,8 @@ static int module_exec(PyObject *m)
         PyModule_AddIntConstant(m, "ST_TERMINATED", CP_ST_TERMINATED) < 0 ||
         PyModule_AddIntConstant(m, "ST_INITFAIL", CP_ST_INITFAIL) < 0 ||
         PyModule_AddIntConstant(m, "ST_UNPICKLE", CP_ST_UNPICKLE) < 0 ||
+        PyModule_AddIntConstant(m, "ST_MIXED", CP_ST_MIXED) < 0 ||
+        PyModule_AddIntConstant(m, "ST_TIMEOUT", CP_ST_TIMEOUT) < 0 ||
         PyModule_AddIntConstant(m, "S_FREE", CP_S_FREE) < 0 ||
         PyModule_AddIntConstant(m, "S_SPAWN_REQ", CP_S_SPAWN_REQ) < 0 ||
         PyModule_AddIntConstant(m, "S_SPAWNED", CP_S_SPAWNED) < 0 ||
@@ -112,7 +114,8 @@ static int module_exec(PyObject *m)
         return -1;
     if (cp_core_add_type(m, st) < 0 || cp_arena_add_type(m, st) < 0 ||
         cp_lock_add_type(m, st) < 0 || cp_floor_add_functions(m) < 0 ||
-        cp_pack_add_types(m, st) < 0 || cp_spawn_add_functions(m) < 0)
+        cp_pack_add_types(m, st) < 0 || cp_spawn_add_functions(m) < 0 ||
+        cp_worker_add_functions(m) < 0)
         return -1;
     return cp_value_add_type(m, st);
 }
@@ -129,6 +132,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->load_oob);
     Py_VISIT(st->attach_arena);
     Py_VISIT(st->synchronized);
+    Py_VISIT(st->timed_out);
     Py_VISIT(st->dumps);
     Py_VISIT(st->loads);
     return 0;
@@ -146,6 +150,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->load_oob);
     Py_CLEAR(st->attach_arena);
     Py_CLEAR(st->synchronized);
+    Py_CLEAR(st->timed_out);
     Py_CLEAR(st->dumps);
     Py_CLEAR(st->loads);
     Py_CLEAR(st->protocol);

@@ -307,21 +307,24 @@ static void Core_dealloc(CoreObject *c)
 static uint64_t job_arg(PyObject *o) { return PyLong_AsUnsignedLongLong(o); }
 
 PyDoc_STRVAR(submit_call_doc,
-             "submit_call($self, job, func, args, kwds, retries=0)\n--\n\n"
+             "submit_call($self, job, func, args, kwds, retries=0, timeout_ns=0)\n--\n\n"
              "Pickle (func, args, kwds) and queue it as task 0 of `job`, to be run\n"
-             "again up to `retries` times if its worker dies.  A pickling error is\n"
-             "raised here, in the caller.");
+             "again up to `retries` times if its worker dies, and stopped past\n"
+             "timeout_ns (0: never).  A pickling error is raised here, in the caller.");
 
 static PyObject *Core_submit_call(CoreObject *c, PyObject *args)
 {
     PyObject *jobo, *func, *fargs, *kwds;
-    unsigned int retries = 0;
-    if (!PyArg_ParseTuple(args, "OOOO|I", &jobo, &func, &fargs, &kwds, &retries))
+    cp_taskopts o = {0};
+    unsigned long long timeout = 0;
+    if (!PyArg_ParseTuple(args, "OOOO|IK", &jobo, &func, &fargs, &kwds, &o.retries,
+                          &timeout))
         return NULL;
+    o.timeout_ns = timeout;
     if (check_owner(c) < 0) return NULL;
     uint64_t job = job_arg(jobo);
     if (PyErr_Occurred()) return NULL;
-    if (cp_submit_call(c, job, func, fargs, kwds, retries) < 0) return NULL;
+    if (cp_submit_call(c, job, func, fargs, kwds, &o) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -338,10 +341,11 @@ static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
 PyDoc_STRVAR(
     submit_chunks_doc,
     "submit_chunks($self, job, func_blob, items, chunksize, star, first_idx, "
-    "progressive, retries=0)\n--\n\n"
+    "progressive, retries=0, timeout_ns=0)\n--\n\n"
     "Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
     "queue them as tasks first_idx, first_idx+1, ... of `job` (each run again\n"
-    "up to `retries` times if its worker dies).  A chunk that\n"
+    "up to `retries` times if its worker dies, each item stopped past\n"
+    "timeout_ns, 0: never).  A chunk that\n"
     "fails to pickle raises here.  progressive: send them 256 KiB of pickles at\n"
     "a time (batches sent before a failure run anyway); else all or nothing.\n"
     "Returns the number of chunks.");
@@ -351,15 +355,18 @@ static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
     PyObject *jobo, *blob, *items;
     Py_ssize_t chunksize;
     int star, progressive;
-    unsigned int first, retries = 0;
-    if (!PyArg_ParseTuple(args, "OOOnpIp|I", &jobo, &blob, &items, &chunksize, &star,
-                          &first, &progressive, &retries))
+    unsigned int first;
+    cp_taskopts o = {0};
+    unsigned long long timeout = 0;
+    if (!PyArg_ParseTuple(args, "OOOnpIp|IK", &jobo, &blob, &items, &chunksize, &star,
+                          &first, &progressive, &o.retries, &timeout))
         return NULL;
+    o.timeout_ns = timeout;
     if (check_owner(c) < 0) return NULL;
     uint64_t job = job_arg(jobo);
     if (PyErr_Occurred()) return NULL;
-    Py_ssize_t n = cp_submit_chunks(c, job, blob, items, chunksize, star, first,
-                                    progressive, retries);
+    Py_ssize_t n =
+        cp_submit_chunks(c, job, blob, items, chunksize, star, first, progressive, o);
     return n < 0 ? NULL : PyLong_FromSsize_t(n);
 }
 

@@ -67,7 +67,14 @@ int cp_ring_fits(cp_ring *r, size_t n)
 
 int cp_ring_try_put(cp_ring *r, const cp_rechdr *h, const void *p, size_t n)
 {
+    return cp_ring_try_put2(r, h, NULL, 0, p, n);
+}
+
+int cp_ring_try_put2(cp_ring *r, const cp_rechdr *h, const void *p0, size_t n0,
+                     const void *p, size_t n)
+{
     uint64_t skip;
+    n += n0;
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
     if (!fits_at(r, tail, head, n, &skip)) return -1;
@@ -85,7 +92,8 @@ int cp_ring_try_put(cp_ring *r, const cp_rechdr *h, const void *p, size_t n)
     cp_rechdr hh = *h;
     hh.len = (uint32_t)n;
     memcpy(d + off, &hh, HDR);
-    if (n) memcpy(d + off + HDR, p, n);
+    if (n0) memcpy(d + off + HDR, p0, n0);
+    if (n > n0) memcpy(d + off + HDR + n0, p, n - n0);
     atomic_store_explicit(&r->tail, tail + CP_REC_BYTES(n), memory_order_release);
     return 0;
 }

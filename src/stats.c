@@ -80,7 +80,9 @@ PyObject *cp_core_stats(CoreObject *c)
                        done = s->n_done, failed = s->n_failed, lost = s->lost,
                        retried = s->retried, steals = s->steals;
     pthread_mutex_unlock(&c->mu);
-    return Py_BuildValue("{s:K,s:i,s:K,s:K,s:K,s:K,s:K,s:N}", "queued", queued, "running",
-                         running, "done", done, "failed", failed, "lost", lost, "retried",
-                         retried, "steals", steals, "workers", workers);
+    unsigned long long timed_out = atomic_load(&c->ctl->timed_out);
+    return Py_BuildValue("{s:K,s:i,s:K,s:K,s:K,s:K,s:K,s:K,s:N}", "queued", queued,
+                         "running", running, "done", done, "failed", failed, "lost", lost,
+                         "retried", retried, "timed_out", timed_out, "steals", steals,
+                         "workers", workers);
 }

@@ -52,14 +52,16 @@ static cp_task *task_new(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kin
     return t;
 }
 
-/* Pickle obj into a new task that may run `retries` more times if its
- * worker dies; NULL with the exception.  `wait`: a large one may wait a
- * little for a recycled segment (a map's chunks: see shm.c).  A task that
- * may run again keeps its payload: a large one goes into a one-shot
- * segment, whose descriptor the parent keeps (a recycled one is the next
- * task's once the worker has loaded it). */
+/* Pickle obj into a new task with options `o` (it may run o->retries more
+ * times if its worker dies; with o->timeout_ns, each item may run that
+ * long); NULL with the exception.  `wait`: a large one may wait a little
+ * for a recycled segment (a map's chunks: see shm.c).  A task that may run
+ * again (retries, or a chunk sent again without an item that ran out of
+ * time) keeps its payload: a large one goes into a one-shot segment, whose
+ * descriptor the parent keeps (a recycled one is the next task's once the
+ * worker has loaded it). */
 static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
-                          cp_blob *func, PyObject *obj, int wait, uint32_t retries)
+                          cp_blob *func, PyObject *obj, int wait, const cp_taskopts *o)
 {
     if (c->sealed) { /* racy read, an early refusal only: enqueue decides */
         PyErr_SetString(PyExc_ValueError, "Pool not running");
@@ -67,7 +69,7 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
     }
     cp_packed pk;
     cp_segdest dest = {0}; /* one-shot */
-    if (retries == 0)
+    if (o->retries == 0 && o->timeout_ns == 0)
         dest = (cp_segdest){.recy = c->ctl->task_recy,
                             .nrecy = CP_RECY_TASKS,
                             .wait = wait,
@@ -76,7 +78,16 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
     if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
         return NULL;
     cp_task *t = task_new(c, job, idx, kind, func, &pk);
-    if (t != NULL) t->retries = retries;
+    if (t == NULL) return NULL;
+    t->retries = o->retries;
+    if (o->timeout_ns) {
+        t->timing = malloc(sizeof *t->timing);
+        if (t->timing == NULL) {
+            cp_free_list(c->ctl, t);
+            return (cp_task *)PyErr_NoMemory();
+        }
+        *t->timing = (cp_timing){.timeout_ns = o->timeout_ns, .chunksize = o->chunksize};
+    }
     return t;
 }
 
@@ -113,6 +124,7 @@ int cp_enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
     }
     if (atomic_load(&c->is_broken) || atomic_load(&c->phase) == CP_TERMINATE)
         cp_kick(c); /* the collector fails them */
+    if (first->timing != NULL) atomic_store(&c->timed, 1);
     return 0;
 }
 
@@ -128,11 +140,11 @@ void cp_seal(CoreObject *c, int gil)
 /* ---- the submit calls ----------------------------------------------------- */
 
 int cp_submit_call(CoreObject *c, uint64_t job, PyObject *func, PyObject *args,
-                   PyObject *kwds, uint32_t retries)
+                   PyObject *kwds, const cp_taskopts *o)
 {
     PyObject *t = PyTuple_Pack(3, func, args, kwds);
     if (t == NULL) return -1;
-    cp_task *task = task_pack(c, job, 0, CP_K_CALL, NULL, t, 0, retries);
+    cp_task *task = task_pack(c, job, 0, CP_K_CALL, NULL, t, 0, o);
     Py_DECREF(t);
     if (task == NULL) return -1;
     return cp_enqueue(c, task, task, 1);
@@ -164,7 +176,7 @@ PyObject *cp_func_blob(CoreObject *c, PyObject *func)
 
 Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObject *items,
                             Py_ssize_t chunksize, int star, uint32_t first,
-                            int progressive, uint32_t retries)
+                            int progressive, cp_taskopts o)
 {
     cp_blob *func = PyCapsule_GetPointer(blob, "cpool.func");
     if (func == NULL) return -1;
@@ -183,6 +195,7 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
         Py_DECREF(seq);
         return -1;
     }
+    o.chunksize = (uint32_t)(chunksize < UINT32_MAX ? chunksize : UINT32_MAX);
     cp_task *head = NULL, *tail = NULL;
     size_t count = 0, queued = 0, batch = 0;
     uint16_t kind = star ? CP_K_STARMAP : CP_K_MAP;
@@ -196,7 +209,7 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
             PyList_SET_ITEM(chunk, k - lo, x);
         }
         cp_task *t = task_pack(c, job, first + (uint32_t)count, kind, func, chunk,
-                               progressive, retries);
+                               progressive, &o);
         Py_DECREF(chunk);
         if (t == NULL) goto error;
         if (tail) tail->next = t;

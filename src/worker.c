@@ -36,7 +36,17 @@ typedef struct {
     uint64_t func_job;
     char *buf;             /* the current task record, copied out */
     size_t bufcap;
+    /* The current task's time limit, if it has one (CP_F_TIMED: taken off
+     * the record), and the deadline of the item the stop signal's handler
+     * raised TaskTimeoutError in (cp_slot.stop_for). */
+    int timed;
+    cp_timing *timing;
+    size_t timingcap;
+    int64_t stopped;
 } worker;
+
+/* This process's worker, for the stop signal's handler (stop_requested). */
+static worker *current;
 
 static void __attribute__((noreturn)) leave(int code)
 {
@@ -96,16 +106,16 @@ static int send_segment(worker *w, const cp_segref *seg)
 /* Post a packed payload: inline, or a reference to its segment.  0, or -1
  * with the exception (the segment could not be handed over: nothing
  * posted). */
-static int post_packed(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
-                       cp_packed *pk)
+static int post_packed(worker *w, uint16_t kind, uint16_t flags, uint64_t job,
+                       uint32_t idx, cp_packed *pk)
 {
-    cp_rechdr h = {.kind = kind, .job = job, .idx = idx};
+    cp_rechdr h = {.kind = kind, .flags = flags, .job = job, .idx = idx};
     if (pk->has_seg) {
         if (send_segment(w, &pk->seg) != 0) {
             cp_oserror("cpool: handing a result segment to the parent (sendmsg)");
             return -1;
         }
-        h.flags = CP_F_LARGE;
+        h.flags |= CP_F_LARGE;
         post_raw(w, &h, &pk->seg, sizeof pk->seg);
         return 0;
     }
@@ -132,7 +142,7 @@ static void post_error(worker *w, uint16_t kind, uint64_t job, uint32_t idx,
     cp_packed pk;
     if (payload == NULL || !PyBytes_Check(payload) ||
         cp_pack_pickled(payload, cp_ring_inline_max(w->results), next_dest(w), &pk) < 0 ||
-        post_packed(w, kind, job, idx, &pk) < 0) {
+        post_packed(w, kind, 0, job, idx, &pk) < 0) {
         /* An empty error record: the parent reports that the worker could
          * not describe its error. */
         PyErr_Clear();
@@ -164,7 +174,7 @@ static void skip_revoked(worker *w, const cp_rechdr *h)
 {
     if (h->flags & CP_F_LARGE) {
         cp_segref ref;
-        memcpy(&ref, h + 1, sizeof ref);
+        memcpy(&ref, (const char *)(h + 1) + cp_timing_len(h), sizeof ref);
         int fd = cp_recv_fd(w->sock, ref.tag);
         if (fd >= 0) close(fd);
     }
@@ -172,6 +182,26 @@ static void skip_revoked(worker *w, const cp_rechdr *h)
     /* Past a record taken back from us: the parent may give us work again
      * (we are not stalled), and whoever sleeps for results looks. */
     if (!cp_ring_has_data(w->tasks)) cp_event_signal(&w->ctl->results);
+}
+
+/* Take a timed record's limit off its copy (CP_F_TIMED), leaving the
+ * payload where an untimed record's is. */
+static void take_timing(worker *w, cp_rechdr *h)
+{
+    w->timed = (h->flags & CP_F_TIMED) != 0;
+    if (!w->timed) return;
+    size_t nt = cp_timing_len(h);
+    if (nt > h->len) leave(70); /* cannot be: the parent wrote it */
+    if (nt > w->timingcap) {
+        cp_timing *t = realloc(w->timing, nt);
+        if (t == NULL) leave(70);
+        w->timing = t;
+        w->timingcap = nt;
+    }
+    memcpy(w->timing, h + 1, nt);
+    memmove(h + 1, (char *)(h + 1) + nt, h->len - nt);
+    h->len -= (uint32_t)nt;
+    h->flags &= (uint16_t)~CP_F_TIMED;
 }
 
 /* Wait for the next task record, take it (cp_claim: unless the parent took
@@ -212,13 +242,155 @@ static const cp_rechdr *next_task(worker *w)
     }
     memcpy(w->buf, h, need);
     atomic_store(&w->slot->current_job, h->job);
+    atomic_store(&w->slot->current_idx, h->idx);
     cp_ring_consume(w->tasks, h);
+    take_timing(w, (cp_rechdr *)w->buf);
     return (const cp_rechdr *)w->buf;
 }
 
+/* ---- time limits (task_timeout=) ----------------------------------------- */
+
+/* Item `item` of a timed task starts (UINT32_MAX: an apply's call): its
+ * deadline goes into the slot, where limits.c watches it.  The first of a
+ * task wakes whoever sleeps for results, to sleep no longer than that. */
+static void item_begin(worker *w, uint32_t item, int first)
+{
+    int64_t now = cp_now_ns();
+    atomic_store(&w->slot->item, item);
+    atomic_store(&w->slot->item_ns, now);
+    atomic_store(&w->slot->deadline_ns, now + (int64_t)w->timing->timeout_ns);
+    if (first) cp_event_signal(&w->ctl->results);
+}
+
+/* The timed item ended: 1 if the stop signal's handler raised in it. */
+static int item_end(worker *w)
+{
+    int64_t d = atomic_exchange(&w->slot->deadline_ns, 0);
+    return d != 0 && d == w->stopped;
+}
+
+/* The index in the whole input of item i of chunk idx, or None (an apply);
+ * a new reference. */
+static PyObject *input_index(worker *w, uint32_t idx, uint32_t i)
+{
+    if (i == UINT32_MAX) return Py_NewRef(Py_None);
+    return PyLong_FromUnsignedLongLong((unsigned long long)idx * w->timing->chunksize +
+                                       i);
+}
+
+/* _cpool._stop_requested(): called by the stop signal's Python handler in
+ * a worker.  (pid, item, seconds run, limit) when the parent asked to stop
+ * the item running now, once per item; else None (a late signal, or not a
+ * worker). */
+static PyObject *stop_requested(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(args))
+{
+    worker *w = current;
+    if (w == NULL || !w->timed) Py_RETURN_NONE;
+    int64_t d = atomic_load(&w->slot->deadline_ns);
+    if (d == 0 || d == w->stopped || atomic_load(&w->slot->stop_for) != d) Py_RETURN_NONE;
+    w->stopped = d;
+    int64_t began = atomic_load(&w->slot->item_ns);
+    return Py_BuildValue(
+        "(iNdd)", (int)getpid(),
+        input_index(w, atomic_load(&w->slot->current_idx), atomic_load(&w->slot->item)),
+        (double)(cp_now_ns() - began) / 1e9, (double)(d - began) / 1e9);
+}
+
+int cp_worker_add_functions(PyObject *m)
+{
+    static PyMethodDef fns[] = {
+        {"_stop_requested", stop_requested, METH_NOARGS,
+         PyDoc_STR("_stop_requested($module, /)\n--\n\n"
+                   "In a worker's stop-signal handler: (pid, item, seconds run, limit)\n"
+                   "if the item running now is to stop, else None.")},
+        {NULL, NULL, 0, NULL},
+    };
+    return PyModule_AddFunctions(m, fns) < 0 ||
+                   PyModule_AddIntConstant(m, "STOP_SIGNAL", CP_STOP_SIGNAL) < 0
+               ? -1
+               : 0;
+}
+
+/* Item i of chunk h ran out of time: note its TaskTimeoutError (exc, the
+ * one raised in it; NULL: it was killed before, per `sk`) in *errors, a
+ * dict made on first use.  0, or -1 with the exception. */
+static int note_timeout(worker *w, const cp_rechdr *h, uint32_t i, PyObject *exc,
+                        const cp_skip *sk, PyObject **errors)
+{
+    PyObject *hook = cp_hook(w->cfg->st->timed_out, "timed_out");
+    if (hook == NULL) return -1;
+    if (*errors == NULL && (*errors = PyDict_New()) == NULL) return -1;
+    int64_t began = atomic_load(&w->slot->item_ns);
+    PyObject *err =
+        PyObject_CallFunction(hook, "OiNdd", exc ? exc : Py_None,
+                              sk ? sk->pid : (int)getpid(), input_index(w, h->idx, i),
+                              (double)(sk ? sk->elapsed_ns : cp_now_ns() - began) / 1e9,
+                              (double)w->timing->timeout_ns / 1e9);
+    if (err == NULL) return -1;
+    PyObject *key = PyLong_FromUnsignedLong(i);
+    int rc = key ? PyDict_SetItem(*errors, key, err) : -1;
+    Py_XDECREF(key);
+    Py_DECREF(err);
+    if (rc == 0) atomic_fetch_add(&w->ctl->timed_out, 1);
+    return rc;
+}
+
+/* Whether item i of the current chunk is not to run again (its worker was
+ * killed running it): its cp_skip, else NULL. */
+static const cp_skip *skipped(worker *w, uint32_t i)
+{
+    for (uint32_t k = 0; k < w->timing->nskips; k++)
+        if (w->timing->skips[k].item == i) return &w->timing->skips[k];
+    return NULL;
+}
+
+/* Call the function on item i of a chunk: a new reference, or NULL with
+ * the exception. */
+static PyObject *call_item(worker *w, const cp_rechdr *h, PyObject *x)
+{
+    if (h->kind != CP_K_STARMAP) return PyObject_CallOneArg(w->func, x);
+    PyObject *args = PySequence_Tuple(x);
+    PyObject *r = args ? PyObject_Call(w->func, args, NULL) : NULL;
+    Py_XDECREF(args);
+    return r;
+}
+
+/* Run a timed chunk into `out`: an item past its limit gets None there
+ * and its TaskTimeoutError in *errors.  0, or -1 with the exception of the
+ * item that raised. */
+static int run_timed(worker *w, const cp_rechdr *h, PyObject *seq, PyObject *out,
+                     PyObject **errors)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const cp_skip *sk = skipped(w, (uint32_t)i);
+        PyObject *r = NULL;
+        if (sk != NULL) {
+            if (note_timeout(w, h, (uint32_t)i, NULL, sk, errors) < 0) return -1;
+            r = Py_NewRef(Py_None);
+        } else {
+            item_begin(w, (uint32_t)i, i == 0);
+            r = call_item(w, h, PySequence_Fast_GET_ITEM(seq, i));
+            if (item_end(w) && r == NULL && PyErr_ExceptionMatches(PyExc_TimeoutError)) {
+                PyObject *exc = cp_fetch_exc();
+                int rc = note_timeout(w, h, (uint32_t)i, exc, NULL, errors);
+                Py_XDECREF(exc);
+                if (rc < 0) return -1;
+                r = Py_NewRef(Py_None);
+            }
+        }
+        if (r == NULL) return -1;
+        PyList_SET_ITEM(out, i, r);
+    }
+    return 0;
+}
+
+/* ---- running a task ------------------------------------------------------ */
+
 /* Run one task record: a new reference to the result, or NULL with the
- * task's exception set. */
-static PyObject *run(worker *w, const cp_rechdr *h)
+ * task's exception set.  *mixed: the result is (results, errors) of a
+ * chunk whose items did not all finish (CP_F_MIXED). */
+static PyObject *run(worker *w, const cp_rechdr *h, int *mixed)
 {
     cpool_state *st = w->cfg->st;
     if (h->kind == CP_K_CALL) {
@@ -232,8 +404,12 @@ static PyObject *run(worker *w, const cp_rechdr *h)
             PyObject *k = PyTuple_GET_ITEM(t, 2);
             PyObject *args = PySequence_Tuple(a);
             if (args != NULL) {
+                if (w->timed) item_begin(w, UINT32_MAX, 1);
                 res = PyObject_Call(f, args,
                                     PyDict_Check(k) && PyDict_GET_SIZE(k) ? k : NULL);
+                if (w->timed && item_end(w) && res == NULL &&
+                    PyErr_ExceptionMatches(PyExc_TimeoutError))
+                    atomic_fetch_add(&w->ctl->timed_out, 1); /* posted as its error */
                 Py_DECREF(args);
             }
         }
@@ -256,15 +432,19 @@ static PyObject *run(worker *w, const cp_rechdr *h)
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject *out = PyList_New(n);
-    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
-        PyObject *x = PySequence_Fast_GET_ITEM(seq, i), *r;
-        if (h->kind == CP_K_STARMAP) {
-            PyObject *args = PySequence_Tuple(x);
-            r = args ? PyObject_Call(w->func, args, NULL) : NULL;
-            Py_XDECREF(args);
-        } else {
-            r = PyObject_CallOneArg(w->func, x);
+    if (out != NULL && w->timed) {
+        PyObject *errors = NULL;
+        if (run_timed(w, h, seq, out, &errors) < 0) Py_CLEAR(out);
+        if (out != NULL && errors != NULL) {
+            *mixed = 1;
+            Py_SETREF(out, PyTuple_Pack(2, out, errors));
         }
+        Py_XDECREF(errors);
+        Py_DECREF(seq);
+        return out;
+    }
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *r = call_item(w, h, PySequence_Fast_GET_ITEM(seq, i));
         if (r == NULL) Py_CLEAR(out);
         else PyList_SET_ITEM(out, i, r);
     }
@@ -284,6 +464,7 @@ static void set_func(worker *w, const cp_rechdr *h)
 void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
 {
     worker w = {0};
+    current = &w;
     w.cfg = cfg;
     w.ctl = cfg->ctl;
     w.slot = &cfg->ctl->slots[slot];
@@ -337,6 +518,8 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
     atomic_store(&w.slot->inited, 1);
     atomic_store(&w.slot->tasks_done, 0);
     atomic_store(&w.slot->busy_ns, 0);
+    atomic_store(&w.slot->deadline_ns, 0); /* a killed predecessor's task */
+    atomic_store(&w.slot->started_ns, 0);
     atomic_store(&w.slot->ready_ns, cp_now_ns());
     atomic_store(&w.slot->state, CP_S_READY);
 
@@ -348,14 +531,15 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
             set_func(&w, h);
             continue;
         }
-        PyObject *res = run(&w, h);
+        int mixed = 0;
+        PyObject *res = run(&w, h, &mixed);
         if (res == NULL) {
             post_error(&w, CP_K_ERR, h->job, h->idx, NULL);
         } else {
             cp_packed pk;
             if (cp_pack(cfg->st, res, cp_ring_inline_max(w.results), next_dest(&w), &pk) <
                     0 ||
-                post_packed(&w, CP_K_OK, h->job, h->idx, &pk) < 0)
+                post_packed(&w, CP_K_OK, mixed ? CP_F_MIXED : 0, h->job, h->idx, &pk) < 0)
                 post_error(&w, CP_K_ERR, h->job, h->idx, res);
             Py_DECREF(res);
         }

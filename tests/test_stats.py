@@ -105,6 +105,7 @@ def test_it_prints_as_a_table():
         pool.map(abs, range(2), chunksize=1)
         text = str(pool.stats())
     lines = text.splitlines()
-    assert lines[0] == "tasks: 0 queued, 0 running, 2 done, 0 failed, 0 lost, 0 retried"
+    assert lines[0] == ("tasks: 0 queued, 0 running, 2 done, 0 failed, 0 lost, 0 retried, "
+                        "0 timed out")
     assert lines[1].split()[:3] == ["slot", "pid", "state"]
     assert len(lines) == 4 and lines[2].split()[0] == "0" and lines[3].split()[0] == "1"

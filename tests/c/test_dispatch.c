@@ -291,9 +291,9 @@ static cp_task *find_task(cp_task *t, uint64_t job, uint32_t idx)
  * the reference says, off the slot's socket, checked, read. */
 static void check_segment(fx *f, int i, const cp_rechdr *h, uint64_t job, uint32_t idx)
 {
-    CHECK_EQ(h->len, sizeof(cp_segref));
+    CHECK_EQ(h->len, cp_timing_len(h) + sizeof(cp_segref));
     cp_segref ref;
-    memcpy(&ref, h + 1, sizeof ref);
+    memcpy(&ref, (const char *)(h + 1) + cp_timing_len(h), sizeof ref);
     int fd = cp_recv_fd(f->worker[i], ref.tag);
     if (fd < 0)
         ct_fail(__FILE__, __LINE__, "slot %d: no descriptor tagged %llu: %s", i,
@@ -316,7 +316,8 @@ static void check_segment(fx *f, int i, const cp_rechdr *h, uint64_t job, uint32
 
 /* Slot i's worker takes its next record, as worker.c's next_task does: a
  * task record only if it claims it (cp_claim), else it skips it, and the
- * descriptor sent for it; the payload checked.  Appends its name to out:
+ * descriptor sent for it; the payload checked, behind the task's time limit
+ * if it has one (CP_F_TIMED: the same as the task's).  Appends its name to out:
  * "F<job>" for a FUNC record, "<job>.<idx>" for a task, with "+" when it
  * came through a segment, in parentheses when it was taken back; a task's
  * end position must be where the scheduler says.  Records of job 0
@@ -331,11 +332,17 @@ static int take_one(fx *f, int i, char *out, size_t cap)
     int func = h->kind == CP_K_FUNC, large = (h->flags & CP_F_LARGE) != 0;
     uint32_t idx = func ? FUNC_IDX : h->idx;
     int revoked = !func && !cp_claim((cp_rechdr *)h, CP_CLAIM_TAKEN);
+    size_t nt = cp_timing_len(h);
+    if (!func && !revoked) {
+        cp_task *t = find_task(f->s.ws[i].head, h->job, idx);
+        CHECK(t != NULL && (t->timing != NULL) == (nt != 0));
+        CHECK(nt == 0 || memcmp(h + 1, t->timing, nt) == 0);
+    }
     if (revoked) {
         CHECK_EQ(__atomic_load_n(&h->claim, __ATOMIC_ACQUIRE), CP_CLAIM_REVOKED);
         if (large) {
             cp_segref ref;
-            memcpy(&ref, h + 1, sizeof ref);
+            memcpy(&ref, (const char *)(h + 1) + nt, sizeof ref);
             int fd = cp_recv_fd(f->worker[i], ref.tag);
             CHECK_SYS(fd);
             close(fd);
@@ -343,7 +350,7 @@ static int take_one(fx *f, int i, char *out, size_t cap)
     } else if (large) {
         check_segment(f, i, h, h->job, idx);
     } else {
-        CHECK(payload_ok(h + 1, h->len, h->job, idx));
+        CHECK(payload_ok((const char *)(h + 1) + nt, h->len - nt, h->job, idx));
     }
     size_t k = strlen(out);
     if (func)
@@ -592,7 +599,7 @@ TEST(maxtasks_bounds_each_incarnation)
     CHECK_EQ(f.s.ws[0].n + f.s.ws[1].n, 0);
     CHECK_EQ(f.s.npend, 4);
     /* Slot 1's worker exits (its 3 done); its replacement gets 3 more. */
-    CHECK(cp_sched_worker_lost(&f.s, 1, cp_ring_head(ring(&f, 1))) == NULL);
+    CHECK(cp_sched_worker_lost(&f.s, 1, cp_ring_head(ring(&f, 1)), NULL) == NULL);
     reset_slot(&f, 1);
     set_state(&f, 1, CP_S_SPAWN_REQ);
     CHECK_EQ(dispatch_now(&f), 0);
@@ -634,7 +641,7 @@ TEST(func_record_precedes_a_jobs_first_task_on_each_worker)
     CHECK_TAKE(&f, 0, -1, "1.5 3.0 1.6");
     for (int k = 0; k < 3; k++) answer(&f, 0);
     /* A new incarnation holds no function. */
-    CHECK(cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0))) == NULL);
+    CHECK(cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL) == NULL);
     reset_slot(&f, 0);
     push_range(&f, 1, 7, 8, 32, a);
     CHECK_EQ(dispatch_now(&f), 0);
@@ -677,7 +684,7 @@ TEST(a_large_func_goes_through_a_one_shot_segment)
     CHECK_EQ(ct_open_fds(), fds + 1); /* job 3's inline since: job 1's again */
     CHECK_TAKE(&f, 0, -1, "F1+ 1.2");
     /* A worker that dies: its segments are closed with it. */
-    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_LIST(held, "1.2");
     cp_free_list(f.ctl, held);
     reset_slot(&f, 0);
@@ -1068,7 +1075,7 @@ TEST(worker_lost_holds_what_it_took_and_requeues_the_rest_first)
         static const char *const took[] = {"", "1.0", "1.0 1.1+", "1.0 1.1+ 1.2",
                                            "1.0 1.1+ 1.2 1.3+"};
         CHECK_TAKE(&f, 0, k, took[k]);
-        cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+        cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
         static const char *const h[] = {"", "1.0", "1.0 1.1", "1.0 1.1 1.2",
                                         "1.0 1.1 1.2 1.3"};
         static const char *const p[] = {"1.0 1.1 1.2 1.3 1.4 1.5", "1.1 1.2 1.3 1.4 1.5",
@@ -1097,14 +1104,14 @@ TEST(worker_lost_holds_what_it_took_and_requeues_the_rest_first)
     push_range(&f, 1, 0, 3, 32, NULL);
     CHECK_EQ(dispatch_now(&f), 0);
     CHECK_TAKE(&f, 0, 1, "1.0");
-    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_LIST(held, "1.0");
     cp_free_list(f.ctl, held);
     CHECK_PENDING(&f, "1.1 1.2");
     push_range(&f, 2, 0, 2, 32, NULL);
     CHECK_PENDING(&f, "1.1 1.2 2.0 2.1");
     /* Nothing in flight: nothing held, the queue as it was. */
-    held = cp_sched_worker_lost(&f.s, 0, 0);
+    held = cp_sched_worker_lost(&f.s, 0, 0, NULL);
     CHECK(held == NULL);
     CHECK_PENDING(&f, "1.1 1.2 2.0 2.1");
     fx_close(&f);
@@ -1125,7 +1132,7 @@ TEST(a_task_that_may_run_again_goes_first_until_its_retries_are_spent)
     CHECK_FLIGHT(&f, 0, "1.0 1.1 1.2");
     CHECK_TAKE(&f, 0, 2, "1.0 1.1+");
     /* Both taken, both may run again: nothing held, they go first. */
-    CHECK(cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0))) == NULL);
+    CHECK(cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL) == NULL);
     CHECK_PENDING(&f, "1.0 1.1 1.2");
     CHECK_EQ(a->lost, 1);
     CHECK_EQ(a->held, 0);
@@ -1134,7 +1141,7 @@ TEST(a_task_that_may_run_again_goes_first_until_its_retries_are_spent)
     CHECK_EQ(dispatch_now(&f), 0);
     CHECK_TAKE(&f, 0, 2, "1.0 1.1+"); /* the segment comes again */
     /* 1.0's one retry is spent: held; 1.1 goes again. */
-    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_LIST(held, "1.0");
     CHECK_EQ(held->lost, 2);
     CHECK_EQ(held->held, 1);
@@ -1145,13 +1152,99 @@ TEST(a_task_that_may_run_again_goes_first_until_its_retries_are_spent)
     reset_slot(&f, 0);
     CHECK_EQ(dispatch_now(&f), 0);
     CHECK_TAKE(&f, 0, 1, "1.1+");
-    held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_LIST(held, "1.1");
     CHECK_EQ(held->lost, 3);
     cp_free_list(f.ctl, held);
     CHECK_PENDING(&f, "1.2");
     CHECK_EQ(f.s.lost, 2);
     reset_slot(&f, 0);
+    fx_close(&f);
+}
+
+/* Give task t a time limit (task_timeout=), as submit.c does. */
+static cp_task *timed(cp_task *t, uint64_t timeout_ns, uint32_t chunksize)
+{
+    t->timing = malloc(sizeof *t->timing);
+    CHECK(t->timing != NULL);
+    *t->timing = (cp_timing){.timeout_ns = timeout_ns, .chunksize = chunksize};
+    return t;
+}
+
+TEST(a_timed_task_travels_with_its_limit_and_is_taken_back_whole)
+{
+    fx f;
+    fx_open(&f, 2, 4096, 0);
+    f.s.task_ns = 1000;
+    set_state(&f, 1, CP_S_FREE);
+    push_range(&f, 1, 0, 1, 32, NULL);
+    push(&f, timed(task_new(1, 1, 40, NULL), 500 * MS, 3));
+    push(&f, timed(seg_task_new(1, 2, 2000, NULL), 7, 1));
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0 1.1 1.2");
+    CHECK_TAKE(&f, 0, 1, "1.0"); /* it runs 1.0, for long */
+    /* The record carries the limit ahead of the payload (take checks
+     * both); stolen for a free worker, the record taken back is the whole
+     * record: its worker's claim fails. */
+    const cp_rechdr *h = cp_ring_peek(ring(&f, 0));
+    CHECK(h != NULL && h->idx == 1 && (h->flags & CP_F_TIMED));
+    CHECK_EQ(cp_timing_len(h), sizeof(cp_timing));
+    set_state(&f, 1, CP_S_READY);
+    age(&f, 0, 1000 * MS);
+    CHECK_EQ(cp_sched_dispatch(&f.s), 0);
+    CHECK_EQ(f.s.steals, 1);
+    CHECK_EQ(__atomic_load_n(&h->claim, __ATOMIC_ACQUIRE), CP_CLAIM_REVOKED);
+    CHECK_TAKE(&f, 0, -1, "(1.1) 1.2+");
+    CHECK_TAKE(&f, 1, -1, "1.1");
+    fx_close(&f);
+}
+
+TEST(a_task_killed_past_its_limit_is_not_lost)
+{
+    fx f;
+    fx_open(&f, 1, 4096, 0);
+    f.s.task_ns = 1000;
+    cp_blob *fn = blob_new(1, 24);
+    cp_task *chunk = timed(task_new(1, 0, 32, fn), 100 * MS, 4);
+    chunk->retries = 2;
+    push(&f, chunk);
+    push(&f, timed(task_new(2, 0, 32, NULL), 100 * MS, 0));
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_TAKE(&f, 0, 2, "F1 1.0");
+    /* Killed running item 2 of chunk 1.0: the chunk goes first, to run
+     * again without it; not lost, not a retry. */
+    cp_tkill tk = {.job = 1, .idx = 0, .item = {.item = 2, .pid = 99, .elapsed_ns = 5}};
+    CHECK(cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), &tk) == NULL);
+    CHECK_PENDING(&f, "1.0 2.0");
+    CHECK_EQ(chunk->timing->nskips, 1);
+    CHECK(chunk->timing->skips[0].item == 2 && chunk->timing->skips[0].pid == 99 &&
+          chunk->timing->skips[0].elapsed_ns == 5);
+    CHECK(chunk->lost == 0 && f.s.lost == 0 && f.s.retried == 0);
+    reset_slot(&f, 0);
+    /* Again, killed running item 3: both skipped; the apply after it,
+     * killed past its limit, is held, marked, not counted lost. */
+    CHECK_EQ(dispatch_now(&f), 0);
+    const cp_rechdr *h = cp_ring_peek(ring(&f, 0));
+    CHECK(h != NULL && h->kind == CP_K_FUNC);
+    CHECK_TAKE(&f, 0, 2, "F1 1.0");
+    tk.item.item = 3;
+    CHECK(cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), &tk) == NULL);
+    CHECK_EQ(chunk->timing->nskips, 2);
+    reset_slot(&f, 0);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_TAKE(&f, 0, 3, "F1 1.0 2.0");
+    cp_tkill tk2 = {.job = 2, .idx = 0, .item = {.item = UINT32_MAX, .pid = 98}};
+    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), &tk2);
+    CHECK_LIST(held, "2.0");
+    CHECK(held->timed_out == 1 && held->lost == 0);
+    cp_free_list(f.ctl, held);
+    /* ...and 1.0, lost this time (not the one killed for its limit), may
+     * run again: it has retries left. */
+    CHECK_PENDING(&f, "1.0");
+    CHECK(chunk->lost == 1 && chunk->timed_out == 0);
+    CHECK(f.s.lost == 0 && f.s.retried == 1);
+    reset_slot(&f, 0);
+    cp_blob_decref(fn);
     fx_close(&f);
 }
 
@@ -1171,7 +1264,7 @@ TEST(a_function_that_kills_its_worker_fails_one_task_then_its_job)
     /* It took the function and died: the task after it is held (not
      * taken), the rest go first again. */
     CHECK_TAKE(&f, 0, 1, "F1");
-    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_LIST(held, "1.0");
     CHECK_EQ(held->held, 0);
     cp_free_list(f.ctl, held);
@@ -1182,7 +1275,7 @@ TEST(a_function_that_kills_its_worker_fails_one_task_then_its_job)
     CHECK_TAKE(&f, 0, 1, "F1");
     CHECK_FLIGHT(&f, 0, "1.1 1.2 2.0 2.1");
     /* Twice: all of job 1's tasks are returned; job 2's wait, in order. */
-    held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_SET(held, "1.1 1.2 1.3 1.4");
     for (cp_task *t = held; t != NULL; t = t->next) CHECK_EQ(t->held, 0);
     cp_free_list(f.ctl, held);
@@ -1200,21 +1293,21 @@ TEST(a_function_that_kills_its_worker_fails_one_task_then_its_job)
     push_range(&f, 5, 0, 4, 32, k5);
     CHECK_EQ(dispatch_now(&f), 0);
     CHECK_TAKE(&f, 0, 2, "F5 5.0");
-    held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_LIST(held, "5.0");
     CHECK_EQ(held->held, 1);
     cp_free_list(f.ctl, held);
     reset_slot(&f, 0);
     CHECK_EQ(dispatch_now(&f), 0);
     CHECK_TAKE(&f, 0, 1, "F5");
-    held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_LIST(held, "5.1");
     cp_free_list(f.ctl, held);
     CHECK_PENDING(&f, "5.2 5.3");
     reset_slot(&f, 0);
     /* A worker that died before taking anything: nothing held. */
     CHECK_EQ(dispatch_now(&f), 0);
-    held = cp_sched_worker_lost(&f.s, 0, 0);
+    held = cp_sched_worker_lost(&f.s, 0, 0, NULL);
     CHECK(held == NULL);
     CHECK_PENDING(&f, "5.2 5.3");
     cp_blob_decref(j);
@@ -1638,7 +1731,7 @@ static void m_death(model *m, int i)
         m->death_job = fj;
         m->func_deaths++;
     }
-    cp_task *held = cp_sched_worker_lost(s, i, head);
+    cp_task *held = cp_sched_worker_lost(s, i, head, NULL);
     m->deaths++;
     CHECK_EQ(s->ws[i].nfuncs, 0); /* its FUNC records forgotten, segments closed */
     /* the new queue: the unheld ones of fl, then the old queue */
@@ -1833,7 +1926,7 @@ TEST(a_later_func_record_does_not_hide_a_func_death)
     push_range(&f, 2, 0, 3, 32, good);
     CHECK_EQ(dispatch_now(&f), 0);
     CHECK_TAKE(&f, 0, 1, "F1"); /* loading it kills the worker */
-    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_LIST(held, "1.0");
     CHECK_PENDING(&f, "2.0 2.1 2.2");
     cp_free_list(f.ctl, held);
@@ -1859,7 +1952,7 @@ TEST(a_func_death_holds_no_untaken_task_of_another_job)
     CHECK_LIST(f.s.failed, "1.0");
     CHECK_FLIGHT(&f, 0, "2.0 1.1");
     CHECK_TAKE(&f, 0, 1, "F1");
-    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)));
+    cp_task *held = cp_sched_worker_lost(&f.s, 0, cp_ring_head(ring(&f, 0)), NULL);
     CHECK_LIST(held, "1.1");
     CHECK_PENDING(&f, "2.0"); /* never taken: sent again */
     cp_free_list(f.ctl, held);
