@@ -23,6 +23,7 @@ from .pool import (  # noqa: E402
     PoolTerminatedError,
     ResultUnpicklingError,
     TaskAbortedError,
+    TaskTimeoutError,
     TimeoutError,
     WorkerLostError,
     WorkerStats,
@@ -39,7 +40,7 @@ from .sharedctypes import (  # noqa: E402
 
 __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
-           "ResultUnpicklingError", "Value", "Array", "RawValue", "RawArray",
+           "ResultUnpicklingError", "TaskTimeoutError", "Value", "Array", "RawValue", "RawArray",
            "Lock", "RLock", "get_context", "PoolStats", "WorkerStats"]
 
 

@@ -77,6 +77,7 @@ from .errors import (
     PoolTerminatedError as PoolTerminatedError,
     ResultUnpicklingError as ResultUnpicklingError,
     TaskAbortedError as TaskAbortedError,
+    TaskTimeoutError as TaskTimeoutError,
     TimeoutError as TimeoutError,
     WorkerLostError as WorkerLostError,
 )
@@ -89,7 +90,7 @@ if sys.platform != "win32":
 
 __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
-           "ResultUnpicklingError", "Value", "Array", "RawValue", "RawArray",
+           "ResultUnpicklingError", "TaskTimeoutError", "Value", "Array", "RawValue", "RawArray",
            "Lock", "RLock", "get_context", "PoolStats", "WorkerStats"]
 
 __version__: str

@@ -5,10 +5,12 @@ imports the package."""
 import io
 import os
 import pickle
+import signal
 import sys
 import traceback
 
 from . import _cpool
+from .errors import TaskTimeoutError
 
 _NO_VALUE = object()
 
@@ -35,6 +37,25 @@ def _worker_bootstrap(slot):
             sys.stdin = open(os.devnull)
     except (OSError, ValueError):
         pass
+    signal.signal(_cpool.STOP_SIGNAL, _on_stop)
+
+
+def _on_stop(signum, frame):
+    """The parent asks the item running now to stop: it ran past its time
+    limit (task_timeout=).  Raised inside the task, so its finally: blocks
+    run; a late signal (the item ended meanwhile) is ignored."""
+    stop = _cpool._stop_requested()
+    if stop is not None:
+        raise TaskTimeoutError._make(*stop, killed=False)
+
+
+def _timed_out(exc, pid, item, elapsed, timeout):
+    """(exception, remote traceback text) for an item of a chunk that ran
+    past its time limit: exc, raised in it, or (None) one for an item whose
+    worker was killed running it."""
+    if exc is None:
+        return TaskTimeoutError._make(pid, item, elapsed, timeout, killed=True), None
+    return exc, _traceback_text(exc)
 
 
 
@@ -92,7 +113,7 @@ def _load_oob(data, buffers):
 
 
 # the extension calls them; it never imports us
-_cpool._set_hooks(pack_oob=_pack_oob, load_oob=_load_oob)
+_cpool._set_hooks(pack_oob=_pack_oob, load_oob=_load_oob, timed_out=_timed_out)
 
 
 class _ShortRepr:
@@ -115,12 +136,17 @@ class _ShortRepr:
         return self.text
 
 
+def _traceback_text(exc):
+    """exc's traceback as multiprocessing's RemoteTraceback shows it."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return '\n"""\n%s"""' % tb
+
+
 def _pack_error(exc, value=_NO_VALUE):
     """Pickle (exception, remote traceback text) for the parent.  With
     value: exc is why the result value could not be pickled."""
     if value is _NO_VALUE:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        err, text = exc, '\n"""\n%s"""' % tb
+        err, text = exc, _traceback_text(exc)
     else:
         from multiprocessing.pool import MaybeEncodingError
         err, text = MaybeEncodingError(exc, _ShortRepr(value)), None

@@ -4,6 +4,7 @@ The C collector hands each task's outcome to its result object as
 ``(status, value)`` (``_cpool.ST_*``); ``outcome()`` turns it into the value
 or the exception the caller sees.
 """
+import builtins
 import os
 import pickle
 
@@ -11,16 +12,47 @@ import multiprocessing
 
 from . import _cpool
 
-__all__ = ["TimeoutError", "WorkerLostError", "BrokenPoolError", "InitializerError",
-           "TaskAbortedError", "ResultUnpicklingError", "PoolTerminatedError"]
+__all__ = ["TimeoutError", "TaskTimeoutError", "WorkerLostError", "BrokenPoolError",
+           "InitializerError", "TaskAbortedError", "ResultUnpicklingError",
+           "PoolTerminatedError"]
 
 ST_OK, ST_ERR, ST_LOCAL = _cpool.ST_OK, _cpool.ST_ERR, _cpool.ST_LOCAL
 ST_LOST, ST_TERMINATED, ST_INITFAIL, ST_UNPICKLE = (
     _cpool.ST_LOST, _cpool.ST_TERMINATED, _cpool.ST_INITFAIL, _cpool.ST_UNPICKLE)
+ST_MIXED, ST_TIMEOUT = _cpool.ST_MIXED, _cpool.ST_TIMEOUT
 
 
 class TimeoutError(multiprocessing.TimeoutError):
     """get() or next() ran out of time; the result may still arrive."""
+
+
+class TaskTimeoutError(builtins.TimeoutError):
+    """A task (one item of a map, also inside a chunk) ran past its time
+    limit (task_timeout=).  Raised inside the task first, so its finally:
+    blocks and context managers run; a worker that does not stop within a
+    second is killed and replaced.  The other items of its chunk, and the
+    pool, go on.  pid: the worker; item: the item's index in the input
+    (None for apply); elapsed: seconds it ran; timeout: its limit;
+    killed: whether its worker was killed.  Not a cpool.TimeoutError (which
+    get(timeout) raises when the caller's wait ends): the task ended here."""
+
+    def __init__(self, message, pid=None, item=None, elapsed=None, timeout=None,
+                 killed=False):
+        super().__init__(message)
+        self.pid, self.item, self.elapsed = pid, item, elapsed
+        self.timeout, self.killed = timeout, killed
+
+    @classmethod
+    def _make(cls, pid, item, elapsed, timeout, killed):
+        what = "task" if item is None else f"item {item}"
+        how = (f"its worker {pid} was killed: it did not stop when asked" if killed
+               else f"stopped in worker {pid}")
+        return cls(f"{what} ran {elapsed:.3g} s, past its time limit of {timeout:.3g} s; "
+                   f"{how}", pid, item, elapsed, timeout, killed)
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.pid, self.item, self.elapsed,
+                             self.timeout, self.killed))
 
 
 class WorkerLostError(RuntimeError):
@@ -118,6 +150,8 @@ def _outcome(job, idx, status, value):
         return False, WorkerLostError(
             f"worker {pid} {words} while running task {idx} of job {job}{tries}",
             pid, exitcode, sig)
+    if status == ST_TIMEOUT:
+        return False, TaskTimeoutError._make(*value, killed=True)
     if status == ST_TERMINATED:
         return False, PoolTerminatedError(
             "the pool was terminated before this task finished")

@@ -1,12 +1,24 @@
 """Type stubs of cpool.errors: the exceptions cpool raises besides
 multiprocessing's own (checked by tests/test_stubs.py and tests/test_typing.py)."""
+import builtins
 import multiprocessing
 import pickle
 
-__all__ = ["TimeoutError", "WorkerLostError", "BrokenPoolError", "InitializerError",
-           "TaskAbortedError", "ResultUnpicklingError", "PoolTerminatedError"]
+__all__ = ["TimeoutError", "TaskTimeoutError", "WorkerLostError", "BrokenPoolError",
+           "InitializerError", "TaskAbortedError", "ResultUnpicklingError",
+           "PoolTerminatedError"]
 
 class TimeoutError(multiprocessing.TimeoutError): ...
+
+class TaskTimeoutError(builtins.TimeoutError):
+    pid: int | None
+    item: int | None
+    elapsed: float | None
+    timeout: float | None
+    killed: bool
+    def __init__(self, message: str, pid: int | None = None, item: int | None = None,
+                 elapsed: float | None = None, timeout: float | None = None,
+                 killed: bool = False) -> None: ...
 
 class WorkerLostError(RuntimeError):
     pid: int | None

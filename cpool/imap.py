@@ -10,7 +10,7 @@ from time import monotonic as _monotonic
 
 import multiprocessing.pool as _mp_pool
 
-from .errors import (ST_LOCAL, ST_OK, ST_TERMINATED, TimeoutError,
+from .errors import (ST_ERR, ST_LOCAL, ST_MIXED, ST_OK, ST_TERMINATED, TimeoutError,
                      _outcome)
 from .results import _job_counter
 
@@ -40,6 +40,29 @@ class _Failed:
         self.ends = ends
 
 
+class _Pieces:
+    """The outcome of a chunk some of whose items ran past their time limit:
+    runs of values and the items' errors, in item order, taken one piece
+    at a time (items[pos] next).  Each piece is an outcome as _ready holds
+    one, (ok, values or _Failed, nbytes)."""
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self, job, idx, value, nbytes):
+        values, errors = value
+        self.items, self.pos, lo = [], 0, 0
+        for i in sorted(errors):
+            if i > lo:
+                self.items.append((True, values[lo:i], 0))
+            self.items.append((False, _Failed(_outcome(job, idx, ST_ERR, errors[i])[1],
+                                              False), 0))
+            lo = i + 1
+        if lo < len(values):
+            self.items.append((True, values[lo:], 0))
+        ok, v, _ = self.items[0]
+        self.items[0] = (ok, v, nbytes)
+
+
 class IMapIterator(_mp_pool.IMapIterator):
     """The iterator of imap: results in input order (a
     multiprocessing.pool.IMapIterator to isinstance; none of its code runs).  The input is read
@@ -61,9 +84,9 @@ class IMapIterator(_mp_pool.IMapIterator):
     _defer = False
 
     def __init__(self, pool, func, iterable, chunksize, star, buffersize=None,
-                 retries=0):
+                 opts=(0, 0)):
         self._pool = weakref.ref(pool)
-        self._retries = retries
+        self._opts = opts        # (retries, time limit in ns): Pool._opts
         self._core = pool._core
         self._cache = pool._cache
         # `with self._lock` rather than `with self._cond`: the same lock,
@@ -168,7 +191,7 @@ class IMapIterator(_mp_pool.IMapIterator):
         flat = chunks[0] if len(chunks) == 1 else [x for c in chunks for x in c]
         try:   # all or nothing: only the last chunk can be short
             self._core.submit_chunks(self._job, self._blob, flat, self._chunksize,
-                                     self._star, first, False, self._retries)
+                                     self._star, first, False, *self._opts)
             self._submitted += len(chunks)
             return True
         except Exception:
@@ -181,7 +204,7 @@ class IMapIterator(_mp_pool.IMapIterator):
         for i, chunk in enumerate(chunks):
             try:
                 self._core.submit_chunks(self._job, self._blob, chunk, len(chunk),
-                                         self._star, first + i, False, self._retries)
+                                         self._star, first + i, False, *self._opts)
             except Exception as e:
                 self._set(first + i, ST_LOCAL, e, _local=True)
             except BaseException as e:
@@ -226,6 +249,8 @@ class IMapIterator(_mp_pool.IMapIterator):
     def _set(self, idx, status, value, nbytes=0, _local=False):
         if status == ST_OK:
             got = (True, value, nbytes)
+        elif status == ST_MIXED:
+            got = _Pieces(self._job, idx, value, nbytes)
         else:
             got = (False, _Failed(_outcome(self._job, idx, status, value)[1],
                                   self._chunksize > 1), nbytes)
@@ -262,8 +287,22 @@ class IMapIterator(_mp_pool.IMapIterator):
         ready = self._ready
         if key not in ready:
             return False
-        ok, val, nbytes = ready[key]
-        k = len(val) if ok else 0  # the last call before the outcome moves
+        got = ready[key]
+        if got.__class__ is _Pieces:
+            ok, val, nbytes = got.items[got.pos]
+            k = len(val) if ok else 0  # the last calls before the piece moves
+            more = got.pos + 1 < len(got.items)
+            got.pos += 1
+            if more:                   # the chunk stays first in line
+                self._held_bytes -= nbytes
+                if ok:
+                    self._bufl, self._bufi, self._bufn = val, 0, k
+                else:
+                    self._fail = val
+                return True
+        else:
+            ok, val, nbytes = got
+            k = len(val) if ok else 0  # the last call before the outcome moves
         del ready[key]
         if not self._ordered:
             self._head += 1
@@ -353,12 +392,12 @@ class _WithProgress:
     TimeoutError (the end of the iteration, a task's error, a Ctrl-C), or
     when the pool is terminated."""
 
-    def __init__(self, pool, func, iterable, chunksize, star, buffersize, retries,
+    def __init__(self, pool, func, iterable, chunksize, star, buffersize, opts,
                  progress):
         self._progress = progress
         self._read = 0          # chunks read from the input (submitted or not)
         self._short = (-1, 0)   # (index, items) of the short last chunk
-        super().__init__(pool, func, iterable, chunksize, star, buffersize, retries)
+        super().__init__(pool, func, iterable, chunksize, star, buffersize, opts)
 
     def _submit(self, chunks):
         n = len(chunks[-1])
@@ -370,6 +409,8 @@ class _WithProgress:
     def _set(self, idx, status, value, nbytes=0, _local=False):
         if status == ST_OK:
             k = len(value)
+        elif status == ST_MIXED:
+            k = len(value[0])
         elif status == ST_TERMINATED or idx >= self._read:
             k = 0
         else:

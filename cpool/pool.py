@@ -15,7 +15,8 @@ import weakref
 from . import _cpool, _progress
 from ._worker import _pack_error, _worker_bootstrap
 from .errors import (BrokenPoolError, InitializerError, PoolTerminatedError,
-                     ResultUnpicklingError, TaskAbortedError, TimeoutError,
+                     ResultUnpicklingError, TaskAbortedError, TaskTimeoutError,
+                     TimeoutError,
                      WorkerLostError, _describe_status, _initializer_error)
 from .imap import (IMapIterator, IMapUnorderedIterator, _IMapIteratorWithProgress,
                    _IMapUnorderedIteratorWithProgress)
@@ -26,7 +27,7 @@ __all__ = [
     "Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "IMapUnorderedIterator", "TimeoutError", "WorkerLostError",
     "BrokenPoolError", "InitializerError", "PoolTerminatedError",
-    "TaskAbortedError", "ResultUnpicklingError", "PoolStats", "WorkerStats",
+    "TaskAbortedError", "TaskTimeoutError", "ResultUnpicklingError", "PoolStats", "WorkerStats",
 ]
 
 # The same state names as multiprocessing.pool, so code (and CPython's tests)
@@ -90,6 +91,18 @@ def _check_retries(retries):
     return _check_int("retries", retries, 0, 2 ** 32)
 
 
+def _timeout_ns(task_timeout):
+    """task_timeout (seconds, None: none), checked, in nanoseconds (0: none)."""
+    if task_timeout is None:
+        return 0
+    if not isinstance(task_timeout, (int, float)) or isinstance(task_timeout, bool):
+        raise TypeError(f"task_timeout must be a number of seconds or None, "
+                        f"not {type(task_timeout).__name__}")
+    if not 0 < task_timeout < 2 ** 32:
+        raise ValueError(f"task_timeout must be more than 0 seconds, not {task_timeout}")
+    return max(1, int(task_timeout * 1e9))
+
+
 def _start_method(context):
     """The start method a Pool's context names: "fork" for None (whatever
     multiprocessing's default; see Pool), else the name given or the
@@ -127,7 +140,12 @@ class Pool(_mp_pool.Pool):
     past twice it during a task is killed (that task fails with
     WorkerLostError saying so, or runs again with retries; resident memory
     is the worker's RSS, which with fork counts the pages it still shares
-    with the parent as it was when the pool started); a failing
+    with the parent as it was when the pool started); with
+    ``task_timeout=`` (seconds, per item, also inside a chunk; per call
+    too), an item that runs past it gets TaskTimeoutError raised inside it
+    (its finally: blocks run), and its worker is killed and replaced if it
+    has not stopped a second later; either way only that item fails (the
+    rest of its chunk, and the pool, go on); a failing
     initializer breaks the pool with InitializerError instead of respawning
     forever; imap/imap_unordered read their input lazily; terminate() fails
     unfinished results with PoolTerminatedError instead of leaving them
@@ -158,7 +176,7 @@ class Pool(_mp_pool.Pool):
 
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, context=None, *, retries=0,
-                 max_memory_per_child=None):
+                 max_memory_per_child=None, task_timeout=None):
         self._state = None      # __del__ must work if __init__ fails
         self._core = None
         method = _start_method(context)
@@ -172,6 +190,7 @@ class Pool(_mp_pool.Pool):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._retries = _check_retries(retries)
+        self._timeout_ns = _timeout_ns(task_timeout)
         if max_memory_per_child is not None:   # bytes
             _check_int("max_memory_per_child", max_memory_per_child, 1, 2 ** 64)
         self._max_memory_per_child = max_memory_per_child
@@ -244,23 +263,27 @@ class Pool(_mp_pool.Pool):
 
     # -- apply --
 
-    def _retries_for(self, retries):
-        return self._retries if retries is None else _check_retries(retries)
+    def _opts(self, retries, task_timeout):
+        """A call's (retries, time limit in ns) for the core: the pool's
+        where the call gives None."""
+        return (self._retries if retries is None else _check_retries(retries),
+                self._timeout_ns if task_timeout is None else _timeout_ns(task_timeout))
 
-    def apply(self, func, args=(), kwds={}, *, retries=None):
+    def apply(self, func, args=(), kwds={}, *, retries=None, task_timeout=None):
         """Call func(*args, **kwds) in a worker and return its result.
-        retries: as Pool's (None: the pool's)."""
-        return self.apply_async(func, args, kwds, retries=retries).get()
+        retries, task_timeout: as Pool's (None: the pool's)."""
+        return self.apply_async(func, args, kwds, retries=retries,
+                                task_timeout=task_timeout).get()
 
     def apply_async(self, func, args=(), kwds={}, callback=None,
-                    error_callback=None, *, retries=None):
+                    error_callback=None, *, retries=None, task_timeout=None):
         """Asynchronous apply: returns an AsyncResult."""
         self._check_running()
-        retries = self._retries_for(retries)
+        opts = self._opts(retries, task_timeout)
         result = ApplyResult(self._cache, callback, error_callback, self._core)
         try:
             self._core.submit_call(result._job, func, args,
-                                   kwds if type(kwds) is dict else dict(kwds), retries)
+                                   kwds if type(kwds) is dict else dict(kwds), *opts)
         except BaseException:
             result._abandon()
             raise
@@ -268,9 +291,11 @@ class Pool(_mp_pool.Pool):
 
     # -- map family --
 
-    def map(self, func, iterable, chunksize=None, *, retries=None, progress=None):
+    def map(self, func, iterable, chunksize=None, *, retries=None, progress=None,
+            task_timeout=None):
         """Apply func to each item, in chunks; returns the list of results.
         retries: as Pool's (None: the pool's); a chunk is what runs again.
+        task_timeout: as Pool's (None: the pool's); the limit is per item.
 
         progress: True draws a progress bar on stderr (tqdm's if tqdm is
         installed, else a plain one), finished when the map ends, also by
@@ -278,33 +303,36 @@ class Pool(_mp_pool.Pool):
         after each chunk delivered, in the thread that delivers it.  Counts
         are of items, not chunks.  None (or False): nothing, at no cost."""
         return self._map_async(func, iterable, False, chunksize, retries=retries,
-                               progress=progress).get()
+                               progress=progress, task_timeout=task_timeout).get()
 
-    def starmap(self, func, iterable, chunksize=None, *, retries=None, progress=None):
+    def starmap(self, func, iterable, chunksize=None, *, retries=None, progress=None,
+                task_timeout=None):
         """Like map, but each item is unpacked as func's arguments.
-        retries, progress: as map's."""
+        retries, progress, task_timeout: as map's."""
         return self._map_async(func, iterable, True, chunksize, retries=retries,
-                               progress=progress).get()
+                               progress=progress, task_timeout=task_timeout).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None,
-                  error_callback=None, *, retries=None, progress=None):
-        """Asynchronous map: returns a MapResult.  retries, progress: as
-        map's (the bar ends when the result is ready, or when get() or wait()
-        raises)."""
+                  error_callback=None, *, retries=None, progress=None,
+                  task_timeout=None):
+        """Asynchronous map: returns a MapResult.  retries, progress,
+        task_timeout: as map's (the bar ends when the result is ready, or
+        when get() or wait() raises)."""
         return self._map_async(func, iterable, False, chunksize, callback,
-                               error_callback, retries, progress)
+                               error_callback, retries, progress, task_timeout)
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None,
-                      error_callback=None, *, retries=None, progress=None):
-        """Asynchronous starmap: returns a MapResult.  retries, progress: as
-        map_async's."""
+                      error_callback=None, *, retries=None, progress=None,
+                      task_timeout=None):
+        """Asynchronous starmap: returns a MapResult.  retries, progress,
+        task_timeout: as map_async's."""
         return self._map_async(func, iterable, True, chunksize, callback,
-                               error_callback, retries, progress)
+                               error_callback, retries, progress, task_timeout)
 
     def _map_async(self, func, iterable, star, chunksize=None, callback=None,
-                   error_callback=None, retries=None, progress=None):
+                   error_callback=None, retries=None, progress=None, task_timeout=None):
         self._check_running()
-        retries = self._retries_for(retries)
+        opts = self._opts(retries, task_timeout)
         if progress is not None:
             _progress.check(progress)
         if not hasattr(iterable, "__len__"):
@@ -327,39 +355,39 @@ class Pool(_mp_pool.Pool):
             try:
                 blob = self._core.func_blob(func)
                 self._core.submit_chunks(result._job, blob, iterable, chunksize,
-                                         star, 0, True, retries)
+                                         star, 0, True, *opts)
             except BaseException:
                 result._abandon()
                 raise
         return result
 
     def imap(self, func, iterable, chunksize=1, buffersize=None, *, retries=None,
-             progress=None):
+             progress=None, task_timeout=None):
         """Like map, but lazy: an iterator of results in input order.
 
         The input is read as the results are consumed.  buffersize (as in
         CPython 3.15): at most that many chunks submitted whose results the
         consumer has not taken.  None: as far ahead as keeps every worker
-        busy, within a bound on the results held (see cpool.imap).  retries:
-        as Pool's (None: the pool's).
+        busy, within a bound on the results held (see cpool.imap).  retries,
+        task_timeout: as Pool's (None: the pool's); an item past its time
+        limit raises TaskTimeoutError in its place, and the iteration goes on.
 
         progress: as map's, counting the items whose results have arrived
         (total None when the input has no len(), as a generator); the bar
         ends when they all have, or when next() raises (a task's error, a
         Ctrl-C), or when the pool is terminated."""
-        return self._imap(IMapIterator, func, iterable, chunksize, buffersize, retries,
-                          progress)
+        return self._imap(IMapIterator, func, iterable, chunksize, buffersize,
+                          self._opts(retries, task_timeout), progress)
 
     def imap_unordered(self, func, iterable, chunksize=1, buffersize=None, *,
-                       retries=None, progress=None):
+                       retries=None, progress=None, task_timeout=None):
         """Like imap, but results come in the order they complete.
-        retries, progress: as imap's."""
+        retries, progress, task_timeout: as imap's."""
         return self._imap(IMapUnorderedIterator, func, iterable, chunksize, buffersize,
-                          retries, progress)
+                          self._opts(retries, task_timeout), progress)
 
-    def _imap(self, cls, func, iterable, chunksize, buffersize, retries, progress=None):
+    def _imap(self, cls, func, iterable, chunksize, buffersize, opts, progress=None):
         self._check_running()
-        retries = self._retries_for(retries)
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         if buffersize is not None:
@@ -373,11 +401,11 @@ class Pool(_mp_pool.Pool):
         if progress is not None and progress is not False:
             shown = _progress.start(progress, _progress.total_of(iterable))
         if shown is None:   # (also progress=True with no stderr to draw on)
-            return cls(self, func, iterable, chunksize, False, buffersize, retries)
+            return cls(self, func, iterable, chunksize, False, buffersize, opts)
         cls = (_IMapIteratorWithProgress if cls is IMapIterator
                else _IMapUnorderedIteratorWithProgress)
         try:
-            return cls(self, func, iterable, chunksize, False, buffersize, retries, shown)
+            return cls(self, func, iterable, chunksize, False, buffersize, opts, shown)
         except BaseException:
             shown.end()
             raise

@@ -4,7 +4,8 @@ cpool.Pool is a multiprocessing.pool.Pool (a subclass, at run time too), so
 it keeps typeshed's generic signatures as they are: ``p.map(f, xs)`` is a
 ``list[T]``, ``p.apply_async(f)`` an ``ApplyResult[T]``, and the types
 revealed are the ones multiprocessing gives.  The methods are declared
-again only for what cpool adds: ``retries`` and ``stats()``, the map
+again only for what cpool adds: ``retries``, ``task_timeout`` and
+``stats()``, the map
 family's ``progress``, and imap's and imap_unordered's ``buffersize``
 (CPython 3.15's).
 """
@@ -21,6 +22,7 @@ from .errors import (
     PoolTerminatedError as PoolTerminatedError,
     ResultUnpicklingError as ResultUnpicklingError,
     TaskAbortedError as TaskAbortedError,
+    TaskTimeoutError as TaskTimeoutError,
     TimeoutError as TimeoutError,
     WorkerLostError as WorkerLostError,
 )
@@ -32,7 +34,8 @@ __all__ = [
     "Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "IMapUnorderedIterator", "TimeoutError", "WorkerLostError",
     "BrokenPoolError", "InitializerError", "PoolTerminatedError",
-    "TaskAbortedError", "ResultUnpicklingError", "PoolStats", "WorkerStats",
+    "TaskAbortedError", "TaskTimeoutError", "ResultUnpicklingError", "PoolStats",
+    "WorkerStats",
 ]
 
 _S = TypeVar("_S")
@@ -48,44 +51,52 @@ TERMINATE: Final = "TERMINATE"
 START_METHODS: Final[tuple[str, ...]]
 
 class Pool(_mp_pool.Pool):
-    # typeshed's signatures, with what cpool adds: retries= (keyword-only,
-    # per pool and per call), progress= (keyword-only, the map family) and
+    # typeshed's signatures, with what cpool adds: retries= and task_timeout=
+    # (keyword-only, per pool and per call), progress= (keyword-only, the map family) and
     # imap's buffersize (CPython 3.15's).
     def __init__(self, processes: int | None = None,
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any | None = None, *, retries: int = 0,
-                 max_memory_per_child: int | None = None) -> None: ...
+                 max_memory_per_child: int | None = None,
+                 task_timeout: float | None = None) -> None: ...
     def stats(self) -> PoolStats: ...
     def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
-              kwds: Mapping[str, Any] = {}, *, retries: int | None = None) -> _T: ...
+              kwds: Mapping[str, Any] = {}, *, retries: int | None = None,
+              task_timeout: float | None = None) -> _T: ...
     def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {},
                     callback: Callable[[_T], object] | None = None,
                     error_callback: Callable[[BaseException], object] | None = None, *,
-                    retries: int | None = None) -> _mp_pool.AsyncResult[_T]: ...
+                    retries: int | None = None,
+                    task_timeout: float | None = None) -> _mp_pool.AsyncResult[_T]: ...
     def map(self, func: Callable[[_S], _T], iterable: Iterable[_S],
             chunksize: int | None = None, *, retries: int | None = None,
-            progress: _Progress = None) -> list[_T]: ...
+            progress: _Progress = None, task_timeout: float | None = None) -> list[_T]: ...
     def map_async(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                   chunksize: int | None = None,
                   callback: Callable[[list[_T]], object] | None = None,
                   error_callback: Callable[[BaseException], object] | None = None, *,
                   retries: int | None = None,
-                  progress: _Progress = None) -> _mp_pool.MapResult[_T]: ...
+                  progress: _Progress = None,
+             task_timeout: float | None = None) -> _mp_pool.MapResult[_T]: ...
     def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, *, retries: int | None = None,
-                progress: _Progress = None) -> list[_T]: ...
+                progress: _Progress = None,
+             task_timeout: float | None = None) -> list[_T]: ...
     def starmap_async(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None,
                       callback: Callable[[list[_T]], object] | None = None,
                       error_callback: Callable[[BaseException], object] | None = None, *,
                       retries: int | None = None,
-                      progress: _Progress = None) -> _mp_pool.AsyncResult[list[_T]]: ...
+                      progress: _Progress = None,
+             task_timeout: float | None = None) -> _mp_pool.AsyncResult[list[_T]]: ...
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: int | None = 1,
              buffersize: int | None = None, *, retries: int | None = None,
-             progress: _Progress = None) -> _mp_pool.IMapIterator[_T]: ...
+             progress: _Progress = None,
+             task_timeout: float | None = None) -> _mp_pool.IMapIterator[_T]: ...
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                        chunksize: int | None = 1, buffersize: int | None = None, *,
                        retries: int | None = None,
-                       progress: _Progress = None) -> _mp_pool.IMapIterator[_T]: ...
+                       progress: _Progress = None,
+             task_timeout: float | None = None) -> _mp_pool.IMapIterator[_T]: ...

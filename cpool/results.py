@@ -17,7 +17,7 @@ from time import monotonic as _monotonic
 
 import multiprocessing.pool as _mp_pool
 
-from .errors import ST_OK, ST_TERMINATED, TimeoutError, _outcome
+from .errors import ST_ERR, ST_MIXED, ST_OK, ST_TERMINATED, TimeoutError, _outcome
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult"]
 
@@ -161,6 +161,8 @@ class MapResult(ApplyResult, _mp_pool.MapResult):
             self._complete()  # a repeat, or a chunk after a failed one
             return
         if idx != self._last:
+            if status == ST_MIXED:  # items that ran out of time: the first fails it
+                status, value = ST_ERR, value[1][min(value[1])]
             if status == ST_OK:
                 lo = idx * self._chunksize
                 self._value[lo:lo + self._chunksize] = value
@@ -191,6 +193,8 @@ class _MapResultWithProgress(MapResult):
     def _set(self, idx, status, value, nbytes=0):
         if status == ST_OK:
             k = len(value)
+        elif status == ST_MIXED:
+            k = len(value[0])
         elif status == ST_TERMINATED:
             k = 0
         else:

@@ -95,7 +95,7 @@ class MyPool(cpool.Pool):
 def the_pool() -> None:
     pool = cpool.Pool(processes=2, initializer=init, initargs=("ready",),
                       maxtasksperchild=1000, context="fork", retries=1,
-                      max_memory_per_child=1 << 30)
+                      max_memory_per_child=1 << 30, task_timeout=60)
     assert_type(pool, cpool.Pool)
     assert isinstance(pool, multiprocessing.pool.Pool)
     with pool as p:
@@ -140,8 +140,17 @@ def the_pool() -> None:
         assert sorted(un) == [0, 1, 4, 9, 16]
         assert [x for x in p.imap(square, [])] == []
 
-        # what cpool adds: retries, progress, stats
+        # what cpool adds: retries, task_timeout, progress, stats
         assert_type(p.apply(square, (2,), retries=1), int)
+        assert_type(p.apply(square, (2,), task_timeout=30.5), int)
+        assert p.starmap(add, [(1, 2)], task_timeout=10) == [3]
+        assert list(p.imap(square, [2], task_timeout=None)) == [4]
+        try:
+            p.apply(time.sleep, (10,), task_timeout=0.2)
+        except cpool.TaskTimeoutError as stopped:
+            assert_type(stopped.item, "int | None")
+            assert_type(stopped.elapsed, "float | None")
+            assert isinstance(stopped, TimeoutError) and not stopped.killed
         assert p.map(square, [1, 2], retries=0) == [1, 4]
         assert list(p.imap_unordered(square, [3], retries=2)) == [9]
         counts: list[tuple[int, int | None]] = []
@@ -190,7 +199,7 @@ def the_errors() -> None:
     errors: list[type[BaseException]] = [
         cpool.TimeoutError, cpool.WorkerLostError, cpool.BrokenPoolError,
         cpool.InitializerError, cpool.PoolTerminatedError, cpool.TaskAbortedError,
-        cpool.ResultUnpicklingError, cpool.errors.WorkerLostError,
+        cpool.ResultUnpicklingError, cpool.errors.WorkerLostError, cpool.TaskTimeoutError,
     ]
     assert issubclass(cpool.InitializerError, cpool.BrokenPoolError)
     timeout: type[multiprocessing.TimeoutError] = cpool.TimeoutError
