@@ -47,10 +47,12 @@ int64_t cp_limits_nap(CoreObject *c)
     int64_t now = cp_now_ns(), due = -1;
     for (int i = 0; i < c->n; i++) {
         if (atomic_load(&c->ctl->slots[i].state) != CP_S_READY) continue;
-        int64_t at = mem ? atomic_load(&c->limits_due) : 0;
+        int64_t at = mem ? atomic_load(&c->limits_due) : -1; /* (0: at once) */
         int64_t t = timed ? time_due(c, i) : 0;
-        if (t != 0 && (at == 0 || t < at)) at = t;
-        if (at != 0 && (due < 0 || at - now < due)) due = at - now > 0 ? at - now : 0;
+        if (t != 0 && (at < 0 || t < at)) at = t;
+        if (at < 0) continue;
+        int64_t left = at > now ? at - now : 0;
+        if (due < 0 || left < due) due = left;
     }
     return due;
 }
