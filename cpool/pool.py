@@ -191,6 +191,7 @@ class Pool(_mp_pool.Pool):
             raise TypeError("initializer must be a callable")
         self._retries = _check_retries(retries)
         self._timeout_ns = _timeout_ns(task_timeout)
+        self._pool_opts = (self._retries, self._timeout_ns)
         if max_memory_per_child is not None:   # bytes
             _check_int("max_memory_per_child", max_memory_per_child, 1, 2 ** 64)
         self._max_memory_per_child = max_memory_per_child
@@ -266,6 +267,8 @@ class Pool(_mp_pool.Pool):
     def _opts(self, retries, task_timeout):
         """A call's (retries, time limit in ns) for the core: the pool's
         where the call gives None."""
+        if retries is None and task_timeout is None:
+            return self._pool_opts
         return (self._retries if retries is None else _check_retries(retries),
                 self._timeout_ns if task_timeout is None else _timeout_ns(task_timeout))
 
@@ -279,11 +282,15 @@ class Pool(_mp_pool.Pool):
                     error_callback=None, *, retries=None, task_timeout=None):
         """Asynchronous apply: returns an AsyncResult."""
         self._check_running()
-        opts = self._opts(retries, task_timeout)
+        if retries is None and task_timeout is None:    # (apply_async's cost is per call)
+            retries, timeout = self._pool_opts
+        else:
+            retries, timeout = self._opts(retries, task_timeout)
         result = ApplyResult(self._cache, callback, error_callback, self._core)
         try:
             self._core.submit_call(result._job, func, args,
-                                   kwds if type(kwds) is dict else dict(kwds), *opts)
+                                   kwds if type(kwds) is dict else dict(kwds), retries,
+                                   timeout)
         except BaseException:
             result._abandon()
             raise

@@ -87,15 +87,11 @@ static void check_time(CoreObject *c, int i, pid_t pid, int64_t now)
     }
     if (now - atomic_load(&c->kills[i].stop_ns) < CP_STOP_GRACE_NS) return;
     int64_t began = atomic_load(&s->item_ns);
-    struct cp_kill note = {
-        .why = CP_KILL_TIMEOUT,
-        .tk = {.job = atomic_load(&s->current_job),
-               .idx = atomic_load(&s->current_idx),
-               .item = {.item = atomic_load(&s->item),
-                        .pid = pid,
-                        .elapsed_ns = now - began}},
-        .timeout_ns = d - began,
-    };
+    struct cp_kill note = {.why = CP_KILL_TIMEOUT, .timeout_ns = d - began};
+    note.tk.job = atomic_load(&s->current_job); /* first: see worker.c's next_task */
+    note.tk.idx = atomic_load(&s->current_idx);
+    note.tk.item =
+        (cp_skip){.item = atomic_load(&s->item), .pid = pid, .elapsed_ns = now - began};
     /* Still the item it was asked to stop (a worker that moved on since
      * the look above is killed only in the window of these loads). */
     if (atomic_load(&s->deadline_ns) != d) return;

@@ -241,8 +241,10 @@ static const cp_rechdr *next_task(worker *w)
         w->bufcap = need;
     }
     memcpy(w->buf, h, need);
+    /* Before current_job, whose store publishes it to whoever loads that
+     * first (limits.c). */
+    atomic_store_explicit(&w->slot->current_idx, h->idx, memory_order_relaxed);
     atomic_store(&w->slot->current_job, h->job);
-    atomic_store(&w->slot->current_idx, h->idx);
     cp_ring_consume(w->tasks, h);
     take_timing(w, (cp_rechdr *)w->buf);
     return (const cp_rechdr *)w->buf;
