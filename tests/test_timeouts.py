@@ -131,6 +131,11 @@ def test_task_that_ignores_the_stop_is_killed(method, tmp_path):
             assert (err.pid, err.item, err.killed) == (pid, None, True), vars(err)
             assert "was killed" in str(err), err
             assert runs[3] == 1                      # not retried: the limit is its own
+            end = time.monotonic() + 20
+            while pool.stats().workers[0].state != "ready" and time.monotonic() < end:
+                time.sleep(0.01)
+            s = pool.stats()                         # its successor runs nothing yet
+            assert s.running == 0 and s.workers[0].current is None, s
             assert pool.apply(os.getpid) != pid      # replaced
             assert pool.map(sleeper, range(6)) == [x * 10 for x in range(6)]
             s = pool.stats()
