@@ -10,6 +10,7 @@ from time import monotonic as _monotonic
 
 import multiprocessing.pool as _mp_pool
 
+from . import _aio
 from .errors import (ST_ERR, ST_LOCAL, ST_MIXED, ST_OK, ST_TERMINATED, TimeoutError,
                      _outcome)
 from .results import _job_counter
@@ -82,6 +83,7 @@ class IMapIterator(_mp_pool.IMapIterator):
 
     _ordered = True
     _defer = False
+    _aw = None  # asyncio futures awaiting the next outcome (cpool._aio)
 
     def __init__(self, pool, func, iterable, chunksize, star, buffersize=None,
                  opts=(0, 0)):
@@ -128,6 +130,38 @@ class IMapIterator(_mp_pool.IMapIterator):
 
     def __iter__(self):
         return self
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        """next(), without blocking the event loop: ``async for x in
+        pool.imap(...)``.  The input is read here, in the loop's thread, as
+        next() reads it."""
+        while True:
+            seen = self._delivered
+            try:
+                return self.next(0)
+            except StopIteration:
+                raise StopAsyncIteration from None
+            except TimeoutError:
+                pass
+            fut = _aio.future()
+            with self._lock:
+                if self._delivered != seen:
+                    continue    # an outcome came meanwhile: look again
+                _aio.park(self, fut)
+            await fut
+
+    def _notify(self):
+        """An outcome or the end is in: wake the consumers.  The caller holds
+        _lock."""
+        if self._sleepers:
+            self._cond.notify_all()
+        aw = self._aw
+        if aw is not None:
+            self._aw = None
+            _aio.wake_all(aw)
 
     # -- feeding (the consumer's thread, or join()) --
 
@@ -228,7 +262,7 @@ class IMapIterator(_mp_pool.IMapIterator):
             self._length = length
             self._input = None
             self._check_complete()
-            self._cond.notify_all()
+            self._notify()
 
     def _stop(self):
         """The pool is terminating: read no more input."""
@@ -237,7 +271,7 @@ class IMapIterator(_mp_pool.IMapIterator):
                 self._length = self._submitted
                 self._input = None
                 self._check_complete()
-                self._cond.notify_all()
+                self._notify()
 
     def _check_complete(self):
         if self._length is not None and self._delivered >= self._length:
@@ -271,8 +305,7 @@ class IMapIterator(_mp_pool.IMapIterator):
                     self._last = idx
             if self._length is not None:
                 self._check_complete()
-            if self._sleepers:
-                self._cond.notify_all()
+            self._notify()
 
     # -- consuming --
 

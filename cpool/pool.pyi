@@ -4,7 +4,9 @@ cpool.Pool is a multiprocessing.pool.Pool (a subclass, at run time too), so
 it keeps typeshed's generic signatures as they are: ``p.map(f, xs)`` is a
 ``list[T]``, ``p.apply_async(f)`` an ``ApplyResult[T]``, and the types
 revealed are the ones multiprocessing gives.  The methods are declared
-again only for what cpool adds: ``retries``, ``task_timeout`` and
+again only for what cpool adds (and their results are cpool's classes,
+subclasses of multiprocessing's that are awaitable, and async-iterable for
+imap's): ``retries``, ``task_timeout`` and
 ``stats()``, the map
 family's ``progress``, and imap's and imap_unordered's ``buffersize``
 (CPython 3.15's).
@@ -69,7 +71,7 @@ class Pool(_mp_pool.Pool):
                     callback: Callable[[_T], object] | None = None,
                     error_callback: Callable[[BaseException], object] | None = None, *,
                     retries: int | None = None,
-                    task_timeout: float | None = None) -> _mp_pool.AsyncResult[_T]: ...
+                    task_timeout: float | None = None) -> ApplyResult[_T]: ...
     def map(self, func: Callable[[_S], _T], iterable: Iterable[_S],
             chunksize: int | None = None, *, retries: int | None = None,
             progress: _Progress = None, task_timeout: float | None = None) -> list[_T]: ...
@@ -79,7 +81,7 @@ class Pool(_mp_pool.Pool):
                   error_callback: Callable[[BaseException], object] | None = None, *,
                   retries: int | None = None,
                   progress: _Progress = None,
-             task_timeout: float | None = None) -> _mp_pool.MapResult[_T]: ...
+             task_timeout: float | None = None) -> MapResult[_T]: ...
     def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, *, retries: int | None = None,
                 progress: _Progress = None,
@@ -90,13 +92,13 @@ class Pool(_mp_pool.Pool):
                       error_callback: Callable[[BaseException], object] | None = None, *,
                       retries: int | None = None,
                       progress: _Progress = None,
-             task_timeout: float | None = None) -> _mp_pool.AsyncResult[list[_T]]: ...
+             task_timeout: float | None = None) -> ApplyResult[list[_T]]: ...
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: int | None = 1,
              buffersize: int | None = None, *, retries: int | None = None,
              progress: _Progress = None,
-             task_timeout: float | None = None) -> _mp_pool.IMapIterator[_T]: ...
+             task_timeout: float | None = None) -> IMapIterator[_T]: ...
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                        chunksize: int | None = 1, buffersize: int | None = None, *,
                        retries: int | None = None,
                        progress: _Progress = None,
-             task_timeout: float | None = None) -> _mp_pool.IMapIterator[_T]: ...
+             task_timeout: float | None = None) -> IMapIterator[_T]: ...

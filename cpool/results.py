@@ -17,6 +17,7 @@ from time import monotonic as _monotonic
 
 import multiprocessing.pool as _mp_pool
 
+from . import _aio
 from .errors import ST_ERR, ST_MIXED, ST_OK, ST_TERMINATED, TimeoutError, _outcome
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult"]
@@ -38,7 +39,10 @@ _job_counter = itertools.count(1)
 class ApplyResult(_mp_pool.ApplyResult):
     """The result of apply_async.  A multiprocessing.pool.ApplyResult to
     isinstance and type checkers; none of its code runs (every method is
-    cpool's, and its __init__ is never called)."""
+    cpool's, and its __init__ is never called).  Awaitable: ``await r`` is
+    r.get() without blocking the event loop (see cpool._aio)."""
+
+    _aw = None  # asyncio futures awaiting the outcome (cpool._aio)
 
     def __init__(self, cache, callback, error_callback, core=None):
         # A bare lock, held until the outcome is in, is all the event we need
@@ -93,6 +97,17 @@ class ApplyResult(_mp_pool.ApplyResult):
             return self._value
         raise self._value
 
+    def __await__(self):
+        # Parked, then checked: _complete sets _ready before it reads _aw,
+        # so either it wakes this future or the check sees the outcome.
+        while not self._ready:
+            fut = _aio.future()
+            _aio.park(self, fut)
+            if self._ready:
+                break
+            yield from fut.__await__()
+        return self.get()
+
     def _abandon(self):
         self._cache.pop(self._job, None)
 
@@ -104,6 +119,10 @@ class ApplyResult(_mp_pool.ApplyResult):
             self._released = True
             self._done.release()
         self._cache.pop(self._job, None)
+        aw = self._aw
+        if aw is not None:      # (woken again if a Ctrl-C cut this short: harmless)
+            _aio.wake_all(aw)
+            self._aw = None
 
     def _finish(self):
         if self._success:

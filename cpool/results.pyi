@@ -1,9 +1,10 @@
 """Type stubs of cpool.results.  The result objects are
 multiprocessing.pool's classes (their subclasses, at run time too), generic
-as typeshed types them; only the constructors, which cpool calls and users
+as typeshed types them, and awaitable (``await r`` is r.get() without
+blocking an event loop); the constructors, which cpool calls and users
 never do, are cpool's own."""
 import multiprocessing.pool as _mp_pool
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 from typing_extensions import Self
@@ -18,6 +19,7 @@ class ApplyResult(_mp_pool.ApplyResult[_T]):
     def __init__(self, cache: dict[int, Any], callback: Callable[[_T], object] | None,
                  error_callback: Callable[[BaseException], object] | None,
                  core: Core | None = None) -> None: ...
+    def __await__(self) -> Generator[Any, None, _T]: ...
     # ApplyResult[int] at run time is the class itself (multiprocessing's: a
     # types.GenericAlias); the type checker's ApplyResult[int] is the same.
     def __class_getitem__(cls, item: Any) -> type[Self]: ...  # type: ignore[override]

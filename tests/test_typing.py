@@ -11,8 +11,9 @@ One mypy run (strict, a fresh cache) checks three files:
 * REVEAL, written once with ``import multiprocessing as mp`` and once with
   ``import cpool as mp``: every ``reveal_type`` gives the same type in both,
   line by line, except the lines marked ``# cpool: T``, where cpool's type
-  is T (cpool's own classes, and typeshed's errors cpool's stubs do not
-  copy).
+  is T (cpool's own classes, among them the result objects and imap
+  iterators, subclasses of multiprocessing's that are also awaitable and
+  async-iterable, and typeshed's errors cpool's stubs do not copy).
 
 mypy finds cpool in the repository (the working directory): an editable
 install (PEP 660) hides the package from mypy, as the README says.  mypy is
@@ -52,23 +53,23 @@ def main() -> None:
         reveal_type(p.apply(square, (1,)))
         reveal_type(p.apply(add, (), {{"x": 1, "y": 2}}))
         r = p.apply_async(square, (1,), {{}}, print, print)
-        reveal_type(r)
+        reveal_type(r)  # cpool: cpool.results.ApplyResult[int]
         reveal_type(r.get(1.0))
         reveal_type(r.wait)
         reveal_type(r.ready())
         reveal_type(r.successful())
         reveal_type(p.map(square, [1]))
         reveal_type(p.map(square, range(3), 2))
-        reveal_type(p.map_async(square, [1], 1, print, print))
+        reveal_type(p.map_async(square, [1], 1, print, print))  # cpool: cpool.results.MapResult[int]
         reveal_type(p.map_async(square, [1]).get())
         reveal_type(p.starmap(add, [(1, 2)]))
-        reveal_type(p.starmap_async(add, [(1, 2)], None, print, print))
-        reveal_type(p.imap(square, [1]))
-        reveal_type(p.imap(square, [1], 2))
-        reveal_type(p.imap_unordered(square, [1], chunksize=2))
+        reveal_type(p.starmap_async(add, [(1, 2)], None, print, print))  # cpool: cpool.results.ApplyResult[list[int]]
+        reveal_type(p.imap(square, [1]))  # cpool: cpool.imap.IMapIterator[int]
+        reveal_type(p.imap(square, [1], 2))  # cpool: cpool.imap.IMapIterator[int]
+        reveal_type(p.imap_unordered(square, [1], chunksize=2))  # cpool: cpool.imap.IMapIterator[int]
         reveal_type(next(p.imap(square, [1])))
         reveal_type(p.imap(square, [1]).next(1.0))
-        reveal_type(iter(p.imap_unordered(square, [1])))
+        reveal_type(iter(p.imap_unordered(square, [1])))  # cpool: cpool.imap.IMapIterator[int]
         reveal_type(p.close)
         reveal_type(p.terminate)
         reveal_type(p.join)

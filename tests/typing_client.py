@@ -8,6 +8,7 @@ stubs by test_typing.py's reveal_type check, the ones here are cpool's.
 """
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import multiprocessing
 import multiprocessing.pool
@@ -92,6 +93,14 @@ class MyPool(cpool.Pool):
         return self.map(square, range(n))
 
 
+async def the_awaits(p: cpool.Pool) -> None:
+    assert_type(await p.apply_async(square, (2,)), int)
+    assert_type(await p.map_async(square, [1, 2]), "list[int]")
+    assert_type(await p.starmap_async(add, [(1, 2)]), "list[int]")
+    async for x in p.imap_unordered(square, [3]):
+        assert_type(x, int)
+
+
 def the_pool() -> None:
     pool = cpool.Pool(processes=2, initializer=init, initargs=("ready",),
                       maxtasksperchild=1000, context="fork", retries=1,
@@ -105,9 +114,10 @@ def the_pool() -> None:
         assert p.apply(add, (), {"x": 1, "y": 2}) == 3
 
         r = p.apply_async(square, (4,), {}, callback=on_int, error_callback=on_error)
-        # typeshed's types, as multiprocessing's pool gives (cpool's result
-        # classes are their subclasses): annotate with those.
-        assert_type(r, "multiprocessing.pool.AsyncResult[int]")
+        # cpool's result classes: subclasses of typeshed's (code annotated
+        # with multiprocessing's types takes them), and awaitable.
+        assert_type(r, "cpool.pool.AsyncResult[int]")
+        mp_r: multiprocessing.pool.AsyncResult[int] = r
         r.wait(10)
         assert_type(r.ready(), bool)
         assert_type(r.get(timeout=10), int)
@@ -123,16 +133,18 @@ def the_pool() -> None:
         assert_type(p.map(square, range(4), 2), "list[int]")
         m = p.map_async(square, [1, 2], chunksize=1, callback=on_list,
                         error_callback=on_error)
-        assert_type(m, "multiprocessing.pool.MapResult[int]")
+        assert_type(m, "cpool.pool.MapResult[int]")
+        mp_m: multiprocessing.pool.MapResult[int] = m
         assert_type(m.get(10), "list[int]")
 
         assert p.starmap(add, [(1, 2), (3, 4)], chunksize=1) == [3, 7]
         sm = p.starmap_async(add, [(1, 2)], 1, on_list, on_error)
-        assert_type(sm, "multiprocessing.pool.AsyncResult[list[int]]")
+        assert_type(sm, "cpool.pool.AsyncResult[list[int]]")
         assert sm.get(10) == [3]
 
         it = p.imap(square, range(5), chunksize=2, buffersize=2)
-        assert_type(it, "multiprocessing.pool.IMapIterator[int]")
+        assert_type(it, "cpool.imap.IMapIterator[int]")
+        mp_it: multiprocessing.pool.IMapIterator[int] = it
         assert_type(it.next(timeout=10), int)
         assert_type(next(it), int)
         assert list(it) == [4, 9, 16]
@@ -167,6 +179,7 @@ def the_pool() -> None:
         assert_type(stats.workers[0], cpool.WorkerStats)
         assert_type(stats.workers[0].rss, "int | None")
         assert stats.done > 0 and str(stats).startswith("tasks:")
+        asyncio.run(the_awaits(p))
 
         slow = p.apply_async(time.sleep, (0.5,))
         try:
