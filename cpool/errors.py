@@ -51,8 +51,9 @@ class TaskTimeoutError(builtins.TimeoutError):
                    f"{how}", pid, item, elapsed, timeout, killed)
 
     def __reduce__(self):
+        # (its __dict__ too: notes the task added, and other attributes)
         return (type(self), (self.args[0], self.pid, self.item, self.elapsed,
-                             self.timeout, self.killed))
+                             self.timeout, self.killed), self.__dict__)
 
 
 class WorkerLostError(RuntimeError):

@@ -237,7 +237,9 @@ class IMapIterator(_mp_pool.IMapIterator):
         # multiprocessing does); find it by sending them singly.
         for i, chunk in enumerate(chunks):
             try:
-                self._core.submit_chunks(self._job, self._blob, chunk, len(chunk),
+                # (cut as one chunk: it has at most chunksize items, and the
+                # job's chunksize is what a time limit's item index needs)
+                self._core.submit_chunks(self._job, self._blob, chunk, self._chunksize,
                                          self._star, first + i, False, *self._opts)
             except Exception as e:
                 self._set(first + i, ST_LOCAL, e, _local=True)

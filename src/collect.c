@@ -96,6 +96,13 @@ static void drain(CoreObject *c, int i)
                 value =
                     Py_BuildValue("(NO)", why, status == CP_ST_ERR ? Py_True : Py_False);
                 status = CP_ST_UNPICKLE;
+            } else if (status == CP_ST_MIXED && PyTuple_Check(value) &&
+                       PyTuple_GET_SIZE(value) == 2 &&
+                       PyDict_Check(PyTuple_GET_ITEM(value, 1))) {
+                /* Counted here, once per outcome: a chunk killed and sent
+                 * again runs (and may stop) its earlier items again. */
+                atomic_fetch_add(&c->ctl->timed_out,
+                                 (uint64_t)PyDict_GET_SIZE(PyTuple_GET_ITEM(value, 1)));
             }
         }
         cp_ring_consume(r, h);
@@ -205,8 +212,10 @@ int cp_round_gil(CoreObject *c, int closing)
         drain(c, i);
         if (dead) {
             cp_ring *r = cp_result_ring(c->ctl, i);
-            while (cp_ring_has_data(r)) drain(c, i);
-            cp_handle_death(c, i);
+            while (cp_ring_has_data(r) && c->interrupt == NULL) drain(c, i);
+            /* A Ctrl-C in a waiter stops the round (drain then takes no
+             * more): the next round drains the rest and handles the death. */
+            if (c->interrupt == NULL) cp_handle_death(c, i);
         }
     }
     if (c->broken != NULL) cp_fail_all(c, CP_ST_INITFAIL, c->broken, 0);

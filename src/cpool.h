@@ -404,6 +404,10 @@ typedef struct {
 /* The signal that asks a worker to stop an item past its time limit (its
  * Python handler raises TaskTimeoutError inside the task). */
 #define CP_STOP_SIGNAL (SIGRTMIN + 3)
+/* deadline_ns once limits.c has decided to kill the worker for it (a
+ * compare-and-swap from the deadline: the worker, ending that item, waits
+ * for the kill instead of going on to the next). */
+#define CP_DEADLINE_KILLED (-1)
 
 #define CP_MAGIC 0x63706f6f6cu
 enum { CP_CMD_NONE = 0, CP_CMD_EXIT, CP_CMD_TERMINATE };

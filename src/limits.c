@@ -35,7 +35,7 @@ static int64_t time_due(CoreObject *c, int i)
 {
     cp_slot *s = &c->ctl->slots[i];
     int64_t d = atomic_load(&s->deadline_ns);
-    if (d == 0) return 0;
+    if (d <= 0) return 0; /* none, or its worker is being killed */
     if (atomic_load(&s->stop_for) != d) return d;
     return atomic_load(&c->kills[i].stop_ns) + CP_STOP_GRACE_NS;
 }
@@ -46,7 +46,11 @@ int64_t cp_limits_nap(CoreObject *c)
     if ((!mem && !timed) || atomic_load(&c->phase) == CP_TERMINATE) return -1;
     int64_t now = cp_now_ns(), due = -1;
     for (int i = 0; i < c->n; i++) {
-        if (atomic_load(&c->ctl->slots[i].state) != CP_S_READY) continue;
+        cp_slot *s = &c->ctl->slots[i];
+        /* A worker killed already needs no look: its death comes. */
+        if (atomic_load(&s->state) != CP_S_READY ||
+            atomic_load(&c->kills[i].pid) == atomic_load(&s->pid))
+            continue;
         int64_t at = mem ? atomic_load(&c->limits_due) : -1; /* (0: at once) */
         int64_t t = timed ? time_due(c, i) : 0;
         if (t != 0 && (at < 0 || t < at)) at = t;
@@ -76,7 +80,7 @@ static void check_time(CoreObject *c, int i, pid_t pid, int64_t now)
 {
     cp_slot *s = &c->ctl->slots[i];
     int64_t d = atomic_load(&s->deadline_ns);
-    if (d == 0 || now < d) return;
+    if (d <= 0 || now < d) return;
     if (atomic_load(&s->stop_for) != d) {
         atomic_store(&c->kills[i].stop_ns, now);
         atomic_store(&s->stop_for, d);
@@ -92,9 +96,10 @@ static void check_time(CoreObject *c, int i, pid_t pid, int64_t now)
     note.tk.idx = atomic_load(&s->current_idx);
     note.tk.item =
         (cp_skip){.item = atomic_load(&s->item), .pid = pid, .elapsed_ns = now - began};
-    /* Still the item it was asked to stop (a worker that moved on since
-     * the look above is killed only in the window of these loads). */
-    if (atomic_load(&s->deadline_ns) != d) return;
+    /* Still the item it was asked to stop, taken for the kill in one step:
+     * a worker that ended it first goes on (the CAS fails); one that ends
+     * it now finds the deadline taken, and waits for the kill. */
+    if (!atomic_compare_exchange_strong(&s->deadline_ns, &d, CP_DEADLINE_KILLED)) return;
     CP_DEBUG("slot %d: worker %d did not stop within the grace period: killed", i,
              (int)pid);
     kill_noted(c, i, pid, &note);

@@ -110,6 +110,8 @@ int cp_enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
      * records only; large ones were written to segments already), and
      * releasing the GIL on every submit let the collector take it for a
      * whole batch each time: a GIL hand-off per apply_async. */
+    /* Before the tasks can run: their first item's wake-up finds it set. */
+    if (first->timing != NULL) atomic_store(&c->timed, 1);
     cp_lock_with_gil(c);
     int sealed = c->sealed;
     if (!sealed) {
@@ -124,7 +126,6 @@ int cp_enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
     }
     if (atomic_load(&c->is_broken) || atomic_load(&c->phase) == CP_TERMINATE)
         cp_kick(c); /* the collector fails them */
-    if (first->timing != NULL) atomic_store(&c->timed, 1);
     return 0;
 }
 

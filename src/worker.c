@@ -264,10 +264,14 @@ static void item_begin(worker *w, uint32_t item, int first)
     if (first) cp_event_signal(&w->ctl->results);
 }
 
-/* The timed item ended: 1 if the stop signal's handler raised in it. */
+/* The timed item ended: 1 if the stop signal's handler raised in it.  A
+ * deadline limits.c has taken (CP_DEADLINE_KILLED) means the kill is on
+ * its way: wait for it here, where no other item or task can be hit. */
 static int item_end(worker *w)
 {
     int64_t d = atomic_exchange(&w->slot->deadline_ns, 0);
+    if (d == CP_DEADLINE_KILLED)
+        for (;;) pause();
     return d != 0 && d == w->stopped;
 }
 
@@ -333,7 +337,6 @@ static int note_timeout(worker *w, const cp_rechdr *h, uint32_t i, PyObject *exc
     int rc = key ? PyDict_SetItem(*errors, key, err) : -1;
     Py_XDECREF(key);
     Py_DECREF(err);
-    if (rc == 0) atomic_fetch_add(&w->ctl->timed_out, 1);
     return rc;
 }
 
@@ -364,6 +367,7 @@ static int run_timed(worker *w, const cp_rechdr *h, PyObject *seq, PyObject *out
                      PyObject **errors)
 {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int begun = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         const cp_skip *sk = skipped(w, (uint32_t)i);
         PyObject *r = NULL;
@@ -371,7 +375,7 @@ static int run_timed(worker *w, const cp_rechdr *h, PyObject *seq, PyObject *out
             if (note_timeout(w, h, (uint32_t)i, NULL, sk, errors) < 0) return -1;
             r = Py_NewRef(Py_None);
         } else {
-            item_begin(w, (uint32_t)i, i == 0);
+            item_begin(w, (uint32_t)i, !begun++);
             r = call_item(w, h, PySequence_Fast_GET_ITEM(seq, i));
             if (item_end(w) && r == NULL && PyErr_ExceptionMatches(PyExc_TimeoutError)) {
                 PyObject *exc = cp_fetch_exc();

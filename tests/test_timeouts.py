@@ -10,6 +10,7 @@ import math
 import multiprocessing
 import os
 import textwrap
+import threading
 import time
 
 import pytest
@@ -76,7 +77,7 @@ import os, sys, time
 sys.path.insert(0, %r)
 import cpool
 from cpool import _cpool
-from test_timeouts import GRACE, outcomes, sleeper, stubborn, stubborn_big
+from test_timeouts import GRACE, _star_big, outcomes, sleeper, stubborn, stubborn_big
 if __name__ == "__main__":
 """ % os.path.dirname(os.path.abspath(__file__))
 
@@ -219,18 +220,20 @@ def test_large_chunk_killed_and_sent_again(tmp_path):
     """A chunk whose pickle travels through a segment, with its time limit
     ahead of the segment's reference, killed and sent again."""
     scenario("""
-        blob = bytes(200_000)
-        items = [(x, blob, (2,)) for x in range(4)]
+        blob = bytes(200_000)       # a chunk of these goes through a segment
         with cpool.Pool(2, context={method}) as pool:
-            it = pool.starmap_async(stubborn_big, items, chunksize=4, task_timeout=0.2)
-            try:
-                it.get(20)
-            except cpool.TaskTimeoutError as e:
-                assert (e.item, e.killed) == (2, True), vars(e)
+            items = [(x, blob, (2,)) for x in range(4)]
+            got = outcomes(pool.imap(_star_big, items, chunksize=4, task_timeout=0.2), 4)
+            assert isinstance(got[2], cpool.TaskTimeoutError) and got[2].killed, got
+            assert [got[i] for i in (0, 1, 3)] == [200_000, 200_010, 200_030], got
             assert pool.starmap(stubborn_big, [(x, blob) for x in range(3)],
                                 task_timeout=5) == [200_000, 200_010, 200_020]
             assert pool.stats().timed_out == 1
     """, "fork", tmp_path)
+
+
+def _star_big(args):
+    return stubborn_big(*args)
 
 
 def test_pool_limit_and_per_call_override():
@@ -281,6 +284,74 @@ def test_next_item_after_a_stopped_one_runs_whole():
         it = pool.imap(_star_sleeper, items, chunksize=3, task_timeout=0.8)
         got = outcomes(it, 3)
         assert isinstance(got[0], cpool.TaskTimeoutError) and got[1:] == [10, 20], got
+
+
+def blocks_the_stop(x):
+    """Item 0 runs past its limit with the stop signal blocked (as C code
+    that never looks at signals would), and ends within the grace period;
+    item 1 unblocks it: the stop meant for item 0 arrives in item 1."""
+    import signal
+    if x == 0:
+        signal.pthread_sigmask(signal.SIG_BLOCK, [_cpool.STOP_SIGNAL])
+        time.sleep(0.6)
+    else:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [_cpool.STOP_SIGNAL])
+        time.sleep(0.2)
+    return x, os.getpid()
+
+
+def test_a_stop_that_arrives_late_touches_the_next_item_not():
+    with cpool.Pool(1) as pool:
+        pid = pool.apply(os.getpid)
+        got = pool.map(blocks_the_stop, [0, 1], chunksize=2, task_timeout=0.3)
+        assert got == [(0, pid), (1, pid)], got
+        assert pool.stats().timed_out == 0
+
+
+def timed_sleeper(x, ran):
+    """Sleep long; its finally: notes in ran[x] how long it ran (ms)."""
+    t = time.monotonic()
+    try:
+        time.sleep(30)
+    finally:
+        ran[x] = int((time.monotonic() - t) * 1000)
+
+
+def _star_first_stubborn(args):
+    x, ran = args
+    return stubborn(x, (0,)) if x == 0 else timed_sleeper(x, ran)
+
+
+def test_an_item_after_a_skipped_first_is_watched_at_once():
+    """A chunk sent again without its first item (its worker was killed
+    there): the second item's limit is watched from its start, though
+    nobody waits in get() (callbacks only: cpool's collector thread, which
+    otherwise sleeps a second at a time)."""
+    with cpool.Pool(1) as pool:
+        for _ in range(2):
+            ran = cpool.Array("i", 2)
+            done = threading.Event()
+            pool.map_async(_star_first_stubborn, [(0, ran), (1, ran)], chunksize=2,
+                           task_timeout=0.3, callback=lambda v: done.set(),
+                           error_callback=lambda e: done.set())
+            assert done.wait(30)
+            assert 300 <= ran[1] < 750, list(ran)
+
+
+def test_items_counted_once_when_their_chunk_runs_again():
+    """An item stopped, then its chunk killed at a later item and sent
+    again: the stopped item runs (and stops) again, counted once."""
+    with cpool.Pool(1) as pool:
+        items = [(0, (0,), None, 30.0), (1, (1,)), (2, ())]
+        got = outcomes(pool.imap(_star_mixed, items, chunksize=3, task_timeout=0.3), 3)
+        assert [type(v).__name__ for v in got] == ["TaskTimeoutError"] * 2 + ["int"], got
+        assert not got[0].killed and got[1].killed
+        assert pool.stats().timed_out == 2
+
+
+def _star_mixed(args):
+    """sleeper for items of 4, stubborn for items of 2."""
+    return sleeper(*args) if len(args) == 4 else stubborn(*args)
 
 
 def _star_sleeper(args):
