@@ -99,10 +99,21 @@ def main_by_value(func, found):
 
 
 def main_is_gone(method):
-    """True when the workers of a pool of this start method have a __main__
-    of their own (an exec'ed template: spawn, forkserver), which may lack
-    functions of the parent's: main_by_value says which."""
-    return method != "fork"
+    """True when the workers of a pool of this start method may lack
+    functions of the parent's __main__: an exec'ed template (spawn,
+    forkserver) that imports no main module (``python -c``, stdin, a REPL),
+    or whose main module's source binds names under its
+    ``if __name__ == "__main__":`` block (main_by_value then says which
+    callables go by value).  False otherwise, and then a pool checks
+    nothing per call."""
+    if method == "fork":
+        return False
+    names = _main_names()
+    if names is None:
+        return False        # the source cannot be read: by reference, as before
+    if not names:
+        return True
+    return _main_cache.get(("guarded", _main_path()), True)
 
 
 def not_a_file(path):
@@ -125,13 +136,8 @@ def _main_names():
     template imports no main (``python -c``, stdin, a REPL, ``python -m
     pkg``); None when the source cannot be read (then by reference, as
     before).  Read once per main file."""
-    main = sys.modules.get("__main__")
-    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
-    path = getattr(main, "__file__", None)
-    if spec_name is not None:
-        if spec_name == "__main__" or spec_name.endswith(".__main__"):
-            return frozenset()
-    elif not_a_file(path):
+    path = _main_path()
+    if path is None:
         return frozenset()
     if not isinstance(path, str):
         return None
@@ -145,10 +151,28 @@ def _main_names():
         with open(path, "rb") as f:
             tree = ast.parse(f.read())
         names = frozenset(_bound(tree.body))
+        # Whether the main guard binds anything the template will not:
+        # if not, no callable of __main__ can be missing there.
+        _main_cache["guarded", path] = bool(
+            frozenset(_bound(tree.body, guards=True)) - names)
     except (OSError, SyntaxError, ValueError):
         pass
     _main_cache[path] = names
     return names
+
+
+def _main_path():
+    """The file an exec'ed template runs as its __main__ (the parent's main
+    module's), or None when it runs none."""
+    main = sys.modules.get("__main__")
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    path = getattr(main, "__file__", None)
+    if spec_name is not None:
+        if spec_name == "__main__" or spec_name.endswith(".__main__"):
+            return None
+    elif not_a_file(path):
+        return None
+    return path
 
 
 def _is_main_guard(test):
@@ -161,9 +185,9 @@ def _is_main_guard(test):
             and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides))
 
 
-def _bound(body):
+def _bound(body, guards=False):
     """The names a block of module-level statements may bind: every branch
-    counted, but the body of a main guard."""
+    counted, but the body of a main guard (unless guards)."""
     import ast
     for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -171,17 +195,17 @@ def _bound(body):
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             for a in node.names:
                 yield (a.asname or a.name).partition(".")[0]
-        elif isinstance(node, ast.If) and _is_main_guard(node.test):
+        elif not guards and isinstance(node, ast.If) and _is_main_guard(node.test):
             yield from _bound(node.orelse)
         else:
             for _, value in ast.iter_fields(node):
                 for x in value if isinstance(value, list) else [value]:
                     if isinstance(x, ast.stmt):
-                        yield from _bound([x])
+                        yield from _bound([x], guards)
                     elif isinstance(x, ast.excepthandler):
                         if x.name:
                             yield x.name
-                        yield from _bound(x.body)
+                        yield from _bound(x.body, guards)
                     elif isinstance(x, ast.AST):    # targets, with-as, walrus
                         for n in ast.walk(x):
                             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):

@@ -391,3 +391,60 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("method", START_METHODS)
 def test_without_cloudpickle_the_error_says_how_to_get_it(method, tmp_path):
     assert run_scenario(WITHOUT, method=method, tmp_path=tmp_path) == "ok\n"
+
+
+MAIN_FUNCTION = """
+import cpool
+
+def square(x):
+    return x * x
+
+def main():
+    k = 3
+    with cpool.Pool(2, context={method}, initializer=lambda: None) as p:
+        assert p.map(square, range(4)) == [0, 1, 4, 9]
+        assert p.apply(lambda x: x + k, (1,)) == 4
+        assert list(p.imap(lambda x: -x, [1, 2])) == [-1, -2]
+        # Nothing of __main__ can be missing in the workers: no check per call.
+        assert p._main_gone is False
+    print("ok")
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_a_script_whose_guard_only_calls_main(method, tmp_path):
+    assert run_scenario(MAIN_FUNCTION, method=method, tmp_path=tmp_path) == "ok\n"
+
+
+def test_the_names_a_spawned_main_binds():
+    import ast
+    from cpool._cloud import _bound
+    tree = ast.parse("""
+import os, a.b as c
+from x import y as z
+def f():
+    q = 1
+class C:
+    pass
+top = lambda: 1
+for i in range(3):
+    w = i
+try:
+    import numpy
+except ImportError as err:
+    numpy = None
+if __name__ == "__main__":
+    def g():
+        pass
+    h = 1
+else:
+    e = 2
+with open("f") as fh:
+    pass
+""")
+    outside = {"os", "c", "z", "f", "C", "top", "i", "w", "numpy", "err", "e", "fh"}
+    assert set(_bound(tree.body)) == outside
+    assert set(_bound(tree.body, guards=True)) == outside | {"g", "h"}
