@@ -19,7 +19,9 @@ preparation data with the parent's pid and the resource tracker's fd, then
 the pool's (processes, maxtasks, initializer, initargs, bootstrap,
 pack_error), pickled while multiprocessing considers itself "spawning", so
 locks, queues and connections in initargs pickle as they do for
-multiprocessing's own spawned processes.
+multiprocessing's own spawned processes.  An initializer that does not
+pickle by reference (a lambda, a closure) travels by value with
+cloudpickle (cpool._cloud).
 """
 import os
 import pickle
@@ -57,6 +59,12 @@ def spec(method, processes, maxtasks, initializer, initargs, bootstrap, pack_err
     from multiprocessing import context, resource_tracker, spawn, util
     from multiprocessing.reduction import ForkingPickler
     prep = spawn.get_preparation_data("CPoolTemplate")
+    from ._cloud import not_a_file
+    if not_a_file(prep.get("init_main_from_path")):
+        # A program read from stdin: its __file__ "<stdin>" is no file to run
+        # again (multiprocessing's spawned child fails on it); such a main
+        # is not imported, as for `python -c` (its functions go by value).
+        prep.pop("init_main_from_path", None)
     boot = _cpool._memfd("cpool-template-boot")   # as every memfd of cpool's
     try:
         launch = _Launch(boot, processes)
@@ -65,8 +73,19 @@ def spec(method, processes, maxtasks, initializer, initargs, bootstrap, pack_err
             context.set_spawning_popen(launch)   # the authkey pickles only then
             try:
                 ForkingPickler(f, 5).dump((prep, os.getpid(), tracker, method))
-                ForkingPickler(f, 5).dump((processes, maxtasks, initializer,
-                                           tuple(initargs), bootstrap, pack_error))
+                cfg_at = f.tell()
+                try:
+                    ForkingPickler(f, 5).dump((processes, maxtasks, initializer,
+                                               tuple(initargs), bootstrap, pack_error))
+                except Exception as e:
+                    # A lambda or a closure as the initializer: by value
+                    # (cpool._cloud; the template's plain unpickler loads it).
+                    from ._cloud import by_value
+                    initializer = by_value(initializer, e, ForkingPickler.dumps)
+                    f.seek(cfg_at)
+                    f.truncate()
+                    ForkingPickler(f, 5).dump((processes, maxtasks, initializer,
+                                               tuple(initargs), bootstrap, pack_error))
             finally:
                 context.set_spawning_popen(None)
         os.lseek(boot, 0, os.SEEK_SET)

@@ -11,8 +11,9 @@ import multiprocessing.pool as _mp_pool
 import os
 import warnings
 import weakref
+from types import FunctionType as _FunctionType
 
-from . import _cpool, _progress
+from . import _cloud, _cpool, _progress
 from ._worker import _pack_error, _worker_bootstrap
 from .errors import (BrokenPoolError, InitializerError, PoolTerminatedError,
                      ResultUnpicklingError, TaskAbortedError, TaskTimeoutError,
@@ -170,6 +171,14 @@ class Pool(_mp_pool.Pool):
     default start method (forkserver from Python 3.14): the risk that made
     multiprocessing change it, workers forked later from a parent that by
     then runs threads, does not exist here.
+
+    Lambdas and closures.  A callable (a task's function, the initializer)
+    that does not pickle by reference, a lambda, a closure, a nested
+    function, or a function of ``__main__`` the exec'ed template does not
+    define (one under ``if __name__ == "__main__":``, or defined with
+    ``python -c``), travels by value with cloudpickle when it is installed
+    (``pip install cpool[cloudpickle]``); without it, the pickling error
+    says so.  Only the callable: arguments and results travel as before.
     """
 
     _wrap_exception = True
@@ -204,12 +213,16 @@ class Pool(_mp_pool.Pool):
         self._lazy = weakref.WeakSet()
         self._owner = os.getpid()
         self._start_method = method
+        # The workers' __main__ is not ours (spawn, forkserver from `python
+        # -c`, stdin, a REPL): functions of __main__ go by value (cpool._cloud).
+        self._main_gone = _cloud.main_is_gone(method)
+        self._main_found = set()    # functions of __main__ the workers have
         spawn = None    # fork the template; else exec it (cpool._template)
         if method != "fork":
             from . import _template
             spawn = _template.spec(method, processes, maxtasksperchild or 0,
-                                   initializer, initargs, _worker_bootstrap,
-                                   _pack_error)
+                                   _cloud.main_by_value(initializer, set()),
+                                   initargs, _worker_bootstrap, _pack_error)
         try:
             self._core = _cpool.Core(processes, maxtasksperchild or 0, initializer,
                                      tuple(initargs), self._cache, _worker_bootstrap,
@@ -286,14 +299,24 @@ class Pool(_mp_pool.Pool):
             retries, timeout = self._pool_opts
         else:
             retries, timeout = self._opts(retries, task_timeout)
+        if self._main_gone and getattr(func, "__module__", None) == "__main__" \
+                and (type(func) is not _FunctionType or func not in self._main_found):
+            func = _cloud.main_by_value(func, self._main_found)
         result = ApplyResult(self._cache, callback, error_callback, self._core)
+        if type(kwds) is not dict:
+            kwds = dict(kwds)
         try:
-            self._core.submit_call(result._job, func, args,
-                                   kwds if type(kwds) is dict else dict(kwds), retries,
-                                   timeout)
-        except BaseException:
-            result._abandon()
-            raise
+            self._core.submit_call(result._job, func, args, kwds, retries, timeout)
+        except BaseException as e:
+            # The call did not pickle: if the callable is what failed (a
+            # lambda, a closure), again with it by value (cpool._cloud);
+            # else, or without cloudpickle, that error (nothing was queued).
+            try:
+                self._core.submit_call(result._job, _cloud.by_value(func, e), args, kwds,
+                                       retries, timeout)
+            except BaseException:
+                result._abandon()
+                raise
         return result
 
     # -- map family --
@@ -360,7 +383,12 @@ class Pool(_mp_pool.Pool):
                                             error_callback, self._core, shown)
         if n:
             try:
-                blob = self._core.func_blob(func)
+                if self._main_gone:
+                    func = _cloud.main_by_value(func, self._main_found)
+                try:
+                    blob = self._core.func_blob(func)
+                except Exception as e:    # as apply_async's
+                    blob = self._core.func_blob(_cloud.by_value(func, e))
                 self._core.submit_chunks(result._job, blob, iterable, chunksize,
                                          star, 0, True, *opts)
             except BaseException:
@@ -404,6 +432,8 @@ class Pool(_mp_pool.Pool):
                 raise ValueError("buffersize must be None or > 0")
         if progress is not None:
             _progress.check(progress)
+        if self._main_gone:
+            func = _cloud.main_by_value(func, self._main_found)
         shown = None
         if progress is not None and progress is not False:
             shown = _progress.start(progress, _progress.total_of(iterable))

@@ -104,7 +104,9 @@ def test_unpicklable_argument(pool, make):
     assert pool.map(square, range(10)) == [square(i) for i in range(10)]
 
 
-def test_unpicklable_function(pool):
+def test_unpicklable_function(pool, monkeypatch):
+    # Without cloudpickle (with it, a lambda goes by value: test_cloudpickle.py)
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)
     fn = lambda x: x  # noqa: E731 - a local lambda cannot be pickled
     expected = expected_pickling_error(fn)
     with pytest.raises(expected):

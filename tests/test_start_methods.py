@@ -135,7 +135,10 @@ def test_an_initializer_the_template_cannot_find_breaks_the_pool():
     # Defined in the __main__ of `python -c`: the template has no main module
     # to find it in.  multiprocessing's workers would fail and be respawned
     # forever; cpool's pool is broken, naming why, and every call says so.
+    # (Without cloudpickle: with it, such an initializer goes by value.)
     r = run_python("""
+        import sys
+        sys.modules["cloudpickle"] = None
         import cpool
         def init():
             pass
