@@ -490,11 +490,11 @@ class ProcessPoolExecutor(_cf_process.ProcessPoolExecutor):
         broken = fd.core.broken
         if broken is not None:
             raise _initializer_error(broken)
-        if fd.shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after "
                                "interpreter shutdown")
+        if fd.shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def submit(self, fn, /, *args, **kwargs):
         """Schedule fn(*args, **kwargs) in a worker; returns a Future."""
