@@ -121,15 +121,17 @@ class Future(_base.Future):
     _waiters = _Lazy(list)
     _done_callbacks = _Lazy(list)
 
+    # Defaults, until an instance stores its own (fewer stores per submit).
+    _result = None
+    _exception = None
+    _counted = False    # its slot on the core given back
+    _notified = False   # waiters and callbacks told of the outcome
+
     def __init__(self, feeder, state=_base.PENDING):
         # (the base __init__ is not called: it makes what is lazy here)
         self._state = state
-        self._result = None
-        self._exception = None
         self._feeder = feeder
         self._job = next(_job_counter)
-        self._counted = False   # its slot on the core given back
-        self._notified = False  # waiters and callbacks told of the outcome
 
     @property
     def _defer(self):
@@ -210,11 +212,20 @@ class Future(_base.Future):
                 self._exception = _adapt(_outcome(self._job, idx, status, value)[1])
             self._state = _FINISHED
         if not self._notified:
-            self._tell()
-        self._feeder.cache.pop(self._job, None)
+            d = self.__dict__
+            if "_condition" in d or "_done_callbacks" in d:
+                self._tell()
+            else:   # no one waits or called back (yet: see the class)
+                self._notified = True
+        fd = self._feeder
+        fd.cache.pop(self._job, None)
         if not self._counted:
             self._counted = True
-            self._feeder.release()
+            with fd.lock:
+                fd.inflight -= 1
+                more = fd.pending
+            if more:
+                fd.pump()
 
     def _fail(self, exc):
         """An error submitting its call: the future's outcome."""
@@ -241,36 +252,42 @@ class _Feeder:
         self.shutdown = False   # no more submits; close the pool once drained
         self.closed = threading.Event()
 
-    def start(self, f, fn, args, kwargs):
+    def start(self, f, fn, args, kwargs, check=True):
         """Hand a RUNNING future's call to the core (inflight and starting
         counted it).  An error submitting it (a pickling error, a broken
-        pool) fails the future; a BaseException in the submitting thread is
-        raised there too."""
-        ok = False
+        pool) fails the future; a BaseException (Ctrl-C) is raised too.
+        check: the pool's state is checked first (submit() checked it)."""
+        job = f._job
+        self.cache[job] = f
         try:
-            self.cache[f._job] = f
-            self.pool._check_running()
-            self.core.submit_call(f._job, fn, args, kwargs, *self.opts)
-            ok = True
+            if check:
+                self.pool._check_running()
+            self.core.submit_call(job, fn, args, kwargs, *self.opts)
         except BaseException as e:
-            self.cache.pop(f._job, None)
+            self.cache.pop(job, None)
             f._counted = True
             f._fail(e)
-            if not isinstance(e, Exception):
-                raise
-        finally:
             with self.lock:
                 self.starting -= 1
-                if not ok:
-                    self.inflight -= 1
+                self.inflight -= 1
                 close = self._drained()
             if close:
                 self._close()
+            if not isinstance(e, Exception):
+                raise
+            return
+        with self.lock:
+            self.starting -= 1
+            close = self.shutdown and self._drained()
+        if close:
+            self._close()
 
     def release(self):
         """A future on the core is done: let pending ones on."""
         with self.lock:
             self.inflight -= 1
+            if not self.pending:
+                return
         self.pump()
 
     def pump(self):
@@ -501,14 +518,15 @@ class ProcessPoolExecutor(_cf_process.ProcessPoolExecutor):
         fd = self._feeder
         f = Future(fd, _RUNNING)
         with fd.lock:
-            self._check_submit()
+            if fd.shutdown or _global_shutdown or fd.core.broken is not None:
+                self._check_submit()
             if fd.pending or fd.inflight >= fd.window:
                 f._state = _base.PENDING    # (no one else holds it yet)
                 fd.pending.append((f, fn, args, kwargs))
                 return f
             fd.inflight += 1
             fd.starting += 1
-        fd.start(f, fn, args, kwargs)
+        fd.start(f, fn, args, kwargs, False)
         return f
 
     submit.__doc__ = _base.Executor.submit.__doc__
