@@ -29,6 +29,7 @@ from .pool import (  # noqa: E402
     WorkerStats,
 )
 
+from .futures import ProcessPoolExecutor  # noqa: E402
 from .sharedctypes import (  # noqa: E402
     Array,
     Lock,
@@ -41,7 +42,8 @@ from .sharedctypes import (  # noqa: E402
 __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
            "ResultUnpicklingError", "TaskTimeoutError", "Value", "Array", "RawValue", "RawArray",
-           "Lock", "RLock", "get_context", "PoolStats", "WorkerStats"]
+           "Lock", "RLock", "get_context", "PoolStats", "WorkerStats",
+           "ProcessPoolExecutor"]
 
 
 class _Context:

@@ -81,6 +81,7 @@ from .errors import (
     TimeoutError as TimeoutError,
     WorkerLostError as WorkerLostError,
 )
+from .futures import ProcessPoolExecutor as ProcessPoolExecutor
 from .pool import Pool as Pool
 from .stats import PoolStats as PoolStats, WorkerStats as WorkerStats
 from .sharedctypes import Lock as Lock, RLock as RLock, _LockLike
@@ -91,7 +92,8 @@ if sys.platform != "win32":
 __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
            "ResultUnpicklingError", "TaskTimeoutError", "Value", "Array", "RawValue", "RawArray",
-           "Lock", "RLock", "get_context", "PoolStats", "WorkerStats"]
+           "Lock", "RLock", "get_context", "PoolStats", "WorkerStats",
+           "ProcessPoolExecutor"]
 
 __version__: str
 

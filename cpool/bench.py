@@ -92,6 +92,11 @@ def bump(k):
 
 # -- pools under test: one interface over each library ---------------------
 
+# The executor rows: concurrent.futures.ProcessPoolExecutor (in the
+# multiprocessing column) against cpool.ProcessPoolExecutor.
+EXECUTOR_KEYS = ("executor_submit", "executor_pipelined", "executor_map")
+
+
 class Subject:
     name = "?"
     has = frozenset()   # workloads it can run; others print "n/a"
@@ -102,26 +107,34 @@ class Subject:
     def pool(self, **kw):
         raise NotImplementedError
 
+    def executor(self):
+        raise NotImplementedError
+
 
 class PoolSubject(Subject):
     """multiprocessing.Pool and cpool.Pool: the whole API."""
 
     has = frozenset(["map", "starmap", "imap", "imap_unordered", "apply_async", "apply",
-                     "to_workers", "echo", "big_result", "cpu", "startup", "value", *UNEVEN])
+                     "to_workers", "echo", "big_result", "cpu", "startup", "value", *UNEVEN,
+                     *EXECUTOR_KEYS])
 
-    def __init__(self, name, factory, value, processes):
+    def __init__(self, name, factory, value, processes, executor=None):
         super().__init__(processes)
         self.name, self._factory, self.Value = name, factory, value
+        self._executor = executor
 
     def pool(self, **kw):
         return self._factory(self.processes, **kw)
+
+    def executor(self):
+        return self._executor(self.processes)
 
 
 class FuturesSubject(Subject):
     """concurrent.futures-style executors (concurrent.futures, loky)."""
 
     has = frozenset(["map", "starmap", "imap", "apply_async", "apply", "to_workers",
-                     "echo", "big_result", "cpu", "startup"])
+                     "echo", "big_result", "cpu", "startup", *EXECUTOR_KEYS])
 
     def __init__(self, name, make_executor, processes):
         super().__init__(processes)
@@ -129,6 +142,9 @@ class FuturesSubject(Subject):
 
     def pool(self, **kw):
         return _ExecutorAsPool(self._make(self.processes))
+
+    def executor(self):
+        return self._make(self.processes)
 
 
 class _ExecutorAsPool:
@@ -203,8 +219,15 @@ class _MpireAsPool:
 
 def subjects(processes, against):
     mpctx = multiprocessing.get_context("fork")
-    out = [PoolSubject("multiprocessing", mpctx.Pool, mpctx.Value, processes),
-           PoolSubject("cpool", cpool.Pool, cpool.Value, processes)]
+
+    def stdlib_executor(n):
+        from concurrent.futures import ProcessPoolExecutor
+        return ProcessPoolExecutor(n, mp_context=mpctx)
+
+    out = [PoolSubject("multiprocessing", mpctx.Pool, mpctx.Value, processes,
+                       stdlib_executor),
+           PoolSubject("cpool", cpool.Pool, cpool.Value, processes,
+                       cpool.ProcessPoolExecutor)]
     for name in against:
         try:
             if name == "concurrent.futures":
@@ -261,6 +284,8 @@ def run_workload(w, subject, n, processes):
                 pool.terminate()
                 pool.join()
         return dt, n
+    if k in EXECUTOR_KEYS:
+        return _run_executor(k, subject, n)
     kw = {}
     if k == "value":
         v = subject.Value("i", 0)
@@ -317,6 +342,27 @@ def run_workload(w, subject, n, processes):
     return dt, n
 
 
+def _run_executor(k, subject, n):
+    """(seconds, items) of an executor row: submit().result() round trips,
+    n submits then their results, or map() of n tiny items (chunksize 1,
+    the default of both)."""
+    ex = subject.executor()
+    try:
+        ex.submit(identity, 0).result()     # the workers are up
+        if k == "executor_submit":
+            dt, r = _timed(lambda: [ex.submit(identity, i).result() for i in range(n)])
+        elif k == "executor_pipelined":
+            dt, r = _timed(lambda: [f.result() for f in
+                                    [ex.submit(identity, i) for i in range(n)]])
+        else:
+            dt, r = _timed(lambda: list(ex.map(identity, range(n))))
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    if r != list(range(n)):
+        raise AssertionError(f"{subject.name}: wrong result in {k}")
+    return dt, n
+
+
 _IN_STARTUP_CHILD = False
 
 
@@ -357,6 +403,10 @@ WORKLOADS = [
     Workload("cpu", "CPU-bound map (prime test)", "numbers/s", 40_000, 4_000),
     Workload("startup", "start-up to first result", "pools/s", 20, 5),
     Workload("value", "Value increments under its lock", "increments/s", 200_000, 20_000),
+    # concurrent.futures.ProcessPoolExecutor against cpool.ProcessPoolExecutor
+    Workload("executor_submit", "executor: submit round trips", "calls/s", 20_000, 2_000),
+    Workload("executor_pipelined", "executor: pipelined submits", "calls/s", 50_000, 5_000),
+    Workload("executor_map", "executor: map, tiny items", "items/s", 50_000, 5_000),
     # Uneven work: the percentage of the ideal (ideal_seconds) each pool
     # reaches; higher is better, 100 is no time lost.
     Workload("uneven_imap", "uneven work: imap, chunksize 1", "% of ideal", 400, 100),

@@ -4,8 +4,11 @@
 # own venv made from that interpreter: build and install cpool from a copy of
 # the tree with the README's command, `pip install -e '.[test]'`, warnings as
 # errors, then run CPython's Pool test classes (tests/test_cpython_pool.py,
-# under each start method, and tests/test_cpython_shared.py) against it, and
-# the checks that differ most between interpreter versions: the start
+# under each start method, and tests/test_cpython_shared.py) against it,
+# CPython's executor tests against cpool.ProcessPoolExecutor
+# (tests/test_cpython_futures.py; they need the interpreter's
+# test.test_concurrent_futures, or its distribution's test suite) and cpool's
+# own (tests/test_futures.py), and the checks that differ most between interpreter versions: the start
 # methods and os.fork()'s thread warning, which 3.12+ gives
 # (tests/test_start_methods.py), reference leaks (tests/test_refleaks.py)
 # and the stub against the extension (tests/test_stubs.py).  Every version runs;
@@ -28,7 +31,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 VERSIONS_DIR=${PYENV_ROOT:-$HOME/.pyenv}/versions
 MAIN=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-TESTS=${CPOOL_GATE_TESTS:-tests/test_cpython_pool.py tests/test_cpython_shared.py tests/test_start_methods.py tests/test_refleaks.py tests/test_stubs.py}
+TESTS=${CPOOL_GATE_TESTS:-tests/test_cpython_pool.py tests/test_cpython_shared.py tests/test_cpython_futures.py tests/test_futures.py tests/test_start_methods.py tests/test_refleaks.py tests/test_stubs.py}
 
 pythons=()
 for dir in $(ls -d "$VERSIONS_DIR"/3.* 2>/dev/null | sort -V); do
