@@ -41,7 +41,7 @@ def run(pool_cls, numbers, processes):
 def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
-    if argv[:1] == ["run"]:
+    if list(argv[:1]) == ["run"]:
         from cpool import _runner
         return _runner.run(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m cpool", description=__doc__.split("\n\n")[0],
