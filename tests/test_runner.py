@@ -418,13 +418,14 @@ if __name__ == "__main__":
         with make() as p:
             print(type(p).__module__, p.map(square, range(4)),
                   isinstance(p, multiprocessing.pool.Pool))
-    with multiprocessing.pool.ThreadPool(2) as t:
-        print("thread pool", type(t).__module__, t.map(square, [5]))
     with ProcessPoolExecutor(2) as ex:
         print(type(ex).__module__, list(ex.map(square, range(3))),
               isinstance(ex, concurrent.futures.ProcessPoolExecutor))
-    print("before uninstall:", pipes == [],
-          [t.name for t in threading.enumerate() if "_handle" in t.name])
+        shown = machinery(ex)
+        print("the stdlib's machinery:", "_ExecutorManager" in shown or "_handle" in shown,
+              shown.split()[1], shown.split()[-1])
+    with multiprocessing.pool.ThreadPool(2) as t:     # (its queues make pipes)
+        print("thread pool", type(t).__module__, t.map(square, [5]))
     cpool.uninstall()
     cpool.uninstall()
     with Pool(2) as p:
@@ -446,9 +447,9 @@ def test_install_from_code(tmp_path):
         "cpool.pool [0, 1, 4, 9] True",
         "cpool.pool [0, 1, 4, 9] True",
         "cpool.pool [0, 1, 4, 9] True",
-        "thread pool multiprocessing.pool [25]",
         "cpool.futures [0, 1, 4] True",
-        "before uninstall: True []",
+        "the stdlib's machinery: False cpool.futures pipes=0",
+        "thread pool multiprocessing.pool [25]",
         "after multiprocessing.pool [0, 1, 4, 9]",
         "thread pool multiprocessing.pool [25]",
         "after concurrent.futures.process [0, 1, 4]",
