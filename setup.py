@@ -60,7 +60,6 @@ _ST = tuple(int(x) for x in setuptools.__version__.split(".")[:2])
 LICENSE = {"license_expression": "MIT"} if _ST >= (77, 0) else {"license": "MIT"}
 
 
-
 class build_py(_build_py):
     """Also puts cpool-install.pth at the top of the build, whence it lands
     in site-packages: at start-up it runs cpool.install() when the
