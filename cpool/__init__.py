@@ -29,6 +29,7 @@ from .pool import (  # noqa: E402
     WorkerStats,
 )
 
+from .futures import ProcessPoolExecutor  # noqa: E402
 from .sharedctypes import (  # noqa: E402
     Array,
     Lock,
@@ -42,7 +43,7 @@ __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
            "ResultUnpicklingError", "TaskTimeoutError", "Value", "Array", "RawValue", "RawArray",
            "Lock", "RLock", "get_context", "PoolStats", "WorkerStats",
-           "install", "uninstall"]
+           "ProcessPoolExecutor", "install", "uninstall"]
 
 
 def install():

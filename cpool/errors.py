@@ -9,6 +9,10 @@ import os
 import pickle
 
 import multiprocessing
+# concurrent.futures' BrokenProcessPool is a base of WorkerLostError and
+# BrokenPoolError, so that code catching the executor's error catches cpool's
+# (about 3 ms more to import cpool, most of it the logging package).
+from concurrent.futures.process import BrokenProcessPool
 
 from . import _cpool
 
@@ -55,9 +59,11 @@ class TaskTimeoutError(builtins.TimeoutError):
                              self.timeout, self.killed))
 
 
-class WorkerLostError(RuntimeError):
+class WorkerLostError(BrokenProcessPool):
     """The worker running a task died before answering (killed, crashed,
-    os._exit).  Only the tasks that worker held fail; the pool replaces it."""
+    os._exit).  Only the tasks that worker held fail; the pool replaces it.
+    A concurrent.futures.process.BrokenProcessPool (so a RuntimeError), as
+    the stdlib's executor raises then; but the pool is not broken."""
 
     def __init__(self, message, pid=None, exitcode=None, signal=None):
         super().__init__(message)
@@ -69,10 +75,10 @@ class WorkerLostError(RuntimeError):
         return (type(self), (self.args[0], self.pid, self.exitcode, self.signal))
 
 
-class BrokenPoolError(RuntimeError):
+class BrokenPoolError(BrokenProcessPool):
     """The pool cannot run tasks any more (a worker could not be started):
     every pending and later call fails with this error; its __cause__ says
-    why."""
+    why.  A concurrent.futures.process.BrokenProcessPool (a RuntimeError)."""
 
 
 class InitializerError(BrokenPoolError):

@@ -3,6 +3,7 @@ multiprocessing's own (checked by tests/test_stubs.py and tests/test_typing.py).
 import builtins
 import multiprocessing
 import pickle
+from concurrent.futures.process import BrokenProcessPool
 
 __all__ = ["TimeoutError", "TaskTimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "TaskAbortedError", "ResultUnpicklingError",
@@ -20,14 +21,14 @@ class TaskTimeoutError(builtins.TimeoutError):
                  elapsed: float | None = None, timeout: float | None = None,
                  killed: bool = False) -> None: ...
 
-class WorkerLostError(RuntimeError):
+class WorkerLostError(BrokenProcessPool):
     pid: int | None
     exitcode: int | None
     signal: int | None
     def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None,
                  signal: int | None = None) -> None: ...
 
-class BrokenPoolError(RuntimeError): ...
+class BrokenPoolError(BrokenProcessPool): ...
 class InitializerError(BrokenPoolError): ...
 class TaskAbortedError(RuntimeError): ...
 class ResultUnpicklingError(pickle.UnpicklingError): ...
