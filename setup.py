@@ -10,6 +10,7 @@ import re
 
 import setuptools
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py as _build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "cpool", "__init__.py"), encoding="utf-8") as f:
@@ -58,9 +59,29 @@ if sanitize:
 _ST = tuple(int(x) for x in setuptools.__version__.split(".")[:2])
 LICENSE = {"license_expression": "MIT"} if _ST >= (77, 0) else {"license": "MIT"}
 
+
+class build_py(_build_py):
+    """Also puts cpool-install.pth at the top of the build, whence it lands
+    in site-packages: at start-up it runs cpool.install() when the
+    environment says CPOOL_INSTALL=1 (python -m cpool run sets it for the
+    programs it runs: so python run again from them is cpool's too), and
+    costs an environment lookup otherwise."""
+
+    PTH = "cpool-install.pth"
+
+    def run(self):
+        super().run()
+        self.copy_file(os.path.join(HERE, self.PTH), os.path.join(self.build_lib, self.PTH),
+                       preserve_mode=0)
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, self.PTH)]
+
+
 setup(
     version=VERSION,
     **LICENSE,
+    cmdclass={"build_py": build_py},
     ext_modules=[
         Extension(
             "cpool._cpool",

@@ -43,7 +43,24 @@ __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
            "ResultUnpicklingError", "TaskTimeoutError", "Value", "Array", "RawValue", "RawArray",
            "Lock", "RLock", "get_context", "PoolStats", "WorkerStats",
-           "ProcessPoolExecutor"]
+           "ProcessPoolExecutor", "install", "uninstall"]
+
+
+def install():
+    """Replace the standard library's process pools with cpool's, in this
+    process and the processes it starts: multiprocessing.Pool,
+    multiprocessing.pool.Pool, every context's .Pool and
+    concurrent.futures.ProcessPoolExecutor then make cpool's (for code
+    imported before as well; subclasses, such as ThreadPool, are left
+    alone).  What ``python -m cpool run`` does first.  Idempotent."""
+    from ._runner import install
+    install()
+
+
+def uninstall():
+    """Undo install(): the standard library's pools again, from now on."""
+    from ._runner import uninstall
+    uninstall()
 
 
 class _Context:

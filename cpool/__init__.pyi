@@ -93,9 +93,12 @@ __all__ = ["Pool", "TimeoutError", "WorkerLostError", "BrokenPoolError",
            "InitializerError", "PoolTerminatedError", "TaskAbortedError",
            "ResultUnpicklingError", "TaskTimeoutError", "Value", "Array", "RawValue", "RawArray",
            "Lock", "RLock", "get_context", "PoolStats", "WorkerStats",
-           "ProcessPoolExecutor"]
+           "ProcessPoolExecutor", "install", "uninstall"]
 
 __version__: str
+
+def install() -> None: ...
+def uninstall() -> None: ...
 
 _T = TypeVar("_T")
 _CT = TypeVar("_CT", bound=_CData)

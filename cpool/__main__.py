@@ -2,6 +2,11 @@
 multiprocessing.Pool side by side, and both times.
 
     python -m cpool [--n N] [--processes P]
+
+python -m cpool run: a program run unmodified, its pools cpool's.
+
+    python -m cpool run script.py [args...]
+    python -m cpool run -m module [args...]
 """
 import argparse
 import multiprocessing
@@ -34,7 +39,14 @@ def run(pool_cls, numbers, processes):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m cpool", description=__doc__.split("\n\n")[0])
+    if argv is None:
+        argv = sys.argv[1:]
+    if list(argv[:1]) == ["run"]:
+        from cpool import _runner
+        return _runner.run(argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m cpool", description=__doc__.split("\n\n")[0],
+                                 epilog="python -m cpool run script.py|-m module [args...]: "
+                                        "run a program with its pools replaced by cpool's")
     ap.add_argument("--n", type=int, default=6000,
                     help="how many large odd numbers to test for primality")
     ap.add_argument("--processes", type=int, default=None,

@@ -188,6 +188,8 @@ class Pool(_mp_pool.Pool):
                  max_memory_per_child=None, task_timeout=None):
         self._state = None      # __del__ must work if __init__ fails
         self._core = None
+        if context is None:     # multiprocessing.pool.Pool() under cpool.install(): its default
+            context = self.__dict__.pop("_mp_default_context", None)
         method = _start_method(context)
         if processes is None:
             processes = _default_processes()
