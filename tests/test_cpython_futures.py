@@ -13,7 +13,10 @@ Where the interpreter's own test package lacks them (some builds leave them
 out, as the pyenv 3.11 and 3.12 here do), the distribution's test suite of the
 same version is used (Debian: libpythonX.Y-testsuite, in
 /usr/lib/pythonX.Y/test), or the folder named by CPOOL_CPYTHON_TESTS.  None
-of them: the file fails to import, loudly; it is never skipped.
+of them: with CPOOL_CPYTHON_FUTURES=required (CI's gate for the main
+Python, which installs Debian's test suite first) the file fails to import,
+loudly; else the module is skipped, saying why (shown by pytest -ra), so the
+README's test command runs on a fresh machine whose Python lacks them.
 
 EXCLUDED lists each test left out, with the reason: tests that assert what
 cpool deliberately does better (a dead worker breaks the whole executor),
@@ -69,11 +72,13 @@ def _load_elsewhere():
         os.symlink(found, os.path.join(link_dir, name))
         sys.path.append(link_dir)
         return importlib.import_module("test_concurrent_futures")
-    raise ImportError(  # pragma: no cover - loud on purpose
-        "CPython's executor tests (test.test_concurrent_futures) are required "
-        "to run cpool's conformance tests; install the interpreter's test "
-        "package (Debian: libpython%s-testsuite) or set CPOOL_CPYTHON_TESTS to "
-        "a folder holding them" % ver)
+    why = ("CPython's executor tests (test.test_concurrent_futures) are not "
+           "in this interpreter's test package; install them (Debian: "
+           "libpython%s-testsuite) or set CPOOL_CPYTHON_TESTS to a folder "
+           "holding them" % ver)
+    if os.environ.get("CPOOL_CPYTHON_FUTURES") == "required":
+        raise ImportError(why)  # pragma: no cover - loud on purpose
+    pytest.skip(why + "; not run", allow_module_level=True)
 
 
 MODULES = _load()
