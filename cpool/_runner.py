@@ -69,7 +69,8 @@ def install():
         undo = [_stand_in(mp_pool.Pool, Pool, _pool_context)]
         executor = _cpool_executor()
         if executor is not None:
-            undo.append(_stand_in(cf_process.ProcessPoolExecutor, executor, None))
+            undo.append(_stand_in(cf_process.ProcessPoolExecutor, executor,
+                                  _executor_context))
         undo.append(_hook_preparation(spawn))
         _undo = undo
 
@@ -106,6 +107,19 @@ def _pool_context(args, kwargs):
     if (args[4] if len(args) > 4 else kwargs.get("context")) is not None:
         return None
     import multiprocessing
+    return multiprocessing.get_context()
+
+
+def _executor_context(args, kwargs):
+    """The same for concurrent.futures.ProcessPoolExecutor: with no
+    mp_context, the stdlib's takes multiprocessing's default context
+    (spawn's when max_tasks_per_child is given, from 3.11)."""
+    if (args[1] if len(args) > 1 else kwargs.get("mp_context")) is not None:
+        return None
+    import multiprocessing
+    per_child = args[4] if len(args) > 4 else kwargs.get("max_tasks_per_child")
+    if per_child is not None and sys.version_info >= (3, 11):
+        return multiprocessing.get_context("spawn")
     return multiprocessing.get_context()
 
 

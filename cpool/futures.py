@@ -455,6 +455,8 @@ class ProcessPoolExecutor(_cf_process.ProcessPoolExecutor):
             max_workers = _default_processes()
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
+        if mp_context is None:      # (under cpool.install(): the program's default)
+            mp_context = self.__dict__.pop("_mp_default_context", None)
         method = _start_method(mp_context)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")

@@ -82,6 +82,10 @@ NAMES = {
     "concurrent.futures.process.ProcessPoolExecutor": (
         "from concurrent.futures.process import ProcessPoolExecutor",
         "ProcessPoolExecutor(max_workers=2)", EXECUTOR_BASE, ""),
+    "set_start_method then ProcessPoolExecutor": (
+        'multiprocessing.set_start_method("spawn")',
+        "concurrent.futures.ProcessPoolExecutor(2)", EXECUTOR_BASE,
+        'print("start method:", pool._mp_context.get_start_method())'),
 }
 
 
