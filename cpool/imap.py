@@ -329,23 +329,18 @@ class IMapIterator(_mp_pool.IMapIterator):
         got = ready[key]
         if got.__class__ is _Pieces:
             ok, val, nbytes = got.items[got.pos]
-            k = len(val) if ok else 0  # the last calls before the piece moves
+            k = len(val) if ok else 0  # the last calls before anything moves
             more = got.pos + 1 < len(got.items)
-            got.pos += 1
-            if more:                   # the chunk stays first in line
-                self._held_bytes -= nbytes
-                if ok:
-                    self._bufl, self._bufi, self._bufn = val, 0, k
-                else:
-                    self._fail = val
-                return True
+            got.pos += 1               # (the chunk stays first in line while more)
         else:
             ok, val, nbytes = got
             k = len(val) if ok else 0  # the last call before the outcome moves
-        del ready[key]
-        if not self._ordered:
-            self._head += 1
-        self._consumed += 1
+            more = False
+        if not more:
+            del ready[key]
+            if not self._ordered:
+                self._head += 1
+            self._consumed += 1
         self._held_bytes -= nbytes
         if ok:
             self._bufl, self._bufi, self._bufn = val, 0, k

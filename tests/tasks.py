@@ -5,6 +5,7 @@ result.
 Everything that waits on a worker is bounded (get(timeout=...),
 next(timeout=...), join_within); the conftest's hang guard catches the rest.
 """
+import os
 import time
 
 T = 30  # seconds: the bound on every wait for a result
@@ -45,3 +46,13 @@ def fail_on_three(x):
     if x == 3:
         raise KeyError(x)
     return x * 10
+
+
+def report_pid_and_sleep(path):
+    """Write this worker's pid to `path` (atomically), then sleep T: the
+    task a test kills its worker under."""
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    time.sleep(T)
+    return "not killed"

@@ -23,7 +23,7 @@ import pytest
 import cpool
 from cpool.futures import Future, ProcessPoolExecutor
 from conftest import START_METHODS, run_python, run_scenario
-from tasks import T, add3, kw_echo, raise_value_error, sleep_then, square
+from tasks import T, add3, kw_echo, raise_value_error, report_pid_and_sleep, sleep_then, square
 
 
 # -- functions run in the workers (module level: pickled by reference) --------
@@ -33,14 +33,6 @@ def touch(path, delay=0.0):
     with open(path, "w"):
         pass
     return path
-
-
-def report_pid_and_sleep(path):
-    with open(path + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.rename(path + ".tmp", path)
-    time.sleep(T)
-    return "not killed"
 
 
 def init_raises(_=None):

@@ -9,7 +9,7 @@ import pytest
 
 import cpool
 from conftest import each_start_method
-from tasks import T, square
+from tasks import T, report_pid_and_sleep, square
 
 
 # -- functions run in the workers (module level: pickled by reference) --------
@@ -21,14 +21,6 @@ def kill_self(_=None):
 
 def exit_three(_=None):
     os._exit(3)
-
-
-def report_pid_and_sleep(path):
-    with open(path + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.rename(path + ".tmp", path)
-    time.sleep(T)
-    return "not killed"
 
 
 # -- helpers ------------------------------------------------------------------
