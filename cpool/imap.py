@@ -105,11 +105,7 @@ class IMapIterator(_mp_pool.IMapIterator):
         self._window = buffersize or max(2, IMAP_WINDOW_PER_WORKER * pool._processes)
         self._refill = max(1, self._window // 2)
         self._held_bytes = 0     # pickled size of the results held
-        try:
-            self._blob = self._core.func_blob(func)
-        except Exception as e:  # a lambda, a closure: by value (see cpool._cloud)
-            from ._cloud import by_value
-            self._blob = self._core.func_blob(by_value(func, e))
+        self._blob = pool._func_blob(func)   # (by value when it must be: cpool._cloud)
         self._input = iter(iterable)
         self._submitted = 0      # chunks read from the input and queued
         self._delivered = 0      # chunks whose outcome arrived

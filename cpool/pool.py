@@ -301,25 +301,47 @@ class Pool(_mp_pool.Pool):
             retries, timeout = self._pool_opts
         else:
             retries, timeout = self._opts(retries, task_timeout)
+        result = ApplyResult(self._cache, callback, error_callback, self._core)
+        try:
+            self._submit_call(result._job, func, args,
+                              kwds if type(kwds) is dict else dict(kwds), retries, timeout)
+        except BaseException:
+            result._abandon()
+            raise
+        return result
+
+    # -- how a callable reaches the workers (cpool._cloud): apply_async's,
+    # the map family's and the executor's one way --
+
+    def _sendable(self, func):
+        """func, or func by value when it is a function of __main__ the
+        workers of an exec'ed template will not define."""
         if self._main_gone and getattr(func, "__module__", None) == "__main__" \
                 and (type(func) is not _FunctionType or func not in self._main_found):
-            func = _cloud.main_by_value(func, self._main_found)
-        result = ApplyResult(self._cache, callback, error_callback, self._core)
-        if type(kwds) is not dict:
-            kwds = dict(kwds)
+            return _cloud.main_by_value(func, self._main_found)
+        return func
+
+    def _submit_call(self, job, func, args, kwds, retries, timeout):
+        """Queue func(*args, **kwds) as task 0 of job.  When the call does
+        not pickle and the callable is what failed (a lambda, a closure), it
+        goes again with the callable by value; else, or without
+        cloudpickle, that error (nothing was queued)."""
+        if self._main_gone:     # (a fork pool never is: no call for it per submit)
+            func = self._sendable(func)
         try:
-            self._core.submit_call(result._job, func, args, kwds, retries, timeout)
+            self._core.submit_call(job, func, args, kwds, retries, timeout)
         except BaseException as e:
-            # The call did not pickle: if the callable is what failed (a
-            # lambda, a closure), again with it by value (cpool._cloud);
-            # else, or without cloudpickle, that error (nothing was queued).
-            try:
-                self._core.submit_call(result._job, _cloud.by_value(func, e), args, kwds,
-                                       retries, timeout)
-            except BaseException:
-                result._abandon()
-                raise
-        return result
+            self._core.submit_call(job, _cloud.by_value(func, e), args, kwds, retries,
+                                   timeout)
+
+    def _func_blob(self, func):
+        """A map-like job's pickled function (core.func_blob), by value when
+        it must be, as _submit_call sends an apply's."""
+        func = self._sendable(func)
+        try:
+            return self._core.func_blob(func)
+        except Exception as e:
+            return self._core.func_blob(_cloud.by_value(func, e))
 
     # -- map family --
 
@@ -385,12 +407,7 @@ class Pool(_mp_pool.Pool):
                                             error_callback, self._core, shown)
         if n:
             try:
-                if self._main_gone:
-                    func = _cloud.main_by_value(func, self._main_found)
-                try:
-                    blob = self._core.func_blob(func)
-                except Exception as e:    # as apply_async's
-                    blob = self._core.func_blob(_cloud.by_value(func, e))
+                blob = self._func_blob(func)
                 self._core.submit_chunks(result._job, blob, iterable, chunksize,
                                          star, 0, True, *opts)
             except BaseException:
@@ -434,8 +451,6 @@ class Pool(_mp_pool.Pool):
                 raise ValueError("buffersize must be None or > 0")
         if progress is not None:
             _progress.check(progress)
-        if self._main_gone:
-            func = _cloud.main_by_value(func, self._main_found)
         shown = None
         if progress is not None and progress is not False:
             shown = _progress.start(progress, _progress.total_of(iterable))
