@@ -23,6 +23,7 @@ its future with multiprocessing's MaybeEncodingError; a task argument or a
 result that cannot be unpickled fails only its future.
 """
 import collections
+import functools
 import os
 import threading
 import weakref
@@ -262,7 +263,7 @@ class _Feeder:
         try:
             if check:
                 self.pool._check_running()
-            self.core.submit_call(job, fn, args, kwargs, *self.opts)
+            self.pool._submit_call(job, fn, args, kwargs, *self.opts)
         except BaseException as e:
             self.cache.pop(job, None)
             f._counted = True
@@ -473,8 +474,9 @@ class ProcessPoolExecutor(_cf_process.ProcessPoolExecutor):
         self._initializer, self._initargs = initializer, initargs
         self._max_tasks_per_child = max_tasks_per_child
         if initializer is not None:
-            initargs = (initializer,) + tuple(initargs)
-            initializer = _run_initializer
+            # (a partial, not initargs: the pool sends its initializer by
+            # value when it must, a lambda say; see cpool._cloud)
+            initializer = functools.partial(_run_initializer, initializer)
         _prune()
         pool = Pool(max_workers, initializer, initargs, max_tasks_per_child,
                     context=method)

@@ -206,6 +206,20 @@ def test_a_lambda_and_a_closure_as_initializer(method):
             shutdown(p)
 
 
+@pytest.mark.parametrize("method", START_METHODS)
+def test_the_executor_sends_them_too(method):
+    """concurrent.futures' way in: submit(), map() and the initializer."""
+    tag = f"executor-{method}"
+    with cpool.ProcessPoolExecutor(
+            2, mp_context=method,
+            initializer=lambda: os.environ.__setitem__("CPOOL_TEST_INIT", tag)) as ex:
+        for name, f in callables().items():
+            assert ex.submit(f, 3).result(30) == expected(name, 3), name
+            assert list(ex.map(f, range(4), timeout=30)) == [
+                expected(name, x) for x in range(4)], name
+        assert ex.submit(lambda: os.environ.get("CPOOL_TEST_INIT")).result(30) == tag
+
+
 @pytest.mark.parametrize("method", EXEC_METHODS)
 def test_an_initializer_cloudpickle_cannot_send(method):
     lock = threading.Lock()
