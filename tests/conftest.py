@@ -52,9 +52,26 @@ def each_start_method(processes=4):
         indirect=True, ids=START_METHODS)
 
 
+# Where a hang's stacks go: the terminal's stderr, saved before pytest
+# captures it for the tests.  faulthandler exits the process right after the
+# dump, so a dump into pytest's capture file would be lost with it.
+_hang_out = None
+
+
+def pytest_configure(config):
+    global _hang_out
+    _hang_out = os.fdopen(os.dup(2), "w")
+
+
+def arm_hang_guard(seconds):
+    """Dump every thread's stack and exit the test process in `seconds`."""
+    faulthandler.dump_traceback_later(seconds, exit=True,
+                                      file=_hang_out or sys.__stderr__)
+
+
 @pytest.fixture(autouse=True)
 def hang_guard():
-    faulthandler.dump_traceback_later(HANG_TIMEOUT, exit=True)
+    arm_hang_guard(HANG_TIMEOUT)
     try:
         yield
     finally:
@@ -179,7 +196,7 @@ def run_python(source=None, timeout=60, cwd=None, args=(), script=None, module=N
     # The hang guard waits for this timeout to fail the test by name (a
     # guard shorter than it would end the whole run first), then starts
     # again for the rest of the test.
-    faulthandler.dump_traceback_later(timeout + HANG_TIMEOUT, exit=True)
+    arm_hang_guard(timeout + HANG_TIMEOUT)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -194,7 +211,7 @@ def run_python(source=None, timeout=60, cwd=None, args=(), script=None, module=N
         pytest.fail(f"snippet did not finish within {timeout} s\n"
                     f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
     finally:
-        faulthandler.dump_traceback_later(HANG_TIMEOUT, exit=True)
+        arm_hang_guard(HANG_TIMEOUT)
     out, err = _text((out, err), keep_cr)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
