@@ -219,8 +219,9 @@ def _measure_workers(key, name, subject, w, cfg, cpu_ref):
 def run(keys, mode, repeat, processes, subjects, progress):
     """The scaling report: {"curves": [...]}, each curve's points in order,
     each point {"x", "n", "by": {name: median}, "checked": {name: True}}
-    (and "ideal" on the workers curves).  Raises AssertionError on a wrong
-    result."""
+    (and "ideal" on the workers curves); "n" is the items one pool run
+    times (for the sizes: the items of size x).  Raises AssertionError on a
+    wrong result."""
     cfg = SIZES[mode]
     plan = _Plan(keys, cfg, processes, subjects)
     by_name = {s.name: s for s in subjects}
