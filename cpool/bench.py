@@ -12,6 +12,11 @@ when both sides spin), and memcpy bandwidth.
     python -m cpool.bench [--quick] [--repeat N] [--processes P]
                           [--json] [--plot FILE.png]
                           [--against concurrent.futures,loky,mpire]
+
+--scaling runs, instead of the table, how cost grows: items/s as n grows,
+MB/s as the item size grows, throughput as workers grow, each beside the
+in-process serial figure (cpool/_bench_scaling.py); --plot then draws its
+three panels.  Opt-in: a few minutes at full size.
 """
 import argparse
 import json
@@ -436,6 +441,29 @@ def measure_floor():
             "memcpy_GBps": bw / 1e9}
 
 
+def machine(args):
+    return {"cpus": os.cpu_count(), "processes": args.processes,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def run_scaling(args):
+    """The scaling section's report (--scaling): multiprocessing and cpool
+    only (--against is for the table)."""
+    from cpool import _bench_scaling
+    keys = [k for k in args.only.split(",") if k] or _bench_scaling.KEYS
+    unknown = sorted(set(keys) - set(_bench_scaling.KEYS))
+    if unknown:
+        sys.exit(f"--scaling --only: unknown curve(s) {', '.join(unknown)}; "
+                 f"known: {', '.join(_bench_scaling.KEYS)}")
+    mode = "tiny" if args.scaling_tiny else "quick" if args.quick else "full"
+    scaling = _bench_scaling.run(keys, mode, args.repeat, args.processes,
+                                 subjects(args.processes, []), _progress)
+    sys.stderr.write("\r" + " " * 100 + "\r")
+    return {"machine": machine(args), "cpool": cpool.__version__, "quick": args.quick,
+            "repeat": args.repeat, "scaling": scaling}
+
+
 def run(args):
     subs = subjects(args.processes, [a for a in args.against.split(",") if a])
     names = [s.name for s in subs]
@@ -465,9 +493,7 @@ def run(args):
     floor = measure_floor()
     sys.stderr.write("\r" + " " * 100 + "\r")
     return {
-        "machine": {"cpus": os.cpu_count(), "processes": args.processes,
-                    "python": platform.python_version(), "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": machine(args),
         "cpool": cpool.__version__, "quick": args.quick, "repeat": args.repeat,
         "subjects": names, "results": results, "floor": floor,
     }
@@ -484,11 +510,14 @@ def _fmt(v):
 
 
 def table(report):
-    names = report["subjects"]
     m = report["machine"]
     lines = [f"cpool {report['cpool']} benchmark: {m['processes']} workers, {m['cpus']} CPUs, "
-             f"Python {m['python']}, {m['platform']}" + (" (quick)" if report["quick"] else ""),
-             ""]
+             f"Python {m['python']}, {m['platform']}" + (" (quick)" if report["quick"] else "")]
+    if "scaling" in report:
+        from cpool import _bench_scaling
+        return "\n".join(lines) + "\n" + _bench_scaling.table(report["scaling"], _fmt)
+    names = report["subjects"]
+    lines.append("")
     head = ["workload", "unit"] + names + ["cpool/mp"]
     rows = [head]
     for r in report["results"]:
@@ -520,13 +549,21 @@ def table(report):
     return "\n".join(lines)
 
 
-def plot(report, path):
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         sys.exit("--plot needs matplotlib: pip install 'cpool[bench]'")
+    return plt
+
+
+def plot(report, path):
+    plt = _pyplot()
+    if "scaling" in report:
+        from cpool import _bench_scaling
+        return _bench_scaling.plot(report, path, plt)
     names = [n for n in report["subjects"] if n != "multiprocessing"]
     rows = report["results"]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
@@ -557,10 +594,16 @@ def main(argv=None):
     ap.add_argument("--processes", type=int, default=None,
                     help="workers (default: every CPU this process may use)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    ap.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (needs matplotlib)")
+    ap.add_argument("--plot", metavar="FILE.png",
+                    help="bar chart of the ratios, or with --scaling its three panels "
+                         "(needs matplotlib)")
     ap.add_argument("--against", default="",
                     help="comma-separated peers to add: concurrent.futures,loky,mpire")
-    ap.add_argument("--only", default="", help="comma-separated workload keys")
+    ap.add_argument("--only", default="",
+                    help="comma-separated workload keys (with --scaling: curve keys)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="how cost grows with n, item size and workers, instead of the table")
+    ap.add_argument("--scaling-tiny", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--startup-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.startup_child:  # see _startup_in_child: --only carries n
@@ -576,7 +619,7 @@ def main(argv=None):
         args.repeat = 1 if args.quick else 3
     if args.processes is None:
         args.processes = cpool.pool._default_processes()
-    report = run(args)
+    report = run_scaling(args) if args.scaling or args.scaling_tiny else run(args)
     print(json.dumps(report, indent=2) if args.json else table(report))
     if args.plot:
         plot(report, args.plot)
