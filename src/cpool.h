@@ -198,12 +198,16 @@ typedef struct {
  * (NONE: the producer makes a new file) when an object still lives on its
  * memory. */
 enum { CP_RECY_NONE = 0, CP_RECY_FREE, CP_RECY_BUSY };
-#define CP_RECY_RESULTS 4            /* per worker */
-#define CP_RECY_TASKS 8              /* per pool */
-#define CP_RECY_MAX_BYTES (16u << 20) /* bigger records use one-shot segments */
+#define CP_RECY_RESULTS 4 /* per worker */
+#define CP_RECY_TASKS 8   /* per pool */
+/* An entry grows freely up to this; past it, only within the pool's budget
+ * (cp_ctl.recy_budget_mib), and it gets a new, small file when a much
+ * smaller record reuses it: the segments follow the recent records' sizes,
+ * and a record the budget cannot hold goes into a one-shot segment. */
+#define CP_RECY_MAX_BYTES (16u << 20)
 typedef struct {
     _Atomic uint32_t state;
-    uint32_t pad;
+    uint32_t big_mib; /* MiB its file holds past CP_RECY_MAX_BYTES (its producer's) */
 } cp_recy;
 
 /* One process's own mapping of one recycled segment, kept from record to
@@ -228,6 +232,8 @@ typedef struct {
     cp_segmap *maps;        /* the producer's mappings of recy[], or NULL */
     int *fds;               /* the producer's descriptors of recy[] */
     uint64_t tag;           /* goes into the reference (worker -> parent) */
+    _Atomic uint32_t *big;  /* the pool's MiB held past CP_RECY_MAX_BYTES, or NULL */
+    uint32_t budget;        /* ...and how many it may hold */
 } cp_segdest;
 
 /* Where a consumer finds a large record's file: a new descriptor of
@@ -347,6 +353,9 @@ CP_HIDDEN int cp_seg_write(const cp_segdest *d, const struct iovec *pieces, int 
  * errno. */
 CP_HIDDEN char *cp_segmap_get(cp_segmap *m, int fd, int writable, uint64_t need);
 CP_HIDDEN void cp_segmap_drop(cp_segmap *m);
+/* The MiB a pool's recycled segments may hold past CP_RECY_MAX_BYTES in
+ * all: a sixteenth of the machine's memory, at most 1 GiB. */
+CP_HIDDEN uint32_t cp_recy_budget_mib(void);
 
 /* ---- the control segment ----------------------------------------------- */
 
@@ -427,6 +436,10 @@ typedef struct {
      * parent (limits.c).  0: none. */
     uint64_t max_rss;
     _Atomic uint64_t timed_out; /* items that ran past their time limit */
+    /* Recycled segments past CP_RECY_MAX_BYTES: the MiB all of them hold
+     * beyond it, and the budget (cp_recy_budget_mib()). */
+    _Atomic uint32_t recy_big_mib;
+    uint32_t recy_budget_mib;
     cp_recy task_recy[CP_RECY_TASKS];
     cp_slot slots[];
 } cp_ctl;

@@ -148,6 +148,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     c->ctl->parent_pid = c->owner;
     c->ctl->max_rss = max_rss;
+    c->ctl->recy_budget_mib = cp_recy_budget_mib();
     c->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (c->evfd < 0) {
         cp_oserror("eventfd");

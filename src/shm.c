@@ -320,6 +320,61 @@ void cp_drop_fds_upto(int sock, uint64_t upto)
 #define RECY_WAIT_NS 5000000
 #define RECY_POLL_NS 50000
 
+#define MiB (1ull << 20)
+
+uint32_t cp_recy_budget_mib(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t mib =
+        pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page / MiB / 16 : 0;
+    return mib < 1024 ? (uint32_t)mib : 1024;
+}
+
+static uint32_t big_mib(uint64_t size)
+{
+    return size > CP_RECY_MAX_BYTES
+               ? (uint32_t)((size - CP_RECY_MAX_BYTES + MiB - 1) / MiB)
+               : 0;
+}
+
+/* Give back the budget entry e's file held (the file is going). */
+static void drop_big(const cp_segdest *d, cp_recy *e)
+{
+    if (e->big_mib && d->big != NULL) atomic_fetch_sub(d->big, e->big_mib);
+    e->big_mib = 0;
+}
+
+/* Grow entry e's file (fd, `have` bytes) for a record of `total` bytes:
+ * to fit, and past CP_RECY_MAX_BYTES by an eighth more, in whole MiB (a run
+ * of slightly larger records does not remap each time), within the pool's
+ * budget.  0, or -1 (with errno, or past the budget). */
+static int grow_entry(const cp_segdest *d, cp_recy *e, int fd, uint64_t have,
+                      uint64_t total)
+{
+    if (have >= total) return 0;
+    uint64_t want =
+        total <= CP_RECY_MAX_BYTES ? total : (total + total / 8 + MiB - 1) & ~(MiB - 1);
+    uint32_t now = big_mib(want), add = now > e->big_mib ? now - e->big_mib : 0;
+    if (add && (d->big == NULL || atomic_fetch_add(d->big, add) + add > d->budget)) {
+        if (d->big != NULL) atomic_fetch_sub(d->big, add);
+        return -1;
+    }
+    if (ftruncate(fd, (off_t)want) != 0) {
+        if (add) atomic_fetch_sub(d->big, add);
+        return -1;
+    }
+    e->big_mib += add;
+    return 0;
+}
+
+/* A file past CP_RECY_MAX_BYTES that a record of a quarter of it or less
+ * would reuse: replaced by a new one (a segment never shrinks: it is sealed
+ * against it), so the memory held follows the recent records. */
+static int oversized(uint64_t size, uint64_t total)
+{
+    return size > CP_RECY_MAX_BYTES && total <= size / 4;
+}
+
 /* Take one of d's recycled segments for `total` bytes: its descriptor
  * (d->fds[k], still the producer's; ref->recy and ref->ino filled), at
  * least that large, or -1 when none
@@ -329,7 +384,9 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
                          cp_recy **taken, uint32_t *was)
 {
     *taken = NULL;
-    if (d->recy == NULL || total > CP_RECY_MAX_BYTES) return -1;
+    if (d->recy == NULL ||
+        (total > CP_RECY_MAX_BYTES && (d->big == NULL || big_mib(total) > d->budget)))
+        return -1;
     int64_t deadline = 0;
     for (int k = 0;; k++) {
         if (k == d->nrecy) {
@@ -348,16 +405,22 @@ static int take_recycled(const cp_segdest *d, uint64_t total, cp_segref *ref,
             !atomic_compare_exchange_strong(&e->state, &st, CP_RECY_BUSY))
             continue;
         int *fd = &d->fds[k];
-        if (st == CP_RECY_NONE && *fd >= 0) {
-            /* Retired by its consumer (an object lives on it): a new file. */
+        struct stat fst;
+        /* Retired by its consumer (an object lives on it), or oversized: a
+         * new file. */
+        if (*fd >= 0 &&
+            (st == CP_RECY_NONE ||
+             (fstat(*fd, &fst) == 0 && oversized((uint64_t)fst.st_size, total)))) {
             close(*fd);
             *fd = -1;
             if (d->maps != NULL) cp_segmap_drop(&d->maps[k]);
         }
-        if (*fd < 0) *fd = new_segment();
-        struct stat fst;
+        if (*fd < 0) {
+            *fd = new_segment();
+            drop_big(d, e); /* its old file's (ours, or a dead producer's) */
+        }
         if (*fd < 0 || fstat(*fd, &fst) != 0 ||
-            ((uint64_t)fst.st_size < total && ftruncate(*fd, (off_t)total) != 0)) {
+            grow_entry(d, e, *fd, (uint64_t)fst.st_size, total) != 0) {
             atomic_store(&e->state, st); /* as it was */
             return -1;
         }

@@ -74,7 +74,9 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
                             .nrecy = CP_RECY_TASKS,
                             .wait = wait,
                             .maps = c->task_maps,
-                            .fds = c->task_fds};
+                            .fds = c->task_fds,
+                            .big = &c->ctl->recy_big_mib,
+                            .budget = c->ctl->recy_budget_mib};
     if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
         return NULL;
     cp_task *t = task_new(c, job, idx, kind, func, &pk);

@@ -485,7 +485,9 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
                           .nrecy = CP_RECY_RESULTS,
                           .wait = 1,
                           .maps = w.res_maps,
-                          .fds = w.res_fds};
+                          .fds = w.res_fds,
+                          .big = &cfg->ctl->recy_big_mib,
+                          .budget = cfg->ctl->recy_budget_mib};
     w.tasks_src = (cp_segsrc){.get = parent_segment,
                               .arg = &w.sock,
                               .recy = w.ctl->task_recy,

@@ -368,3 +368,28 @@ def test_large_tasks_queued_behind_a_dying_worker_reach_the_next_one():
                 doomed.get(timeout=T)
             assert [r.get(timeout=T) for r in rs] == [300_000] * 3
         assert p.apply(identity, (big[0],)) == big[0]
+
+
+def _segment_sizes(pid):
+    return sorted(os.stat(f"/proc/{pid}/fd/{fd}").st_size for fd in segment_fds(pid))
+
+
+def test_records_past_16_mib_reuse_their_segments_and_give_them_back():
+    """Past the 16 MiB that recycled segments always hold, they still grow
+    (within the pool's budget): a map of 40 MiB items reuses the segments
+    instead of making (and faulting in) a new one per item, each way.  An
+    entry that a much smaller record reuses gets a small file again."""
+    size = 40 << 20
+    with cpool.Pool(1) as p:
+        items = [bytes([i]) * size for i in range(4)]
+        assert p.map(identity, items, chunksize=1) == items
+        [worker] = [w.pid for w in p._pool]
+        big = [s for s in _segment_sizes(worker) if s >= size]
+        assert big, "the worker kept no result segment past 40 MiB"
+        assert [s for s in _segment_sizes("self") if s >= size], \
+            "the parent kept no task segment past 40 MiB"
+        held = sum(_segment_sizes(worker)) + sum(_segment_sizes("self"))
+        small = [bytes([i]) * (1 << 20) for i in range(200)]
+        assert p.map(identity, small, chunksize=1) == small
+        assert sum(_segment_sizes(worker)) + sum(_segment_sizes("self")) < held
+        assert p.apply(len, (items[0],)) == size   # and the pool goes on

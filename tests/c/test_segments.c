@@ -594,6 +594,85 @@ TEST(records_past_the_recycler_limit_are_one_shot)
     recycler_free(&r);
 }
 
+/* One record of n bytes, seeded, through r: its reference. */
+static cp_segref write_big(recycler *r, size_t n, uint64_t seed)
+{
+    char *big = malloc(n);
+    CHECK(big != NULL);
+    ct_fill(big, n, seed);
+    struct iovec one = {big, n};
+    cp_segref ref;
+    CHECK_SYS(cp_seg_write(&r->d, &one, 1, 1, &ref));
+    read_back_pickle(ref.fd, &ref, seed, n);
+    free(big);
+    return ref;
+}
+
+TEST(large_records_recycle_within_the_budget_and_shrink_back)
+{
+    int fds0 = ct_open_fds();
+    recycler r;
+    recycler_init(&r, 2, 0, 1);
+    _Atomic uint32_t big = 0;
+    r.d.big = &big;
+    r.d.budget = 10; /* MiB past CP_RECY_MAX_BYTES, for the whole pool */
+    const size_t MB = 1u << 20;
+
+    /* 20 MiB: recycled, in a file an eighth larger, whose MiB past the
+     * limit the budget counts. */
+    cp_segref a = write_big(&r, 20 * MB, 21);
+    CHECK(a.recy >= 0);
+    CHECK_EQ(a.fd, r.fds[a.recy]);
+    int64_t size = file_size(a.fd);
+    CHECK(size >= (int64_t)(20 * MB + 20 * MB / 8) && size % MB == 0);
+    CHECK_EQ(atomic_load(&big), r.recy[a.recy].big_mib);
+    CHECK_EQ(r.recy[a.recy].big_mib, (uint32_t)((size - CP_RECY_MAX_BYTES) / MB));
+
+    /* With that entry held (7 MiB of the 10), a second 20 MiB record would
+     * pass the budget: a one-shot, and nothing counted for it. */
+    uint32_t held = atomic_load(&big);
+    cp_segref b = write_big(&r, 20 * MB, 22);
+    CHECK_EQ(b.recy, -1);
+    CHECK_EQ(atomic_load(&big), held);
+    CHECK_EQ(atomic_load(&r.recy[1 - a.recy].state), CP_RECY_NONE); /* as it was */
+    close(b.fd);
+    /* A record larger than the whole budget never waits for an entry. */
+    cp_segref c = write_big(&r, CP_RECY_MAX_BYTES + 11 * MB, 23);
+    CHECK_EQ(c.recy, -1);
+    close(c.fd);
+
+    /* Handed back and reused by a record a quarter its size or less, the
+     * entry gets a new file of that record's size (a segment never
+     * shrinks), and the budget its MiB back.  A record larger than a
+     * quarter keeps the file. */
+    atomic_store(&r.recy[a.recy].state, CP_RECY_FREE);
+    cp_segref a2 = write_big(&r, 6 * MB, 27);
+    CHECK_EQ(a2.recy, a.recy);
+    CHECK_EQ(a2.ino, a.ino);
+    atomic_store(&r.recy[a.recy].state, CP_RECY_FREE);
+    cp_segref d = write_big(&r, 2 * MB, 24);
+    CHECK_EQ(d.recy, a.recy);
+    CHECK(d.ino != a.ino);
+    CHECK(file_size(d.fd) < (int64_t)(3 * MB));
+    CHECK_EQ(atomic_load(&big), 0);
+    CHECK_EQ(r.recy[a.recy].big_mib, 0);
+
+    /* Grown again, then retired (an object lives on it): its MiB go back
+     * with the old file when the entry gets a new one. */
+    atomic_store(&r.recy[a.recy].state, CP_RECY_FREE);
+    cp_segref e = write_big(&r, 18 * MB, 25);
+    CHECK_EQ(e.recy, a.recy);
+    CHECK(atomic_load(&big) > 0);
+    atomic_store(&r.recy[a.recy].state, CP_RECY_NONE);
+    cp_segref f = write_big(&r, 100 * 1024, 26);
+    CHECK_EQ(f.recy, a.recy);
+    CHECK(f.ino != e.ino);
+    CHECK_EQ(atomic_load(&big), 0);
+
+    recycler_free(&r);
+    CHECK_EQ(ct_open_fds(), fds0);
+}
+
 typedef struct {
     cp_recy *e;
     long after_us;
