@@ -63,6 +63,14 @@ def pytest_configure(config):
     _hang_out = os.fdopen(os.dup(2), "w")
 
 
+def pytest_unconfigure(config):
+    global _hang_out
+    faulthandler.cancel_dump_traceback_later()
+    if _hang_out is not None:
+        _hang_out.close()
+        _hang_out = None
+
+
 def arm_hang_guard(seconds):
     """Dump every thread's stack and exit the test process in `seconds`."""
     faulthandler.dump_traceback_later(seconds, exit=True,
