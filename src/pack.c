@@ -189,11 +189,18 @@ static PyObject *memfd(PyObject *Py_UNUSED(m), PyObject *args)
     return fd < 0 ? cp_oserror("memfd_create") : PyLong_FromLong(fd);
 }
 
+static PyObject *wire(PyObject *m, PyObject *obj);
+static PyObject *unwire(PyObject *m, PyObject *data);
+
 static PyMethodDef pack_functions[] = {
     {"_rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, rebuild_doc},
     {"_oob_ids", oob_ids, METH_O, oob_ids_doc},
     {"_check_segment", check_segment, METH_VARARGS, check_segment_doc},
     {"_memfd", memfd, METH_VARARGS, memfd_doc},
+    {"_wire", wire, METH_O,
+     "_wire($module, obj, /)\n--\n\nThe bytes cpool sends for obj inline (for tests)."},
+    {"_unwire", unwire, METH_O,
+     "_unwire($module, data, /)\n--\n\nThe object _wire's bytes carry (for tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -373,6 +380,92 @@ static int plain_kind(PyObject *obj)
     return r;
 }
 
+/* ---- lists of numbers, flat ------------------------------------------------
+ *
+ * A list of exact ints that all fit in 64 bits, or of exact floats, is what
+ * a map of numbers sends and gets back chunk after chunk.  It travels as a
+ * flat array: written with no call per item (marshal: ~14 ns an item), read
+ * back with one object made per item and nothing else (marshal: ~30 ns).
+ * Layout: VEC_TAG (never a marshal type code, nor a pickle's PROTO), 'q' or
+ * 'd', 6 bytes of padding, the count (uint64), then the values. */
+#define VEC_TAG 0x01
+#define VEC_HDR 16
+#define VEC_MIN 8 /* shorter lists: marshal is as quick */
+
+/* obj as a vector: *out new bytes (0), or *out NULL (0: not such a list,
+ * no exception), or -1 with an exception. */
+static int vector_dump(PyObject *obj, PyObject **out)
+{
+    *out = NULL;
+    if (!PyList_CheckExact(obj) || PyList_GET_SIZE(obj) < VEC_MIN) return 0;
+    Py_ssize_t n = PyList_GET_SIZE(obj);
+    PyObject *first = PyList_GET_ITEM(obj, 0);
+    char kind = PyLong_CheckExact(first) ? 'q' : PyFloat_CheckExact(first) ? 'd' : 0;
+    if (kind == 0) return 0;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, VEC_HDR + 8 * n);
+    if (b == NULL) return -1;
+    char *p = PyBytes_AS_STRING(b);
+    memset(p, 0, VEC_HDR);
+    p[0] = VEC_TAG;
+    p[1] = kind;
+    uint64_t count = (uint64_t)n;
+    memcpy(p + 8, &count, 8);
+    p += VEC_HDR;
+    for (Py_ssize_t i = 0; i < n; i++, p += 8) {
+        PyObject *o = PyList_GET_ITEM(obj, i);
+        if (kind == 'd') {
+            if (!PyFloat_CheckExact(o)) goto not_one;
+            double v = PyFloat_AS_DOUBLE(o);
+            memcpy(p, &v, 8);
+        } else {
+            int overflow;
+            if (!PyLong_CheckExact(o)) goto not_one;
+            long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+            if (overflow) goto not_one; /* an exact int raises nothing else */
+            memcpy(p, &v, 8);
+        }
+    }
+    *out = b;
+    return 0;
+not_one:
+    Py_DECREF(b);
+    return 0;
+}
+
+/* The list a vector holds: a new reference, or NULL. */
+static PyObject *vector_load(const char *p, size_t len)
+{
+    uint64_t count;
+    memcpy(&count, p + 8, 8);
+    char kind = p[1];
+    if ((kind != 'q' && kind != 'd') || count > (len - VEC_HDR) / 8 ||
+        VEC_HDR + 8 * count != len) {
+        PyErr_SetString(PyExc_ValueError, "cpool: a malformed list of numbers");
+        return NULL;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)count);
+    if (list == NULL) return NULL;
+    p += VEC_HDR;
+    for (uint64_t i = 0; i < count; i++, p += 8) {
+        PyObject *o;
+        if (kind == 'd') {
+            double v;
+            memcpy(&v, p, 8);
+            o = PyFloat_FromDouble(v);
+        } else {
+            long long v;
+            memcpy(&v, p, 8);
+            o = PyLong_FromLongLong(v);
+        }
+        if (o == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, o);
+    }
+    return list;
+}
+
 /* marshal for plain data (what plain() said), else a protocol-5 pickle:
  * new bytes, or NULL. */
 static PyObject *serialize(cpool_state *st, PyObject *obj, int is_plain)
@@ -392,6 +485,7 @@ static PyObject *serialize(cpool_state *st, PyObject *obj, int is_plain)
 static PyObject *deserialize(cpool_state *st, const char *p, size_t n, PyObject *view,
                              PyObject *buffers, PyObject **interrupt)
 {
+    if (n >= VEC_HDR && p[0] == VEC_TAG) return vector_load(p, n);
     if (n > 0 && (unsigned char)p[0] != PICKLE_PROTO) {
         /* Pure C, no Python code, the GIL held throughout: pausing the GC
          * here cannot undo another thread's gc.disable(). */
@@ -456,6 +550,26 @@ done:
     return rc;
 }
 
+/* What the wire carries for obj when it travels inline: the flat list of
+ * numbers, marshal or pickle (no out-of-band buffers).  New bytes, or NULL. */
+static PyObject *encode(cpool_state *st, PyObject *obj)
+{
+    PyObject *b;
+    if (vector_dump(obj, &b) < 0) return NULL;
+    return b != NULL ? b : serialize(st, obj, plain_kind(obj));
+}
+
+static PyObject *wire(PyObject *m, PyObject *obj) { return encode(cp_get_state(m), obj); }
+
+static PyObject *unwire(PyObject *m, PyObject *data)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(data, &b, PyBUF_SIMPLE) != 0) return NULL;
+    PyObject *obj = deserialize(cp_get_state(m), b.buf, (size_t)b.len, data, NULL, NULL);
+    PyBuffer_Release(&b);
+    return obj;
+}
+
 int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest *dest,
             cp_packed *out)
 {
@@ -463,9 +577,10 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
     out->has_seg = 0;
     PyObject *pickled = NULL, *bufs = NULL;
     int copied = 0;
+    if (vector_dump(obj, &pickled) < 0) return -1;
     /* Plain data holds no big buffer (plain() turns down big bytes): one
      * walk over a chunk of plain items, not two. */
-    int is_plain = plain_kind(obj);
+    int is_plain = pickled != NULL ? PLAIN_SINGLE : plain_kind(obj);
     if (is_plain == NOT_PLAIN && has_big_buffer(obj, 2)) {
         PyObject *pack_oob = cp_hook(st->pack_oob, "pack_oob");
         if (pack_oob == NULL) return -1;
@@ -482,7 +597,7 @@ int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max, const cp_segdest 
         copied = PyTuple_GET_ITEM(r, 2) == Py_True;
         Py_DECREF(r);
     } else {
-        pickled = serialize(st, obj, is_plain);
+        if (pickled == NULL) pickled = serialize(st, obj, is_plain);
         if (pickled == NULL) return -1;
         int rc = cp_pack_pickled(pickled, inline_max, dest, out);
         Py_DECREF(pickled);

@@ -10,6 +10,7 @@ import pickle
 import pytest
 
 import cpool
+from cpool import _cpool
 from conftest import module_pool, run_threads
 from procs import segment_fds, segments_mapped
 
@@ -54,6 +55,65 @@ def test_values_cross_unchanged(pool, value):
         assert type(got) is type(value)
         assert got == value or (got != got and value != value)
         assert repr(got) == repr(value)
+
+
+class MyInt(int):
+    pass
+
+
+class MyFloat(float):
+    pass
+
+
+I64 = 2 ** 63
+NUMBER_LISTS = [
+    list(range(8)), list(range(-5, 300)), [I64 - 1, -I64] * 8,
+    [0.5 * i for i in range(20)],
+    [float("inf"), float("-inf"), -0.0, 0.0, 5e-324, 1.7976931348623157e308] * 2,
+    # not flat all through: the list falls back to marshal or pickle, whole
+    list(range(20)) + [I64], list(range(20)) + [-I64 - 1], list(range(20)) + [True],
+    list(range(20)) + [1.5], [1.5] * 20 + [1], list(range(20)) + [MyInt(3)],
+    [0.5] * 20 + [MyFloat(2.5)], list(range(20)) + [None], list(range(7)),
+]
+
+
+@pytest.mark.parametrize("values", NUMBER_LISTS, ids=lambda v: repr(v[-3:]))
+def test_lists_of_numbers_cross_unchanged(pool, values):
+    """A list of exact ints that fit in 64 bits, or of exact floats, travels
+    as a flat array: each way (a chunk of them, a result that is one), the
+    types and values come back, and one that is not such a list all through
+    takes the usual way, whole."""
+    for got in (pool.apply(identity, (values,)),
+                pool.map(identity, values, chunksize=len(values))):
+        assert [type(x) for x in got] == [type(x) for x in values]
+        assert repr(got) == repr(values)
+
+
+@pytest.mark.parametrize("values", NUMBER_LISTS, ids=lambda v: repr(v[-3:]))
+def test_only_lists_of_exact_numbers_go_flat(values):
+    flat = all(type(x) is type(values[0]) and type(x) in (int, float) for x in values) \
+        and len(values) >= 8 and all(-I64 <= x < I64 for x in values if type(x) is int)
+    wire = _cpool._wire(values)
+    assert (wire[0] == 1) is flat
+    assert repr(_cpool._unwire(wire)) == repr(values)
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x01q" + bytes(6) + (3).to_bytes(8, "little") + bytes(16),     # a count past the data
+    b"\x01q" + bytes(6) + (1).to_bytes(8, "little") + bytes(16),     # data past the count
+    b"\x01q" + bytes(6) + (2 ** 61).to_bytes(8, "little"),           # a count that wraps
+    b"\x01z" + bytes(6) + (1).to_bytes(8, "little") + bytes(8),      # no such kind
+])
+def test_a_malformed_list_of_numbers_is_refused(bad):
+    with pytest.raises(ValueError, match="malformed list of numbers"):
+        _cpool._unwire(bad)
+
+
+def test_a_nan_in_a_list_of_floats_keeps_its_bits(pool):
+    import struct
+    nan = struct.unpack("<d", b"\x01\x00\x00\x00\x00\x00\xf8\x7f")[0]   # a NaN with a payload
+    got = pool.apply(identity, ([nan] * 10 + [0.25],))
+    assert struct.pack("<d", got[0]) == struct.pack("<d", nan)
 
 
 def test_nan_and_signed_zero(pool):
