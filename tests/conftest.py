@@ -194,6 +194,27 @@ def start_python(source=None, args=(), cwd=None, script=None, module=None,
         start_new_session=new_session)
 
 
+def read_line(proc, timeout=30):
+    """The next line proc (start_python's) prints, stripped.  A child that
+    prints none within `timeout` seconds (stuck) has its process group
+    killed and fails the test with what it wrote on stderr, instead of
+    blocking the run until the hang guard ends it."""
+    got = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()),
+                              daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not reader.is_alive():
+        return got[0].strip()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    reader.join(10)
+    err = proc.stderr.read() if proc.stderr else ""
+    pytest.fail(f"the child printed no line within {timeout} s\n--- stderr ---\n{err}")
+
+
 def run_python(source=None, timeout=60, cwd=None, args=(), script=None, module=None,
                new_session=True, keep_cr=False):
     """start_python(...), waited for: a CompletedProcess with text

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import run_scenario, start_python
+from conftest import read_line, run_scenario, start_python
 
 
 @pytest.mark.parametrize("call", ["map", "imap", "get"])
@@ -34,11 +34,11 @@ def test_ctrl_c_reaches_the_caller_within_half_a_second(call):
             print("terminated", *[w.pid for w in pool._pool], flush=True)
     """)
     try:
-        assert p.stdout.readline().strip() == "ready"
+        assert read_line(p) == "ready"
         time.sleep(0.3)
         t0 = time.monotonic()
         p.send_signal(signal.SIGINT)
-        line = p.stdout.readline().strip()
+        line = read_line(p, 20)
         elapsed = time.monotonic() - t0
         out, err = p.communicate(timeout=20)
     except subprocess.TimeoutExpired:

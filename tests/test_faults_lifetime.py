@@ -4,7 +4,7 @@ the pool), and nothing is left behind: no process, descriptor, segment or
 mapping of one, after many pools, large payloads or workers dying.  Each
 runs in a fresh interpreter under a time limit: a hang fails the test, it is
 never skipped."""
-from conftest import run_scenario, start_python
+from conftest import read_line, run_scenario, start_python
 from procs import alive, shm_names, wait_not_running
 
 
@@ -21,7 +21,7 @@ def test_parent_killed_takes_template_and_workers_with_it():
         time.sleep(60)
     """)
     before = set(shm_names())
-    pids = [int(x) for x in p.stdout.readline().split()]
+    pids = [int(x) for x in read_line(p).split()]
     assert len(pids) == 4 and all(alive(x) for x in pids)
     p.kill()
     p.communicate(timeout=10)

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import cpool
-from conftest import run_python, start_python
+from conftest import read_line, run_python, start_python
 
 N = 10_000
 TYPECODES = "cbBhHiIlLqQfd" + "u"
@@ -330,7 +330,7 @@ def test_ctrl_c_interrupts_a_blocked_acquire():
         except KeyboardInterrupt:
             print("interrupted", flush=True)
     """)
-    assert p.stdout.readline().strip() == "waiting"
+    assert read_line(p) == "waiting"
     time.sleep(0.3)
     t0 = time.monotonic()
     p.send_signal(signal.SIGINT)
@@ -371,7 +371,7 @@ def test_nothing_left_after_normal_exit_or_sigkill():
     assert done.returncode == 0, done.stderr
     assert left_by(int(done.stdout)) == []
     p = start_python(src, args=["wait"])
-    pid = int(p.stdout.readline())
+    pid = int(read_line(p))
     memfds = [f for f in os.listdir(f"/proc/{pid}/fd")
               if os.readlink(f"/proc/{pid}/fd/{f}").startswith("/memfd:cpool")]
     assert memfds, "the shared memory should be memfds"

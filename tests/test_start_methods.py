@@ -11,7 +11,7 @@ import time
 import pytest
 
 import cpool
-from conftest import run_python, shutdown, start_python
+from conftest import read_line, run_python, shutdown, start_python
 from procs import cmdline, shm_names, wait_not_running
 
 EXEC_METHODS = ("spawn", "forkserver")
@@ -192,7 +192,7 @@ def test_parent_killed_takes_the_exec_template_and_workers(tmp_path, method):
     """, cwd=str(tmp_path), script=tmp_path / "script.py")
     before = set(shm_names())
     try:
-        pids = [int(x) for x in p.stdout.readline().split()]
+        pids = [int(x) for x in read_line(p).split()]
         assert len(pids) == 3
     finally:
         p.kill()
