@@ -42,6 +42,7 @@ import queue
 import threading
 import weakref
 from collections import deque
+from types import FunctionType
 
 try:
     import cloudpickle
@@ -75,6 +76,47 @@ _inited = set()     # the pools (tokens) whose initializer ran in this process
 _init_lock = threading.Lock()
 
 
+_mains = {}         # token: the namespace the pool's functions of __main__ share here
+_funcs = {}         # (token, pickle): the function, loaded
+
+
+def _load_func(token, blob):
+    """The function a task's pickle holds.  Functions of the client's
+    __main__ come by value (cloudpickle), each pickle with a globals dict of
+    its own: they are given one namespace per pool in this process instead,
+    as a module's functions share its globals, so that what the initializer
+    sets in a global the tasks see (as under spawn, where the workers import
+    the main module once)."""
+    key = (token, blob)
+    func = _funcs.get(key)
+    if func is not None:
+        return func
+    func = pickle.loads(blob)
+    if type(func) is FunctionType and func.__module__ == "__main__":
+        ns = _mains.setdefault(token, {})
+        own = func.__globals__
+        if own is not ns:
+            for k, v in own.items():
+                ns.setdefault(k, v)
+            for k, v in list(ns.items()):   # its fellow functions too
+                if type(v) is FunctionType and v.__globals__ is own:
+                    ns[k] = _rebound(v, ns)
+            func = _rebound(func, ns)
+    if len(_funcs) > 256:
+        _funcs.clear()
+    _funcs[key] = func
+    return func
+
+
+def _rebound(f, ns):
+    g = FunctionType(f.__code__, ns, f.__name__, f.__defaults__, f.__closure__)
+    g.__kwdefaults__, g.__qualname__, g.__module__ = f.__kwdefaults__, f.__qualname__, \
+        f.__module__
+    g.__doc__, g.__annotations__ = f.__doc__, f.__annotations__
+    g.__dict__.update(f.__dict__)
+    return g
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, f, shared):
         super().__init__(f)
@@ -87,23 +129,23 @@ class _Unpickler(pickle.Unpickler):
 def _run(init, fblob, payload, kind, shared):
     """One task in a Dask worker: the pool's initializer first if this
     process has not run it, then the call (kind "apply") or the chunk
-    ("map", "star").  Returns (status, bytes): ST_OK and the result's pickle,
-    or ST_ERR/ST_INITFAIL and cpool._worker._pack_error's pickle."""
+    ("map", "star").  init: (the pool's token, its initializer's pickle or
+    None).  Returns (status, bytes): ST_OK and the result's pickle, or
+    ST_ERR/ST_INITFAIL and cpool._worker._pack_error's pickle."""
     import io
     from ._worker import _pack_error, _traceback_text
-    if init is not None:
-        token, iblob = init
+    token, iblob = init
+    if iblob is not None:
         with _init_lock:
             if token not in _inited:
                 try:
                     iblob, initargs = pickle.loads(iblob)
-                    initializer = pickle.loads(iblob)
-                    initializer(*initargs)
+                    _load_func(token, iblob)(*initargs)
                 except BaseException as e:
                     return ST_INITFAIL, _pack_error(e)
                 _inited.add(token)
     try:
-        func, load = pickle.loads(fblob), _Unpickler(io.BytesIO(payload), shared).load
+        func, load = _load_func(token, fblob), _Unpickler(io.BytesIO(payload), shared).load
         if kind == "apply":
             args, kwds = load()
             value = func(*args, **kwds)
@@ -188,9 +230,10 @@ class _ClusterCore:
         self._limit = limit          # tasks in flight at most (None: Dask's)
         self._token = os.urandom(8).hex()
         self._names = {}             # function pickle: its name, for keys
-        self._init = None
+        self._init = (self._token, None)
         if initializer is not None:
-            self._init = (self._token, _dumps((self.func_blob(initializer), tuple(initargs)), {}))
+            self._init = (self._token,
+                          _dumps((self.func_blob(initializer), tuple(initargs)), {}))
         self._lock = threading.RLock()   # the tasks, and every delivery
         self._idle = threading.Condition(self._lock)
         self._tasks = {}             # future key: _Task in flight

@@ -20,6 +20,7 @@ import pytest
 
 import cpool
 from conftest import run_python, run_scenario, shutdown
+from test_tutorials import TUTORIALS
 from tasks import T, fail_on_three, report_pid_and_sleep, sleep_then, sleepy_identity, square
 
 import dask
@@ -36,7 +37,7 @@ def cluster():
     # while the other worker idles (the README recommends it).
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
         lc = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None)
+                                      dashboard_address=":0")
     client = distributed.Client(lc, set_as_default=False)
     _ADDRESS[0] = lc.scheduler_address
     try:
@@ -475,6 +476,21 @@ def test_cpool_cluster_in_the_environment_scales_an_unmodified_program(cluster, 
         p.close(); p.join()
         """)
     assert snippet.split() == ["ClusterPool", "[1,", "2]"]
+
+
+@pytest.mark.parametrize("name", sorted(TUTORIALS))
+def test_the_tutorial_programs_print_the_same_on_a_cluster(name, monkeypatch):
+    script = TUTORIALS[name]
+    local = run_python(script.replace("MODULE", "multiprocessing"), timeout=60)
+    monkeypatch.setenv("CPOOL_CLUSTER", _ADDRESS[0])
+    remote = run_python(script.replace("MODULE", "cpool") + textwrap.dedent("""
+        import sys
+        if __name__ == "__main__":
+            print(sys.modules["cpool"].cluster.__name__, file=sys.stderr)
+        """), timeout=60)
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
+    assert local.stdout.strip() and remote.stdout == local.stdout
+    assert "cpool.cluster" in remote.stderr     # (it did run on the cluster)
 
 
 def test_a_local_pool_imports_nothing_of_dask():
