@@ -46,7 +46,6 @@ from types import FunctionType
 
 try:
     import cloudpickle
-    import distributed
     from distributed import Client
 except ImportError as e:
     raise ImportError(
@@ -410,16 +409,11 @@ class _ClusterCore:
             self._failed(f, exc)
 
     def _answer(self, f, status, blob):
-        if status == ST_OK:
-            try:
-                value = pickle.loads(blob)
-            except Exception as e:
-                status, value = ST_UNPICKLE, (e, False)
-        else:
-            try:
-                value = pickle.loads(blob)
-            except Exception as e:
-                status, value = ST_UNPICKLE, (e, True)
+        """A task's (status, pickle) from _run, loaded and delivered."""
+        try:
+            value = pickle.loads(blob)
+        except Exception as e:
+            status, value = ST_UNPICKLE, (e, status != ST_OK)
         if status == ST_INITFAIL:
             self._broken((value[0], value[1], True), f)
             return
@@ -433,7 +427,7 @@ class _ClusterCore:
             t = self._tasks.get(f.key)
             if t is None:
                 return
-            if killed and t.runs <= t.retries and not self._closed_now():
+            if killed and t.runs <= t.retries and not self.done:
                 del self._tasks[f.key]
                 self._send(t)   # again, on another worker
                 return
@@ -445,9 +439,6 @@ class _ClusterCore:
             err = exc if isinstance(exc, Exception) else RuntimeError(
                 f"the Dask task of task {t.idx} of job {t.job} failed: {exc!r}")
         self._deliver(f.key, ST_LOCAL, err, 0)
-
-    def _closed_now(self):
-        return self.done
 
     def _deliver(self, key, status, value, nbytes):
         with self._lock:

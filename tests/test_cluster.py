@@ -5,12 +5,10 @@ workers are processes (one thread each), started once for the module.
 What runs in a Dask worker is a module-level function here or in tasks.py
 (the workers import them by reference: they get this folder on sys.path, as
 multiprocessing's spawned children do)."""
-import functools
 import itertools
 import multiprocessing.pool as mpool
 import os
 import signal
-import sys
 import textwrap
 import threading
 import time
@@ -232,6 +230,26 @@ def test_unpicklable_arguments_and_results_give_the_local_errors(cpool_, cluster
             assert p.map(square, range(3)) == [0, 1, 4]
     finally:
         shutdown(local)
+
+
+def _explode():
+    raise ValueError("cannot be rebuilt here")
+
+
+class _Unloadable:
+    def __reduce__(self):
+        return _explode, ()
+
+
+def _return_unloadable(_):
+    return _Unloadable()
+
+
+def test_a_result_that_cannot_be_unpickled_gives_result_unpickling_error(cpool_):
+    with pytest.raises(cpool.ResultUnpicklingError) as info:
+        cpool_.apply(_return_unloadable, (1,))
+    assert isinstance(info.value.__cause__, ValueError)
+    assert cpool_.map(square, range(3)) == [0, 1, 4]
 
 
 def test_bad_arguments_are_refused_and_the_pool_goes_on(cpool_, cluster):
