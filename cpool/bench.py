@@ -585,6 +585,58 @@ def plot(report, path):
     fig.savefig(path, dpi=110)
 
 
+def compare_cluster(address, processes, quick, repeat):
+    """python -m cpool.bench --cluster ADDRESS: the same calls on cpool's
+    local pool and on a cluster pool (a Dask scheduler's address, see
+    cpool.cluster); the table of their times, and each engine's cost per
+    task (an apply round trip, and a map with one item a task)."""
+    n_map = 20_000 if quick else 200_000
+    n_tasks = 100 if quick else 500
+    n_apply = 50 if quick else 200
+    numbers = list(range(2**61 + 1, 2**61 + 1 + 2 * (200 if quick else 2000), 2))
+    rows = [
+        ("map, tiny items", n_map, "items/s",
+         lambda p: p.map(identity, range(n_map)) == list(range(n_map))),
+        ("map, one item a task", n_tasks, "tasks/s",
+         lambda p: p.map(identity, range(n_tasks), 1) == list(range(n_tasks))),
+        ("apply round trip", n_apply, "calls/s",
+         lambda p: [p.apply(identity, (i,)) for i in range(n_apply)] == list(range(n_apply))),
+        ("CPU-bound map (is_prime)", len(numbers), "items/s",
+         lambda p: p.map(is_prime, numbers) == _reference_primes(numbers)),
+    ]
+    pools = [("cpool", cpool.Pool(processes)),
+             ("cluster", cpool.Pool(cluster=address))]
+    times = {}
+    try:
+        for _, pool in pools:
+            pool.apply(identity, (0,))      # the workers are up (and warm)
+        for title, n, unit, call in rows:
+            for name, pool in pools:
+                runs = []
+                for _ in range(repeat):
+                    dt, ok = _timed(lambda: call(pool))
+                    if not ok:
+                        raise AssertionError(f"{name}: wrong result in {title}")
+                    runs.append(dt)
+                times[title, name] = statistics.median(runs)
+    finally:
+        for _, pool in pools:
+            pool.terminate()
+            pool.join()
+    cl = pools[1][1]
+    lines = [f"cpool {cpool.__version__}: local pool of {processes} workers against "
+             f"a cluster pool on {address} ({cl._processes} threads)",
+             f"{'workload':28} {'cpool':>14} {'cluster':>14} {'cluster/cpool':>14}"]
+    for title, n, unit, _ in rows:
+        a, b = n / times[title, "cpool"], n / times[title, "cluster"]
+        lines.append(f"{title:28} {a:>14,.0f} {b:>14,.0f} {b / a:>14.3f}   {unit}")
+    for title, n in (("apply round trip", n_apply), ("map, one item a task", n_tasks)):
+        a, b = (times[title, k] / n * 1e6 for k in ("cpool", "cluster"))
+        lines.append(f"per task, {title}: cpool {a:,.0f} µs, cluster {b:,.0f} µs "
+                     f"(+{b - a:,.0f} µs)")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m cpool.bench",
                                  description=__doc__.split("\n\n")[0])
@@ -604,6 +656,9 @@ def main(argv=None):
     ap.add_argument("--scaling", action="store_true",
                     help="how cost grows with n, item size and workers, instead of the table")
     ap.add_argument("--scaling-tiny", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cluster", metavar="ADDRESS",
+                    help="instead: cpool's local pool against a pool on this Dask scheduler "
+                         "(tcp://host:8786; pip install cpool[cluster])")
     ap.add_argument("--startup-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.startup_child:  # see _startup_in_child: --only carries n
@@ -619,6 +674,9 @@ def main(argv=None):
         args.repeat = 1 if args.quick else 3
     if args.processes is None:
         args.processes = cpool.pool._default_processes()
+    if args.cluster:
+        print(compare_cluster(args.cluster, args.processes, args.quick, args.repeat))
+        return 0
     report = run_scaling(args) if args.scaling or args.scaling_tiny else run(args)
     print(json.dumps(report, indent=2) if args.json else table(report))
     if args.plot:

@@ -78,6 +78,13 @@ def _default_processes():
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
+def _default_chunksize(n, processes):
+    """map's chunksize for n items when none is given, as multiprocessing's:
+    ceil(n / (4 * processes)), so each worker gets about four chunks."""
+    chunksize, extra = divmod(n, processes * 4)
+    return chunksize + 1 if extra else chunksize
+
+
 def _check_int(name, value, least, limit):
     """value, checked: an int (bool is not one), least <= value < limit
     (what the C side stores it in)."""
@@ -172,6 +179,12 @@ class Pool(_mp_pool.Pool):
     multiprocessing change it, workers forked later from a parent that by
     then runs threads, does not exist here.
 
+    On a cluster.  ``cluster=`` a Dask scheduler's address or a
+    ``distributed.Client`` (or the environment variable CPOOL_CLUSTER, for
+    pools made without it) runs the tasks on that Dask cluster instead, with
+    the same methods and semantics (``pip install cpool[cluster]``; see
+    cpool.cluster for what differs).
+
     Lambdas and closures.  A callable (a task's function, the initializer)
     that does not pickle by reference, a lambda, a closure, a nested
     function, or a function of ``__main__`` the exec'ed template does not
@@ -183,9 +196,24 @@ class Pool(_mp_pool.Pool):
 
     _wrap_exception = True
 
+    def __new__(cls, *args, cluster=None, **kwargs):
+        # cluster= (or CPOOL_CLUSTER, for Pool itself): the same API on a
+        # Dask cluster (cpool.cluster, imported only then); type.__call__
+        # then runs ClusterPool.__init__, never this class's.
+        if cluster is None and cls is Pool:
+            cluster = os.environ.get("CPOOL_CLUSTER") or None
+        if cluster is None:
+            return super().__new__(cls)
+        from .cluster import ClusterPool
+        if cls is not Pool and not issubclass(cls, ClusterPool):
+            raise TypeError(f"cluster= makes a cpool.Pool, not a {cls.__qualname__}")
+        obj = super().__new__(ClusterPool if cls is Pool else cls)
+        obj._cluster_given = cluster
+        return obj
+
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, context=None, *, retries=0,
-                 max_memory_per_child=None, task_timeout=None):
+                 max_memory_per_child=None, task_timeout=None, cluster=None):
         self._state = None      # __del__ must work if __init__ fails
         self._core = None
         if context is None:     # multiprocessing.pool.Pool() under cpool.install(): its default
@@ -393,9 +421,7 @@ class Pool(_mp_pool.Pool):
             iterable = list(iterable)
         n = len(iterable)
         if chunksize is None:
-            chunksize, extra = divmod(n, self._processes * 4)
-            if extra:
-                chunksize += 1
+            chunksize = _default_chunksize(n, self._processes)
         if n == 0:
             chunksize = 0
         shown = None if progress is None else _progress.start(progress, n)

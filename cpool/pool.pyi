@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.pool import INIT as INIT, ThreadPool as ThreadPool
 from typing import Any, Final, TypeVar
 
-from typing_extensions import TypeAlias
+from typing_extensions import Self, TypeAlias
 
 from .errors import (
     BrokenPoolError as BrokenPoolError,
@@ -56,12 +56,14 @@ class Pool(_mp_pool.Pool):
     # typeshed's signatures, with what cpool adds: retries= and task_timeout=
     # (keyword-only, per pool and per call), progress= (keyword-only, the map family) and
     # imap's buffersize (CPython 3.15's).
+    # cluster=: a Dask scheduler's address or a distributed.Client (cpool.cluster)
+    def __new__(cls, *args: Any, cluster: Any = None, **kwargs: Any) -> Self: ...
     def __init__(self, processes: int | None = None,
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any | None = None, *, retries: int = 0,
                  max_memory_per_child: int | None = None,
-                 task_timeout: float | None = None) -> None: ...
+                 task_timeout: float | None = None, cluster: Any = None) -> None: ...
     def stats(self) -> PoolStats: ...
     def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}, *, retries: int | None = None,
