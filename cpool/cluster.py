@@ -55,7 +55,7 @@ except ImportError as e:
 from . import _cpool
 from .errors import (ST_ERR, ST_INITFAIL, ST_LOCAL, ST_OK, ST_TERMINATED, ST_UNPICKLE,
                      WorkerLostError)
-from .pool import RUN, Pool, _check_retries
+from .pool import RUN, Pool, _check_pool_args, _check_retries
 
 __all__ = ["ClusterPool"]
 
@@ -546,13 +546,7 @@ class ClusterPool(Pool):
             cluster = self.__dict__.pop("_cluster_given", None) or \
                 os.environ.get("CPOOL_CLUSTER") or None
         self.__dict__.pop("_cluster_given", None)
-        if processes is not None and processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+        _check_pool_args(processes, maxtasksperchild, initializer)
         if task_timeout is not None:
             raise ValueError("task_timeout is not supported by a cluster pool")
         if max_memory_per_child is not None:

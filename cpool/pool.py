@@ -85,6 +85,18 @@ def _default_chunksize(n, processes):
     return chunksize + 1 if extra else chunksize
 
 
+def _check_pool_args(processes, maxtasksperchild, initializer):
+    """Pool()'s checks of these, as multiprocessing's (processes None: the
+    default, which a cluster pool takes from its cluster)."""
+    if processes is not None and processes < 1:
+        raise ValueError("Number of processes must be at least 1")
+    if maxtasksperchild is not None:
+        if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+            raise ValueError("maxtasksperchild must be a positive int or None")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+
+
 def _check_int(name, value, least, limit):
     """value, checked: an int (bool is not one), least <= value < limit
     (what the C side stores it in)."""
@@ -221,13 +233,7 @@ class Pool(_mp_pool.Pool):
         method = _start_method(context)
         if processes is None:
             processes = _default_processes()
-        if processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+        _check_pool_args(processes, maxtasksperchild, initializer)
         self._retries = _check_retries(retries)
         self._timeout_ns = _timeout_ns(task_timeout)
         self._pool_opts = (self._retries, self._timeout_ns)
