@@ -268,18 +268,21 @@ class _Feeder:
             self.cache.pop(job, None)
             f._counted = True
             f._fail(e)
-            with self.lock:
-                self.starting -= 1
-                self.inflight -= 1
-                close = self._drained()
-            if close:
-                self._close()
+            self._started(on_core=False)
             if not isinstance(e, Exception):
                 raise
             return
+        self._started(on_core=True)
+
+    def _started(self, on_core):
+        """A call is no longer on its way to the core (on_core: it reached
+        it; else its room in the window is free again); close the pool if
+        a shutdown was waiting for that."""
         with self.lock:
             self.starting -= 1
-            close = self.shutdown and self._drained()
+            if not on_core:
+                self.inflight -= 1
+            close = self._drained()
         if close:
             self._close()
 
@@ -309,12 +312,7 @@ class _Feeder:
                     pass    # (it failed its future; not this thread's to raise)
             else:   # cancelled while pending: it never runs
                 f.set_running_or_notify_cancel()    # (tells wait() and as_completed())
-                with self.lock:
-                    self.inflight -= 1
-                    self.starting -= 1
-                    close = self._drained()
-                if close:
-                    self._close()
+                self._started(on_core=False)
 
     def _drained(self):
         """Under the lock: True once, when shutdown finds no call still on
