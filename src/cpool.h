@@ -698,10 +698,20 @@ CP_HIDDEN int cp_pack_add_types(PyObject *module, cpool_state *st);
  * segment of dest's.  0, or -1 with the exception. */
 CP_HIDDEN int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max,
                       const cp_segdest *dest, cp_packed *out);
+/* A starmap chunk's argument tuples items[0..n) as one flat record, when
+ * they are all numbers in rows of one shape: new bytes, or None (they are
+ * not: pack them as a list), or NULL with an exception. */
+CP_HIDDEN PyObject *cp_rows_dump(PyObject *const *items, Py_ssize_t n);
+/* A starmap chunk written by cp_rows_dump (which cp_load_payload hands
+ * over as its bytes): the list of func's results, called on each row's
+ * values with no tuple made (NULL with the exception of the first call
+ * that raised); func NULL: the list of the rows, as tuples. */
+CP_HIDDEN PyObject *cp_rows_call(PyObject *func, PyObject *rows);
 /* The same for an already pickled bytes object (no out-of-band buffers). */
 CP_HIDDEN int cp_pack_pickled(PyObject *pickled, size_t inline_max,
                               const cp_segdest *dest, cp_packed *out);
-/* Unpickle a record's payload: inline, or from its segment, got from
+/* Unpickle a record's payload (a starmap chunk of rows: its bytes, for
+ * cp_rows_call): inline, or from its segment, got from
  * src->get and checked (cp_seg_check: a file that fails is never mapped,
  * let alone unpickled), then handed back to src->recy (the producer's
  * recycler) if it came from there.  src->maps (NULL, or one per entry of

@@ -52,16 +52,18 @@ static cp_task *task_new(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kin
     return t;
 }
 
-/* Pickle obj into a new task with options `o` (it may run o->retries more
- * times if its worker dies; with o->timeout_ns, each item may run that
- * long); NULL with the exception.  `wait`: a large one may wait a little
+/* Pickle obj (`encoded`: obj is already the payload's bytes) into a new
+ * task with options `o` (it may run o->retries more times if its worker
+ * dies; with o->timeout_ns, each item may run that long); NULL with the
+ * exception.  `wait`: a large one may wait a little
  * for a recycled segment (a map's chunks: see shm.c).  A task that may run
  * again (retries, or a chunk sent again without an item that ran out of
  * time) keeps its payload: a large one goes into a one-shot segment, whose
  * descriptor the parent keeps (a recycled one is the next task's once the
  * worker has loaded it). */
 static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t kind,
-                          cp_blob *func, PyObject *obj, int wait, const cp_taskopts *o)
+                          cp_blob *func, PyObject *obj, int encoded, int wait,
+                          const cp_taskopts *o)
 {
     if (c->sealed) { /* racy read, an early refusal only: enqueue decides */
         PyErr_SetString(PyExc_ValueError, "Pool not running");
@@ -77,7 +79,9 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
                             .fds = c->task_fds,
                             .big = &c->ctl->recy_big_mib,
                             .budget = c->ctl->recy_budget_mib};
-    if (cp_pack(c->st, obj, cp_ring_inline_max(cp_task_ring(c->ctl, 0)), &dest, &pk) < 0)
+    size_t inline_max = cp_ring_inline_max(cp_task_ring(c->ctl, 0));
+    if ((encoded ? cp_pack_pickled(obj, inline_max, &dest, &pk)
+                 : cp_pack(c->st, obj, inline_max, &dest, &pk)) < 0)
         return NULL;
     cp_task *t = task_new(c, job, idx, kind, func, &pk);
     if (t == NULL) return NULL;
@@ -147,7 +151,7 @@ int cp_submit_call(CoreObject *c, uint64_t job, PyObject *func, PyObject *args,
 {
     PyObject *t = PyTuple_Pack(3, func, args, kwds);
     if (t == NULL) return -1;
-    cp_task *task = task_pack(c, job, 0, CP_K_CALL, NULL, t, 0, o);
+    cp_task *task = task_pack(c, job, 0, CP_K_CALL, NULL, t, 0, 0, o);
     Py_DECREF(t);
     if (task == NULL) return -1;
     return cp_enqueue(c, task, task, 1);
@@ -204,15 +208,24 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
     uint16_t kind = star ? CP_K_STARMAP : CP_K_MAP;
     for (Py_ssize_t lo = 0; lo < n; lo += chunksize) {
         Py_ssize_t hi = lo + chunksize < n ? lo + chunksize : n;
-        PyObject *chunk = ranged ? PySequence_GetSlice(seq, lo, hi) : PyList_New(hi - lo);
-        if (chunk == NULL) goto error;
-        for (Py_ssize_t k = lo; !ranged && k < hi; k++) {
-            PyObject *x = PySequence_Fast_GET_ITEM(seq, k);
-            Py_INCREF(x);
-            PyList_SET_ITEM(chunk, k - lo, x);
+        /* A starmap's rows of numbers travel flat, written straight from
+         * the input; else the chunk is a list (or a range) to pack. */
+        PyObject *chunk = NULL;
+        int encoded = 0;
+        if (star && !ranged) {
+            chunk = cp_rows_dump(PySequence_Fast_ITEMS(seq) + lo, hi - lo);
+            if (chunk == NULL) goto error;
+            encoded = chunk != Py_None;
+            if (!encoded) Py_CLEAR(chunk);
         }
+        if (ranged) chunk = PySequence_GetSlice(seq, lo, hi);
+        else if (!encoded && (chunk = PyList_New(hi - lo)) != NULL)
+            for (Py_ssize_t k = lo; k < hi; k++)
+                PyList_SET_ITEM(chunk, k - lo,
+                                Py_NewRef(PySequence_Fast_GET_ITEM(seq, k)));
+        if (chunk == NULL) goto error;
         cp_task *t = task_pack(c, job, first + (uint32_t)count, kind, func, chunk,
-                               progressive, &o);
+                               encoded, progressive, &o);
         Py_DECREF(chunk);
         if (t == NULL) goto error;
         if (tail) tail->next = t;

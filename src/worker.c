@@ -432,6 +432,15 @@ static PyObject *run(worker *w, const cp_rechdr *h, int *mixed)
         return NULL;
     }
     PyObject *items = cp_load_payload(st, h, &w->tasks_src, NULL);
+    if (items != NULL && PyBytes_CheckExact(items)) {
+        /* A starmap's rows of numbers: called straight from the record,
+         * or (timed: item by item) made into tuples. */
+        if (!w->timed) {
+            Py_SETREF(items, cp_rows_call(w->func, items));
+            return items;
+        }
+        Py_SETREF(items, cp_rows_call(NULL, items));
+    }
     if (items == NULL) return NULL;
     PyObject *seq = PySequence_Fast(items, "chunk is not a sequence");
     Py_DECREF(items);

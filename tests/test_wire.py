@@ -109,6 +109,106 @@ def test_a_malformed_list_of_numbers_is_refused(bad):
         _cpool._unwire(bad)
 
 
+def args_of(*args):
+    """What a starmap's function was called with, described from the inside."""
+    return tuple((type(a).__name__, repr(a)) for a in args)
+
+
+def fresh_rows(values):
+    """Copies of tuples that only the returned list holds, as a worker's
+    results are."""
+    return [tuple(list(t)) for t in values]
+
+
+ROWS = [
+    [(i, 1) for i in range(20)],                                  # a starmap of pairs
+    [(i,) for i in range(8)], [(i, 0.5 * i, -i, 2.5, I64 - 1) for i in range(9)],
+    [(float("nan"), -0.0, float("inf"))] * 10, [(I64 - 1, -I64)] * 10,
+    # not flat all through: the rows fall back to marshal or pickle, whole
+    [(i, 1) for i in range(7)],                                   # too few
+    [(i, 1, 2, 3, 4, 5) for i in range(10)],                      # too wide
+    [(i, 1) for i in range(10)] + [(1, 2, 3)],                    # one of another width
+    [(i, 1) for i in range(10)] + [(1.5, 2)],                     # another kind in a place
+    [(i, 1) for i in range(10)] + [(I64, 2)],                     # past 64 bits
+    [(i, True) for i in range(10)], [(i, MyInt(1)) for i in range(10)],
+    [(i, None) for i in range(10)], [(i, "s") for i in range(10)],
+    [(i, 1) for i in range(10)] + [[1, 2]],                       # a list, not a tuple
+    [()] * 10,
+]
+
+
+@pytest.mark.parametrize("rows", ROWS, ids=lambda v: repr(v[-1]))
+def test_a_starmap_of_rows_calls_with_the_same_arguments(pool, rows):
+    """A starmap's tuples of numbers travel flat and the function is called
+    on each row's values without a tuple: it gets the same arguments, of
+    the same types, as from a pickle; rows that are not all such numbers,
+    of one width and one kind per place, take the usual way."""
+    want = [args_of(*t) for t in rows]
+    for chunksize in (len(rows), 3):
+        assert pool.starmap(args_of, rows, chunksize=chunksize) == want
+    assert pool.starmap(args_of, rows, task_timeout=30) == want   # item by item
+
+
+@pytest.mark.parametrize("rows", ROWS, ids=lambda v: repr(v[-1]))
+def test_lists_of_rows_cross_unchanged(pool, rows):
+    """A result (or an argument) that is a list of tuples of numbers, each
+    held only by the list, travels flat too; its tuples come back equal and
+    of the same types."""
+    rows = fresh_rows(rows)
+    flat = (len(rows) >= 8 and all(type(t) is tuple and len(t) == len(rows[0])
+                                   for t in rows)
+            and 1 <= len(rows[0]) <= 5
+            and all(type(x) is type(rows[0][j]) and type(x) in (int, float)
+                    and (type(x) is float or -I64 <= x < I64)
+                    for t in rows for j, x in enumerate(t)))
+    wire = _cpool._wire(rows)
+    assert (wire[0] == 1) is flat
+    assert repr(_cpool._unwire(wire)) == repr(rows)
+    got = pool.apply(identity, (rows,))
+    assert repr(got) == repr(rows)
+    assert [type(x) for t in got for x in t] == [type(x) for t in rows for x in t]
+
+
+def test_rows_in_a_segment(pool):
+    """A chunk of rows too large for a ring record comes through its
+    segment."""
+    rows = [(i, 0.5) for i in range(300_000)]
+    assert pool.starmap(float.__add__, [(float(i), 0.5) for i in range(10)]) \
+        == [i + 0.5 for i in range(10)]
+    assert pool.starmap(divmod, rows, chunksize=150_000) == [divmod(i, 0.5) for i, _ in rows]
+
+
+def test_a_shared_tuple_stays_shared(pool):
+    """A tuple that appears twice in a list is one object after the trip, as
+    with pickle: such a list does not go flat."""
+    t = (1, 2)
+    rows = [t] * 10
+    assert _cpool._wire(rows)[0] != 1
+    got = pool.apply(identity, (rows,))
+    assert got == rows and got[0] is got[9]
+
+
+def test_a_raising_row_fails_the_starmap_and_the_pool_goes_on(pool):
+    rows = [(i, 1) for i in range(40)]
+    rows[17] = (0, 0)
+    with pytest.raises(ZeroDivisionError):
+        pool.starmap(divmod, rows, chunksize=10)
+    assert pool.starmap(divmod, [(7, 2)] * 10) == [(3, 1)] * 10
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x01t\x00" + bytes(5) + (1).to_bytes(8, "little") + bytes(8),     # no width
+    b"\x01t\x06qqqqq" + (1).to_bytes(8, "little") + bytes(48),          # too wide
+    b"\x01t\x02qz\x00\x00\x00" + (1).to_bytes(8, "little") + bytes(16),  # no such kind
+    b"\x01t\x01qq\x00\x00\x00" + (1).to_bytes(8, "little") + bytes(8),   # a kind past the width
+    b"\x01t\x02qq\x00\x00\x00" + (2).to_bytes(8, "little") + bytes(16),  # a count past the data
+    b"\x01t\x02qq\x00\x00\x00" + (2 ** 60).to_bytes(8, "little"),        # a count that wraps
+])
+def test_malformed_rows_are_refused(bad):
+    with pytest.raises(ValueError, match="malformed list of numbers"):
+        _cpool._unwire(bad)
+
+
 def test_a_nan_in_a_list_of_floats_keeps_its_bits(pool):
     import struct
     nan = struct.unpack("<d", b"\x01\x00\x00\x00\x00\x00\xf8\x7f")[0]   # a NaN with a payload
