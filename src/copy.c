@@ -74,8 +74,26 @@ static int start_helper(pthread_t *t, piece *p)
     return rc;
 }
 
+/* Whether dst's pages are in memory already (a block malloc reused: a
+ * worker's next 4 MiB bytes where its last one was): its first and last
+ * whole pages say.  Then faulting in is no longer the cost, and the
+ * madvise and the helper thread would only add theirs (4 MiB: 0.23 ms
+ * against 0.12 for one memcpy).  Anything mincore cannot say: fresh. */
+static int resident(const char *dst, size_t n)
+{
+    uintptr_t lo = ((uintptr_t)dst + PAGE - 1) & ~(PAGE - 1);
+    uintptr_t hi = ((uintptr_t)dst + n) & ~(PAGE - 1);
+    unsigned char first = 0, last = 0;
+    return hi > lo && mincore((void *)lo, PAGE, &first) == 0 && (first & 1) &&
+           mincore((void *)(hi - PAGE), PAGE, &last) == 0 && (last & 1);
+}
+
 void cp_copy_fresh(char *dst, const char *src, size_t n)
 {
+    if (n >= PREFAULT_MIN && resident(dst, n)) {
+        memcpy(dst, src, n);
+        return;
+    }
     piece whole = {dst, src, n, n};
     size_t half = (n / 2) & ~(size_t)(PAGE - 1);
     piece second = {dst + half, src + half, n - half, n};
