@@ -89,7 +89,8 @@ def _find_elsewhere():
     why = ("CPython's executor tests (test.test_concurrent_futures) are not "
            "in this interpreter's test package; install them (Debian: "
            "libpython%s-testsuite) or set CPOOL_CPYTHON_TESTS to a folder "
-           "holding them" % ver)
+           "holding them: this version's test folder, or a newer CPython's "
+           "(.../lib/python3.N/test)" % ver)
     if os.environ.get("CPOOL_CPYTHON_FUTURES") == "required":
         raise ImportError(why)  # pragma: no cover - loud on purpose
     pytest.skip(why + "; not run", allow_module_level=True)
