@@ -10,13 +10,26 @@ concurrent.futures whose ProcessPoolExecutor is cpool's (some tests construct
 one by that name).
 
 Where the interpreter's own test package lacks them (some builds leave them
-out, as the pyenv 3.11 and 3.12 here do), the distribution's test suite of the
-same version is used (Debian: libpythonX.Y-testsuite, in
-/usr/lib/pythonX.Y/test), or the folder named by CPOOL_CPYTHON_TESTS.  None
-of them: with CPOOL_CPYTHON_FUTURES=required (CI's gate for the main
-Python, which installs Debian's test suite first) the file fails to import,
-loudly; else the module is skipped, saying why (shown by pytest -ra), so the
-README's test command runs on a fresh machine whose Python lacks them.
+out: pyenv's 3.11.7 and 3.12.1 here), they are taken from the folder named by
+CPOOL_CPYTHON_TESTS, else from the distribution's test suite of the same
+version (Debian: libpythonX.Y-testsuite, in /usr/lib/pythonX.Y/test).
+CPOOL_CPYTHON_TESTS may name a newer CPython's test folder (its version read
+from the .../pythonX.Y/test it is): its test_concurrent_futures package then
+runs on this interpreter, once what its tests take from test.support and this
+interpreter's lacks has been added (tests/support_compat.py).  None of them:
+with CPOOL_CPYTHON_FUTURES=required (set by CI's gates) the file fails to
+import, loudly; else the module is skipped, saying why (shown by pytest -ra),
+so the README's test command runs on a fresh machine whose Python lacks them.
+
+What CI runs: on the main Python (3.11), Debian's 3.11 suite
+(libpython3.11-testsuite, which .ci/run installs); in
+scripts/ci_other_pythons.sh, 3.9's, 3.10's and 3.13's own, and on 3.12 the
+suite of pyenv's 3.13.0, because pyenv's 3.12.1 has none, Debian 12 ships no
+3.12, and no package found on the registries CI reaches (Debian's, PyPI)
+carries 3.12's.  That is 3.13's tests of
+3.12's concurrent.futures (Future, wait, as_completed) and of cpool's
+executor; on 3.12 they all pass with the same exclusions as on 3.13.
+SUITE_VERSION says which version's tests ran.
 
 EXCLUDED lists each test left out, with the reason: tests that assert what
 cpool deliberately does better (a dead worker breaks the whole executor),
@@ -38,14 +51,25 @@ import pytest
 
 import cpool
 import cpool.futures
+import support_compat
+
+
+# (major, minor) of the CPython whose tests run: this interpreter's, unless
+# _find_elsewhere finds another version's; FOUND: where they are, if not in
+# this interpreter's test package.
+SUITE_VERSION = sys.version_info[:2]
+FOUND = None
 
 
 def _load():
     """The modules holding CPython's executor tests, for this interpreter."""
+    global SUITE_VERSION, FOUND
     try:
         top = importlib.import_module("test.test_concurrent_futures")
     except ImportError:
-        top = _load_elsewhere()
+        FOUND = _find_elsewhere()
+        SUITE_VERSION = support_compat.suite_version(FOUND)
+        top = _import_as_top_level(FOUND, SUITE_VERSION)
     if not hasattr(top, "__path__"):
         return [top]
     names = ("executor", "test_process_pool", "test_wait", "test_as_completed",
@@ -53,32 +77,52 @@ def _load():
     return [importlib.import_module(f"{top.__name__}.{n}") for n in names]
 
 
-def _load_elsewhere():
-    """The tests from the distribution's test suite (or CPOOL_CPYTHON_TESTS),
-    as a top-level module: a folder of their own (a link to them) goes on
-    sys.path, so that workers started by spawn, which import the tests'
-    functions by module name, find them too."""
+def _find_elsewhere():
+    """The tests in CPOOL_CPYTHON_TESTS or the distribution's test suite."""
     ver = "%d.%d" % sys.version_info[:2]
     for where in filter(None, (os.environ.get("CPOOL_CPYTHON_TESTS"),
                                f"/usr/lib/python{ver}/test")):
         for name in ("test_concurrent_futures", "test_concurrent_futures.py"):
             found = os.path.join(where, name)
             if os.path.exists(found):
-                break
-        else:
-            continue
-        link_dir = tempfile.mkdtemp(prefix="cpool-cpython-tests-")
-        atexit.register(shutil.rmtree, link_dir, True)
-        os.symlink(found, os.path.join(link_dir, name))
-        sys.path.append(link_dir)
-        return importlib.import_module("test_concurrent_futures")
+                return found
     why = ("CPython's executor tests (test.test_concurrent_futures) are not "
            "in this interpreter's test package; install them (Debian: "
            "libpython%s-testsuite) or set CPOOL_CPYTHON_TESTS to a folder "
-           "holding them" % ver)
+           "holding them: this version's test folder, or a newer CPython's "
+           "(.../lib/python3.N/test)" % ver)
     if os.environ.get("CPOOL_CPYTHON_FUTURES") == "required":
         raise ImportError(why)  # pragma: no cover - loud on purpose
     pytest.skip(why + "; not run", allow_module_level=True)
+
+
+def _import_as_top_level(found, version):
+    """found, imported as the top-level test_concurrent_futures from a folder
+    of its own put on sys.path, so that workers started by spawn, which
+    import the tests' functions by module name, find them too.  This
+    interpreter's version's tests are linked there; a newer version's
+    package is reached through an __init__ of ours (support_compat.borrow),
+    which first adds to test.support what those tests need of it, in this
+    process and in each worker, and then runs the package's own."""
+    name = os.path.basename(found)
+    top = tempfile.mkdtemp(prefix="cpool-cpython-tests-")
+    atexit.register(shutil.rmtree, top, True)
+    if version == sys.version_info[:2]:
+        os.symlink(found, os.path.join(top, name))
+    elif version > sys.version_info[:2] and os.path.isdir(found):
+        os.mkdir(os.path.join(top, name))
+        with open(os.path.join(top, name, "__init__.py"), "w") as f:
+            f.write(f"# CPython {version[0]}.{version[1]}'s executor tests, on "
+                    "this Python (written by cpool's tests/test_cpython_futures.py)\n"
+                    "import support_compat\n"
+                    f"support_compat.borrow(globals(), {found!r})\n")
+    else:
+        raise ImportError(  # pragma: no cover - loud on purpose
+            f"{found}: CPython {version[0]}.{version[1]}'s tests; this is "
+            f"{sys.version_info[0]}.{sys.version_info[1]}, which runs its own "
+            "version's or a newer one's (package) only")
+    sys.path.append(top)
+    return importlib.import_module("test_concurrent_futures")
 
 
 MODULES = _load()
@@ -220,6 +264,21 @@ def test_the_classes_really_use_cpool():
         cls = globals()[f"TestCpool_{name}"]
         assert cls.executor_type is cpool.ProcessPoolExecutor
         assert issubclass(cls.executor_type, _cf.ProcessPoolExecutor)
+
+
+def test_the_tests_are_the_suite_found():
+    # Each test module is the one in the suite found (a newer version's is
+    # reached through a package of ours, which must not hide it).
+    assert len(MODULES) in (1, 7)
+    for m in MODULES:
+        path = os.path.realpath(m.__file__)
+        if FOUND is None:
+            assert m.__name__.startswith("test.test_concurrent_futures")
+        else:
+            assert path.startswith(os.path.realpath(FOUND)), (path, FOUND)
+            assert support_compat.suite_version(os.path.dirname(path) if len(MODULES) > 1
+                                                else path) == SUITE_VERSION
+    assert SUITE_VERSION >= sys.version_info[:2]
 
 
 def test_every_exclusion_names_a_test():
