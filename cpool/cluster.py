@@ -574,6 +574,7 @@ class ClusterPool(Pool):
         self._ctx = multiprocessing.get_context()
         self._initializer, self._initargs = initializer, initargs
         self._maxtasksperchild = maxtasksperchild
+        self._fine_chunks = False  # a Dask task per chunk costs milliseconds
         self._cache = {}
         self._lazy = weakref.WeakSet()
         self._owner = os.getpid()

@@ -90,3 +90,28 @@ def test_map_async_get_timeout(pool):
     with pytest.raises(cpool.TimeoutError):
         r.get(timeout=0.05)
     assert r.get(timeout=T) == [None, None]
+
+
+@pytest.mark.parametrize("n, processes, mp_size, ours", [
+    (0, 2, 0, 0), (1, 2, 1, 1), (100, 2, 13, 13), (1000, 4, 63, 63),
+    (8192, 2, 1024, 256), (10_000, 2, 1250, 313), (1_000_000, 2, 125_000, 31_250),
+    (1_000_000, 64, 3907, 977), (5000, 64, 20, 20),
+])
+def test_default_chunksize(n, processes, mp_size, ours):
+    """Without chunksize, a local pool cuts a long map into 16 chunks a
+    worker (multiprocessing: 4), of 256 items at least (or multiprocessing's
+    size, when smaller); with maxtasksperchild, and on a cluster, it is
+    multiprocessing's."""
+    from cpool.pool import _default_chunksize
+    assert _default_chunksize(n, processes) == mp_size
+    assert _default_chunksize(n, processes, fine=True) == ours
+
+
+def test_the_chunks_a_map_runs_in():
+    """A map of 100,000 items on 2 workers runs as 32 tasks; with
+    maxtasksperchild, as multiprocessing's 8."""
+    for kw, chunks in (({}, 32), ({"maxtasksperchild": 1000}, 8)):
+        with cpool.Pool(2, **kw) as pool:
+            before = pool.stats().done
+            assert pool.map(square, range(100_000)) == [x * x for x in range(100_000)]
+            assert pool.stats().done - before == chunks
