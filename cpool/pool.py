@@ -79,8 +79,8 @@ START_METHODS = ("fork", "spawn", "forkserver")
 
 
 # A local pool's map, given no chunksize, cuts a long input into about this
-# many chunks per worker (multiprocessing: 4), none under FINE_CHUNK_MIN items
-# (nor under multiprocessing's size).  Results then come back while the
+# many chunks per worker (multiprocessing: 4), of FINE_CHUNK_MIN items at least
+# (or of multiprocessing's size, if that is smaller).  Results then come back while the
 # workers go on, not in four large lumps at the end: a 1M-item map of tiny
 # items on 2 workers ran 16% faster than with 4, a CPU-bound map 6% (8 and
 # 32 gained less; a chunk costs the parent a few microseconds, which the

@@ -208,6 +208,13 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
     uint16_t kind = star ? CP_K_STARMAP : CP_K_MAP;
     for (Py_ssize_t lo = 0; lo < n; lo += chunksize) {
         Py_ssize_t hi = lo + chunksize < n ? lo + chunksize : n;
+        /* Pickling the last chunk ran Python code, and writing it let
+         * other threads run: the input list may have shrunk since. */
+        if (!ranged && PySequence_Fast_GET_SIZE(seq) < hi) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "the input list changed size during the map");
+            goto error;
+        }
         /* A starmap's rows of numbers travel flat, written straight from
          * the input; else the chunk is a list (or a range) to pack. */
         PyObject *chunk = NULL;

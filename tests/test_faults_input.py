@@ -107,3 +107,29 @@ def test_large_argument_that_fails_to_unpickle_keeps_its_error():
         pool.terminate(); pool.join()
     """)
     assert out.split() == ["ValueError", "ValueError"]
+
+
+@pytest.mark.parametrize("call", ["map", "starmap"])
+def test_an_input_list_that_shrinks_while_it_is_sent(call):
+    """Pickling an item runs its __reduce__, which here empties the input
+    list: the map raises RuntimeError (it read past the list's end, and
+    crashed the parent, before), and the pool goes on."""
+    out = run_scenario(f"""
+        import cpool
+        L = []
+        class Shrinks:
+            def __reduce__(self):
+                L.clear()
+                return (tuple, ((1, 2),))
+        def f(*a):
+            return 1
+        if __name__ == "__main__":
+            L.extend([Shrinks()] + [(i, 1) for i in range(100_000)])
+            with cpool.Pool(2) as pool:
+                try:
+                    pool.{call}(f, L, chunksize=1000)
+                except RuntimeError as e:
+                    print(e)
+                print(pool.{call}(f, [(1, 2)] * 10))
+    """)
+    assert out.splitlines() == ["the input list changed size during the map", str([1] * 10)]
