@@ -249,7 +249,9 @@ class _ClusterCore:
 
     # -- what the Pool's methods call --
 
-    def collect(self, timeout=None):
+    delivered = 0   # (no waiter collects: see collect)
+
+    def collect(self, timeout=None, seen=None):
         return 0    # results arrive on the collector thread only
 
     def kick(self):

@@ -368,6 +368,7 @@ class IMapIterator(_mp_pool.IMapIterator):
             if timeout is not None and deadline is None:
                 deadline = _monotonic() + timeout
             waiting = took = False
+            delivered = self._core.delivered    # before the look: see _collect_until
             with self._lock:
                 took = self._take()
                 if not took:
@@ -384,7 +385,7 @@ class IMapIterator(_mp_pool.IMapIterator):
             if waiting:
                 # Collect in this thread (without _lock: delivering takes
                 # it).  If another thread collects, wait on _cond for it.
-                if self._core.collect(left) <= 0:
+                if self._core.collect(left, delivered) <= 0:
                     with self._lock:
                         if self._delivered == seen:
                             self._sleepers += 1

@@ -250,13 +250,18 @@ class _MapResultWithProgress(MapResult):
 def _collect_until(core, done, deadline):
     """Collect results in this thread until done() or the deadline: True if
     done(), False if the caller must wait as usual (the deadline passed, or
-    another thread collects, or this one cannot)."""
-    while not done():
+    another thread collects, or this one cannot).  The core's delivery count
+    is read before each look, so that an outcome the collector thread
+    delivers between the look and collect() makes collect() return, instead
+    of waiting for news that will not come."""
+    while True:
+        seen = core.delivered
+        if done():
+            return True
         left = None
         if deadline is not None:
             left = deadline - _monotonic()
             if left <= 0:
                 return False
-        if core.collect(left) <= 0:
+        if core.collect(left, seen) <= 0:
             return done()
-    return True

@@ -759,6 +759,10 @@ typedef struct CoreObject {
     cp_event tok_ev;            /* the token was given back */
     _Atomic int64_t waiter_seen; /* when a waiter last gave the token back */
     _Atomic int has_deferred;   /* c->deferred is not empty (read without the GIL) */
+    /* Outcomes handed to result objects (_set called), by any thread: a
+     * waiter notes it before it looks at its result, and collect() returns
+     * at once if it moved meanwhile (see cp_collect_waiting). */
+    _Atomic uint64_t delivered;
     PyObject *interrupt;        /* Ctrl-C that hit a delivery in a waiter */
     PyObject *deferred;         /* list of (obj, idx, status, value, nbytes): outcomes
                                  * with callbacks, for the collector thread */
@@ -913,11 +917,12 @@ CP_HIDDEN int cp_round_gil(CoreObject *c, int closing);
 CP_HIDDEN int cp_take_token(CoreObject *c);
 /* Wait for the template to exit (no GIL), killing it past a grace. */
 CP_HIDDEN void cp_wait_template(CoreObject *c);
-/* Core.collect(timeout): collect in this thread, for a caller waiting for a
- * result (timeout_ns <0: none).  1 after a round that delivered, or on
- * timeout; 0 when another thread collects; -1 when this one cannot; NULL
- * with an exception. */
-CP_HIDDEN PyObject *cp_collect_waiting(CoreObject *c, int64_t timeout_ns);
+/* Core.collect(timeout, seen): collect in this thread, for a caller waiting
+ * for a result (timeout_ns <0: none).  1 after a round that delivered, on
+ * timeout, or when c->delivered is no longer `seen` (the caller's note,
+ * taken before it looked at its result; <0: none); 0 when another thread
+ * collects; -1 when this one cannot; NULL with an exception. */
+CP_HIDDEN PyObject *cp_collect_waiting(CoreObject *c, int64_t timeout_ns, int64_t seen);
 /* The collector thread (arg: the CoreObject, whose reference it owns). */
 CP_HIDDEN void *cp_collector_main(void *arg);
 

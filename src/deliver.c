@@ -47,6 +47,7 @@ static void call_set(CoreObject *c, PyObject *obj, PyObject *pidx, PyObject *pst
     PyObject *argv[5] = {obj, pidx, pst, value, pn};
     PyObject *r = PyObject_VectorcallMethod(c->st->str_set, argv,
                                             5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    atomic_fetch_add(&c->delivered, 1);
     if (r != NULL) {
         Py_DECREF(r);
         return;

@@ -411,22 +411,30 @@ static int wait_done(CoreObject *c, int64_t timeout_ns)
 }
 
 PyDoc_STRVAR(collect_doc,
-             "collect($self, timeout=None)\n--\n\n"
+             "collect($self, timeout=None, seen=None)\n--\n\n"
              "Collect results in this thread, for a caller waiting for one: take the\n"
              "collection token, deliver what has arrived (waiting for news without the\n"
-             "GIL, at most `timeout` seconds), give the token back.  Returns 1 after a\n"
-             "round that delivered or a timeout (check, and call again), 0 if another\n"
+             "GIL, at most `timeout` seconds), give the token back.  seen: the value of\n"
+             "`delivered` the caller read before it looked at its result; once it has\n"
+             "moved, collect returns (what the caller waits for may have been delivered\n"
+             "by another thread since its look).  Returns 1 after a round that delivered,\n"
+             "a timeout or a move of `delivered` (check, and call again), 0 if another\n"
              "thread is collecting (it delivers: wait for the result as usual), -1 if\n"
              "this thread cannot collect (the pool is terminating or over, or this\n"
              "thread is delivering results already).");
 
 static PyObject *Core_collect(CoreObject *c, PyObject *args)
 {
-    PyObject *to = Py_None;
-    int64_t timeout_ns;
-    if (!PyArg_ParseTuple(args, "|O", &to) || cp_parse_timeout(to, &timeout_ns) < 0)
+    PyObject *to = Py_None, *so = Py_None;
+    int64_t timeout_ns, seen = -1;
+    if (!PyArg_ParseTuple(args, "|OO", &to, &so) || cp_parse_timeout(to, &timeout_ns) < 0)
         return NULL;
-    return cp_collect_waiting(c, timeout_ns);
+    if (so != Py_None) {
+        unsigned long long v = PyLong_AsUnsignedLongLong(so);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+        seen = (int64_t)(v & INT64_MAX);
+    }
+    return cp_collect_waiting(c, timeout_ns, seen);
 }
 
 PyDoc_STRVAR(terminate_doc,
@@ -517,6 +525,11 @@ static PyObject *Core_get_steals(CoreObject *c, void *Py_UNUSED(closure))
     return PyLong_FromUnsignedLongLong(n);
 }
 
+static PyObject *Core_get_delivered(CoreObject *c, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(atomic_load(&c->delivered));
+}
+
 static PyObject *Core_get_template_pid(CoreObject *c, void *Py_UNUSED(closure))
 {
     return PyLong_FromLong((long)c->tmpl);
@@ -553,6 +566,8 @@ static PyGetSetDef Core_getset[] = {
     {"done", (getter)Core_get_done, NULL, "True once the pool is over", NULL},
     {"template_pid", (getter)Core_get_template_pid, NULL, "pid of the template process",
      NULL},
+    {"delivered", (getter)Core_get_delivered, NULL,
+     "how many outcomes were handed to result objects (for collect's seen)", NULL},
     {"steals", (getter)Core_get_steals, NULL,
      "how many tasks were taken back from a worker's ring and given to another", NULL},
     {NULL, NULL, NULL, NULL, NULL},

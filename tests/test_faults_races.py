@@ -115,3 +115,58 @@ def test_a_callback_outcome_is_not_stranded_while_another_thread_polls():
         p.terminate()
     """, timeout=150)
     assert out.split() == ["fine", "20"], out
+
+
+# The window between a waiter's look at its result and its collect(): the
+# collector thread delivers the outcome there, and the waiter then collected
+# for news that would never come (seen under ASan, where everything is
+# slower: test_refleaks' imap hung one run in ten).  Here the window is held
+# open on purpose: the core the waiter calls lets the collector thread
+# deliver first, then collects.
+LATE_COLLECT = """
+    import time, cpool
+
+    class Late:
+        '''A core whose collect() first lets the collector thread deliver
+        what the caller waits for (done()), as a waiter preempted between
+        its look and its collect would.'''
+        def __init__(self, core, done):
+            self._core, self._done = core, done
+            self.late = 0
+        def __getattr__(self, name):
+            return getattr(self._core, name)
+        def collect(self, *args):
+            end = time.monotonic() + 10
+            while not self._done() and time.monotonic() < end:
+                time.sleep(0.01)
+            assert self._done(), "the collector thread did not deliver"
+            self.late += 1
+            return self._core.collect(*args)
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        with cpool.Pool(2) as pool:
+            pool.map(square, range(4))
+            {case}
+            assert late.late >= 1, "the window was not held open"
+            print("ok", pool.apply(square, (5,)))
+"""
+
+
+def test_an_apply_delivered_by_the_collector_just_before_a_waiter_collects():
+    out = run_scenario(LATE_COLLECT.replace("{case}", """
+            r = pool.apply_async(time.sleep, (0.2,))
+            r._core = late = Late(r._core, lambda: r._ready)
+            r.wait()
+            assert r.ready() and r.get() is None"""), timeout=30)
+    assert out.split() == ["ok", "25"], out
+
+
+def test_an_imap_chunk_delivered_by_the_collector_just_before_its_consumer_collects():
+    out = run_scenario(LATE_COLLECT.replace("{case}", """
+            it = pool.imap(time.sleep, [0.2, 0.2])
+            it._core = late = Late(it._core, lambda: it._delivered == 2)
+            assert list(it) == [None, None]"""), timeout=30)
+    assert out.split() == ["ok", "25"], out
