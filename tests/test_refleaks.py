@@ -65,8 +65,8 @@ def growth(call, counter=live_blocks, n=N, warmup=WARMUP, rounds=ROUNDS):
     return deltas
 
 
-def assert_no_leak(call, counter=live_blocks, what=""):
-    deltas = growth(call, counter)
+def assert_no_leak(call, counter=live_blocks, what="", warmup=WARMUP):
+    deltas = growth(call, counter, warmup=warmup)
     assert min(deltas) < TOLERANCE, (
         f"{what or call}: live blocks grew by {deltas} over {ROUNDS} rounds of "
         f"{N} calls (tolerance {TOLERANCE} per round): about "
@@ -176,7 +176,11 @@ def test_a_task_error_does_not_leak(pool2):
             pool2.apply(boom, (1,))
         except ValueError:
             pass
-    assert_no_leak(call, what="apply of a task that raises")
+    # A longer warm-up: counted by tracemalloc (the ASan build), the error
+    # path's blocks grow for its first ~3,000 calls and then stop (per 1,000
+    # calls: 461, 177, 122, then 24, 6, 8), a bounded cache filling, not a
+    # leak; a warm-up of 200 failed the sanitizer gate 2 runs in 28.
+    assert_no_leak(call, what="apply of a task that raises", warmup=4000)
 
 
 def test_imap_does_not_leak(pool2):
