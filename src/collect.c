@@ -483,7 +483,7 @@ static int ring_news_pred(void *c) { return cp_ring_news((CoreObject *)c); }
 
 #define COLLECT_SLICE_NS 100000000 /* Ctrl-C and the template are checked */
 
-PyObject *cp_collect_waiting(CoreObject *c, int64_t left, int64_t seen)
+PyObject *cp_collect_waiting(CoreObject *c, int64_t left, int64_t mark)
 {
     if (c->owner != getpid() || atomic_load(&c->phase) == CP_TERMINATE ||
         atomic_load(&c->done) || cp_delivering != NULL)
@@ -505,7 +505,7 @@ PyObject *cp_collect_waiting(CoreObject *c, int64_t left, int64_t seen)
         /* Something was delivered since the caller looked (by the collector
          * thread, between that look and this call): perhaps what it waits
          * for, which no news would then ever bring.  It looks again. */
-        if (seen >= 0 && (int64_t)(atomic_load(&c->delivered) & INT64_MAX) != seen) {
+        if (mark >= 0 && (int64_t)(atomic_load(&c->delivered) & INT64_MAX) != mark) {
             ret = PyLong_FromLong(1);
             break;
         }

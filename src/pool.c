@@ -410,18 +410,19 @@ static int wait_done(CoreObject *c, int64_t timeout_ns)
     return cp_wait_event(&c->done_ev, done_pred, c, cp_deadline(timeout_ns));
 }
 
-PyDoc_STRVAR(collect_doc,
-             "collect($self, timeout=None, seen=None)\n--\n\n"
-             "Collect results in this thread, for a caller waiting for one: take the\n"
-             "collection token, deliver what has arrived (waiting for news without the\n"
-             "GIL, at most `timeout` seconds), give the token back.  seen: the value of\n"
-             "`delivered` the caller read before it looked at its result; once it has\n"
-             "moved, collect returns (what the caller waits for may have been delivered\n"
-             "by another thread since its look).  Returns 1 after a round that delivered,\n"
-             "a timeout or a move of `delivered` (check, and call again), 0 if another\n"
-             "thread is collecting (it delivers: wait for the result as usual), -1 if\n"
-             "this thread cannot collect (the pool is terminating or over, or this\n"
-             "thread is delivering results already).");
+PyDoc_STRVAR(
+    collect_doc,
+    "collect($self, timeout=None, seen=None)\n--\n\n"
+    "Collect results in this thread, for a caller waiting for one: take the\n"
+    "collection token, deliver what has arrived (waiting for news without the\n"
+    "GIL, at most `timeout` seconds), give the token back.  seen: the value of\n"
+    "`delivered` the caller read before it looked at its result; once it has\n"
+    "moved, collect returns (what the caller waits for may have been delivered\n"
+    "by another thread since its look).  Returns 1 after a round that delivered,\n"
+    "a timeout or a move of `delivered` (check, and call again), 0 if another\n"
+    "thread is collecting (it delivers: wait for the result as usual), -1 if\n"
+    "this thread cannot collect (the pool is terminating or over, or this\n"
+    "thread is delivering results already).");
 
 static PyObject *Core_collect(CoreObject *c, PyObject *args)
 {
