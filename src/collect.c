@@ -483,7 +483,7 @@ static int ring_news_pred(void *c) { return cp_ring_news((CoreObject *)c); }
 
 #define COLLECT_SLICE_NS 100000000 /* Ctrl-C and the template are checked */
 
-PyObject *cp_collect_waiting(CoreObject *c, int64_t left, int64_t mark)
+PyObject *cp_collect_waiting(CoreObject *c, int64_t left, const uint64_t *mark)
 {
     if (c->owner != getpid() || atomic_load(&c->phase) == CP_TERMINATE ||
         atomic_load(&c->done) || cp_delivering != NULL)
@@ -505,7 +505,7 @@ PyObject *cp_collect_waiting(CoreObject *c, int64_t left, int64_t mark)
         /* Something was delivered since the caller looked (by the collector
          * thread, between that look and this call): perhaps what it waits
          * for, which no news would then ever bring.  It looks again. */
-        if (mark >= 0 && (int64_t)(atomic_load(&c->delivered) & INT64_MAX) != mark) {
+        if (mark != NULL && atomic_load(&c->delivered) != *mark) {
             ret = PyLong_FromLong(1);
             break;
         }

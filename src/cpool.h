@@ -919,10 +919,11 @@ CP_HIDDEN int cp_take_token(CoreObject *c);
 CP_HIDDEN void cp_wait_template(CoreObject *c);
 /* Core.collect(timeout, seen): collect in this thread, for a caller waiting
  * for a result (timeout_ns <0: none).  1 after a round that delivered, on
- * timeout, or when c->delivered is no longer `mark` (the caller's note,
- * taken before it looked at its result; <0: none); 0 when another thread
+ * timeout, or when c->delivered is no longer *mark (the caller's note,
+ * taken before it looked at its result; NULL: none); 0 when another thread
  * collects; -1 when this one cannot; NULL with an exception. */
-CP_HIDDEN PyObject *cp_collect_waiting(CoreObject *c, int64_t timeout_ns, int64_t mark);
+CP_HIDDEN PyObject *cp_collect_waiting(CoreObject *c, int64_t timeout_ns,
+                                       const uint64_t *mark);
 /* The collector thread (arg: the CoreObject, whose reference it owns). */
 CP_HIDDEN void *cp_collector_main(void *arg);
 

@@ -427,15 +427,15 @@ PyDoc_STRVAR(
 static PyObject *Core_collect(CoreObject *c, PyObject *args)
 {
     PyObject *to = Py_None, *so = Py_None;
-    int64_t timeout_ns, seen = -1;
+    int64_t timeout_ns;
+    uint64_t seen = 0;
     if (!PyArg_ParseTuple(args, "|OO", &to, &so) || cp_parse_timeout(to, &timeout_ns) < 0)
         return NULL;
     if (so != Py_None) {
-        unsigned long long v = PyLong_AsUnsignedLongLong(so);
-        if (v == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-        seen = (int64_t)(v & INT64_MAX);
+        seen = PyLong_AsUnsignedLongLong(so);
+        if (seen == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     }
-    return cp_collect_waiting(c, timeout_ns, seen);
+    return cp_collect_waiting(c, timeout_ns, so != Py_None ? &seen : NULL);
 }
 
 PyDoc_STRVAR(terminate_doc,
