@@ -970,6 +970,13 @@ typedef struct {
     uint64_t maxtasks;  /* tasks before the worker exits; 0: unlimited */
     const int *wsock;   /* every slot's worker end: a worker keeps its own */
     PyObject *initializer, *initargs, *bootstrap, *pack_error;
+    /* A forked template: it never runs Python, nor calls PyOS_AfterFork_Child
+     * itself, so that it stays as fork() left it, the parent's state at
+     * Pool().  A worker forked from it is then what os.fork() at Pool() would
+     * have made, and calls PyOS_AfterFork_Child (the fork hooks run once, in
+     * the worker).  0: an exec'ed template, a live interpreter that wraps
+     * each fork in PyOS_BeforeFork / PyOS_AfterFork_Parent. */
+    int snapshot;
 } cp_wconfig;
 /* The template's way to fork a worker (a cp_spawn_fn; arg is the
  * cp_wconfig).  The child never returns. */

@@ -189,7 +189,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyOS_BeforeFork();
         pid = fork();
         if (pid == 0) {
-            PyOS_AfterFork_Child();
+            /* No PyOS_AfterFork_Child here: each worker calls it (cp_wconfig's
+             * snapshot).  The template runs no Python, only C. */
             close_socks(c->psock, n); /* the parent's ends */
             /* The template, and every worker it forks, reads only this
              * (this frame lives on in the template, which never returns). */
@@ -201,7 +202,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                               .initializer = c->initializer,
                               .initargs = c->initargs,
                               .bootstrap = c->bootstrap,
-                              .pack_error = c->pack_error};
+                              .pack_error = c->pack_error,
+                              .snapshot = 1};
             cp_template_main(c->ctl, c->evfd, c->owner, cp_spawn_worker, &cfg);
         }
         int saved = errno;

@@ -575,19 +575,25 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
 
 /* ---- the fork ---------------------------------------------------------- */
 
-/* The template's way to fork a worker (runs in the template). */
+/* The template's way to fork a worker (runs in the template).  A forked
+ * template is still the parent's fork child, its Python state as
+ * PyOS_BeforeFork left it in the parent at Pool() (snapshot): the worker
+ * finishes that fork, and nothing runs in the template.  An exec'ed one is
+ * an interpreter of its own, which forks as os.fork() does. */
 pid_t cp_spawn_worker(void *arg, int slot)
 {
     const cp_wconfig *cfg = arg;
     pid_t tmpl = getpid();
-    PyOS_BeforeFork();
+    if (!cfg->snapshot) PyOS_BeforeFork();
     pid_t pid = fork();
     if (pid == 0) {
         PyOS_AfterFork_Child();
         cp_worker_main(cfg, slot, tmpl);
     }
-    int saved = errno;
-    PyOS_AfterFork_Parent();
-    errno = saved;
+    if (!cfg->snapshot) {
+        int saved = errno;
+        PyOS_AfterFork_Parent();
+        errno = saved;
+    }
     return pid;
 }

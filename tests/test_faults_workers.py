@@ -121,9 +121,10 @@ def test_template_killed_during_a_long_get_fails_it_instead_of_hanging():
     assert out.split()[0] == "failed" and out.split()[-1] == "True"
 
 
-def test_terminate_returns_when_the_template_is_stuck_in_a_fork_hook():
-    # A user's fork hook waiting on a lock another thread holds: the template
-    # never starts its loop. terminate() kills it after a grace period.
+def test_terminate_returns_when_the_workers_are_stuck_in_a_fork_hook():
+    # A user's fork hook waiting on a lock another thread held at Pool():
+    # every worker hangs in it before its loop (the template runs no hooks).
+    # terminate() still returns, and the task fails.
     out = run_scenario("""
         import os, threading, time, cpool
         lock = threading.Lock()

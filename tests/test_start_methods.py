@@ -267,6 +267,36 @@ def test_fork_warns_as_os_fork_does_when_the_parent_runs_threads():
         assert os_fork == forked_pool == []
 
 
+def test_fork_hooks_run_as_after_one_os_fork_at_pool_time(tmp_path):
+    # A forked template runs no Python: os.register_at_fork's before and
+    # after_in_parent hooks run once, in the parent, when Pool() forks it;
+    # after_in_child once in each worker, first or replacement (each is what
+    # an os.fork() at Pool() would have made), never in the template.
+    log = tmp_path / "hooks.log"
+    r = run_python(f"""
+        import os, cpool
+        fd = os.open({str(log)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        def note(what):
+            return lambda: os.write(fd, b"%s %d\\n" % (what, os.getpid()))
+        os.register_at_fork(before=note(b"before"), after_in_parent=note(b"parent"),
+                            after_in_child=note(b"child"))
+        pool = cpool.Pool(2, maxtasksperchild=1)
+        ran = [pool.apply(os.getpid) for _ in range(6)]
+        template = pool._core.template_pid
+        pool.close(); pool.join()
+        print(os.getpid(), template, *ran)
+    """)
+    assert r.returncode == 0, r.stderr
+    parent, template, *ran = map(int, r.stdout.split())
+    lines = [line.split() for line in log.read_text().splitlines()]
+    hooks = [(what, int(pid)) for what, pid in lines]
+    assert [h for h in hooks if h[0] != "child"] == [("before", parent), ("parent", parent)]
+    children = [pid for what, pid in hooks if what == "child"]
+    assert template not in children and parent not in children
+    assert len(children) == len(set(children))      # once in each worker
+    assert len(set(ran)) == 6 and set(ran) <= set(children)   # each task a new worker
+
+
 @pytest.mark.parametrize("method", EXEC_METHODS)
 def test_ctrl_c_while_the_template_boots_is_not_its_business(method):
     # A Ctrl-C goes to the whole process group; the parent owns it.  The
