@@ -263,9 +263,13 @@ typedef struct {
     char pad0[56];
     _Atomic uint64_t tail; /* bytes published; written by the producer */
     char pad1[56];
-    cp_event data;         /* the consumer sleeps here for records */
-    cp_event space;        /* the producer sleeps here for room */
-    char pad2[48];
+    /* Each event on a line of its own, as head and tail are: the producer
+     * bumps data.seq at every record, the consumer space.seq at every
+     * consume; on one line they took it from each other twice a task. */
+    cp_event data; /* the consumer sleeps here for records */
+    char pad2[56];
+    cp_event space; /* the producer sleeps here for room */
+    char pad3[56];
     uint64_t cap;          /* power of two */
     uint64_t data_off;     /* offset of the data area from the ring */
 } cp_ring;
