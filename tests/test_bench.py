@@ -164,6 +164,35 @@ def test_scaling_rejects_a_wrong_result():
             _bench_scaling.run([key], "tiny", 1, 2, [liar], lambda *a: None)
 
 
+def test_scaling_times_the_calls_not_the_checks():
+    # The items curve checks each map's result between the calls, off the
+    # clock: a result whose comparison takes 1 s must not show in the time.
+    import time
+    from cpool import _bench_scaling, bench
+
+    class SlowToCompare(list):
+        def __eq__(self, other):
+            time.sleep(1.0)
+            return list.__eq__(self, other)
+
+    class Slow:
+        def __init__(self, real):
+            self.real = real
+
+        def map(self, f, it, chunksize=None):
+            return SlowToCompare(self.real.map(f, it, chunksize))
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    slow = bench.PoolSubject("cpool", lambda n, **kw: Slow(bench.cpool.Pool(n, **kw)),
+                             bench.cpool.Value, 2)
+    cfg = dict(_bench_scaling.SIZES["tiny"], items_floor=1_000)
+    dt, items, ok = _bench_scaling._measure_items("cpool", slow, 1_000, cfg, 2)
+    assert ok and items == 1_000
+    assert dt < 1.0, dt     # one call on a warm pool: milliseconds
+
+
 def cpool_default_processes():
     from cpool.pool import _default_processes
     return _default_processes()
