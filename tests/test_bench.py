@@ -7,6 +7,33 @@ import pytest
 from conftest import run_python
 
 
+def cpool_whose_map(answer):
+    """The benchmark's cpool subject, its pools' map answering
+    answer(the real result) instead of the real result."""
+    from cpool import bench
+
+    class Wrapped:
+        def __init__(self, real):
+            self.real = real
+
+        def map(self, f, it, chunksize=None):
+            return answer(self.real.map(f, it, chunksize))
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    return bench.PoolSubject("cpool", lambda n, **kw: Wrapped(bench.cpool.Pool(n, **kw)),
+                             bench.cpool.Value, 2)
+
+
+def spoiled(at):
+    """An answer for cpool_whose_map: the result with item `at` wrong."""
+    def answer(out):
+        out[at] = "wrong"
+        return out
+    return answer
+
+
 def test_benchmark_quick_json_covers_every_workload():
     from cpool import bench
     p = run_python(module="cpool.bench", args=["--quick", "--json"], timeout=600)
@@ -26,21 +53,7 @@ def test_benchmark_quick_json_covers_every_workload():
 def test_benchmark_rejects_a_wrong_result(monkeypatch):
     # Every result is checked: a pool that answers wrongly fails the run.
     from cpool import bench
-
-    class Liar:
-        def __init__(self, real):
-            self.real = real
-
-        def map(self, f, it, chunksize=None):
-            out = self.real.map(f, it, chunksize)
-            out[0] = "wrong"
-            return out
-
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-    subject = bench.PoolSubject("cpool", lambda n, **kw: Liar(bench.cpool.Pool(n, **kw)),
-                                bench.cpool.Value, 2)
+    subject = cpool_whose_map(spoiled(0))
     workload = next(w for w in bench.WORKLOADS if w.key == "map")
     try:
         bench.run_workload(workload, subject, 1000, 2)
@@ -143,22 +156,8 @@ def test_scaling_worker_counts_stay_few_on_many_cores():
 def test_scaling_rejects_a_wrong_result():
     # Every figure is checked: a pool whose map answers wrongly fails the
     # section, whichever curve it is on.
-    from cpool import _bench_scaling, bench
-
-    class Liar:
-        def __init__(self, real):
-            self.real = real
-
-        def map(self, f, it, chunksize=None):
-            out = self.real.map(f, it, chunksize)
-            out[-1] = "wrong"
-            return out
-
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-    liar = bench.PoolSubject("cpool", lambda n, **kw: Liar(bench.cpool.Pool(n, **kw)),
-                             bench.cpool.Value, 2)
+    from cpool import _bench_scaling
+    liar = cpool_whose_map(spoiled(-1))
     for key in ("items", "from_workers", "workers_cpu"):
         with pytest.raises(AssertionError, match=f"cpool: wrong result in scaling {key}"):
             _bench_scaling.run([key], "tiny", 1, 2, [liar], lambda *a: None)
@@ -168,25 +167,14 @@ def test_scaling_times_the_calls_not_the_checks():
     # The items curve checks each map's result between the calls, off the
     # clock: a result whose comparison takes 1 s must not show in the time.
     import time
-    from cpool import _bench_scaling, bench
+    from cpool import _bench_scaling
 
     class SlowToCompare(list):
         def __eq__(self, other):
             time.sleep(1.0)
             return list.__eq__(self, other)
 
-    class Slow:
-        def __init__(self, real):
-            self.real = real
-
-        def map(self, f, it, chunksize=None):
-            return SlowToCompare(self.real.map(f, it, chunksize))
-
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-    slow = bench.PoolSubject("cpool", lambda n, **kw: Slow(bench.cpool.Pool(n, **kw)),
-                             bench.cpool.Value, 2)
+    slow = cpool_whose_map(SlowToCompare)
     cfg = dict(_bench_scaling.SIZES["tiny"], items_floor=1_000)
     dt, items, ok = _bench_scaling._measure_items("cpool", slow, 1_000, cfg, 2)
     assert ok and items == 1_000
