@@ -707,11 +707,31 @@ CP_HIDDEN int cp_pack(cpool_state *st, PyObject *obj, size_t inline_max,
  * not: pack them as a list), or NULL with an exception. */
 CP_HIDDEN PyObject *cp_rows_dump(PyObject *const *items, Py_ssize_t n);
 /* A starmap chunk written by cp_rows_dump (which cp_load_payload hands
- * over as its bytes): the list of func's results, called on each row's
- * values with no tuple made (NULL with the exception of the first call
- * that raised); func NULL: the list of the rows, as tuples. */
-CP_HIDDEN PyObject *cp_rows_call(PyObject *func, PyObject *rows);
-/* The same for an already pickled bytes object (no out-of-band buffers). */
+ * over as its bytes): func's results, called on each row's values with no
+ * tuple made, as cp_results_done gives them (*flat), or NULL with the
+ * exception of the first call that raised. */
+CP_HIDDEN PyObject *cp_rows_call(PyObject *func, PyObject *rows, int *flat);
+/* The list a flat record (rows, or cp_results_done's) holds, rows as
+ * tuples: a new reference, or NULL. */
+CP_HIDDEN PyObject *cp_flat_list(PyObject *flat);
+/* A map chunk's results, collected as they come (pack.c): numbers of one
+ * kind are written straight into the flat layout a list of them travels
+ * in, and freed at once; anything else, a list. */
+typedef struct {
+    PyObject *flat; /* the flat list being written, or NULL */
+    PyObject *list; /* or the list, once a result is not such a number */
+    Py_ssize_t n, i;
+    char kind;
+} cp_results;
+/* For n results: 0, or -1 with an exception. */
+CP_HIDDEN int cp_results_init(cp_results *c, Py_ssize_t n);
+/* The next result (stolen): 0, or -1 with an exception. */
+CP_HIDDEN int cp_results_put(cp_results *c, PyObject *r);
+/* The n results put: new bytes, flat (*flat = 1: cp_pack_pickled sends
+ * them as they are), or a list (*flat = 0); c is empty after. */
+CP_HIDDEN PyObject *cp_results_done(cp_results *c, int *flat);
+CP_HIDDEN void cp_results_clear(cp_results *c);
+/* cp_pack for an already pickled bytes object (no out-of-band buffers). */
 CP_HIDDEN int cp_pack_pickled(PyObject *pickled, size_t inline_max,
                               const cp_segdest *dest, cp_packed *out);
 /* Unpickle a record's payload (a starmap chunk of rows: its bytes, for

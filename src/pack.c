@@ -498,11 +498,89 @@ static PyObject *number_load(const char *p, char kind)
     return PyLong_FromLongLong(v);
 }
 
-/* The list a vector holds: a new reference, or NULL.  With func, a list of
- * rows: func called on each row's values as its arguments, and the list of
- * what it returned (NULL with the exception of the first call that
- * raised). */
-static PyObject *vector_load(const char *p, size_t len, PyObject *func)
+/* ---- a chunk's results, as they come ---------------------------------------
+ *
+ * A worker's chunk of 125,000 tiny items used to keep all of its results
+ * alive until the end, in a list that was then written as a vector: 4 MB of
+ * int objects, in pymalloc arenas that were new for each chunk and handed
+ * back to the kernel after it (a page fault per 4 KiB, twice).  Written
+ * into the vector as they come and freed at once, the results reuse the
+ * same few blocks, which stay in the cache.  The first result that is not
+ * a number of the first one's kind turns the vector back into a list. */
+
+int cp_results_init(cp_results *c, Py_ssize_t n)
+{
+    *c = (cp_results){.n = n};
+    if (n >= VEC_MIN) return 0; /* the first result says */
+    c->list = PyList_New(n);
+    return c->list != NULL ? 0 : -1;
+}
+
+/* Leave the vector: the list of the results so far. */
+static int results_unflatten(cp_results *c)
+{
+    c->list = PyList_New(c->n);
+    const char *v = c->flat ? PyBytes_AS_STRING(c->flat) + VEC_HDR : NULL;
+    for (Py_ssize_t j = 0; c->list != NULL && j < c->i; j++, v += 8) {
+        PyObject *o = number_load(v, c->kind);
+        if (o == NULL) Py_CLEAR(c->list);
+        else PyList_SET_ITEM(c->list, j, o);
+    }
+    Py_CLEAR(c->flat);
+    return c->list != NULL ? 0 : -1;
+}
+
+int cp_results_put(cp_results *c, PyObject *r)
+{
+    if (c->list == NULL) {
+        if (c->i == 0 && (c->kind = number_kind(r)) != 0) {
+            c->flat = PyBytes_FromStringAndSize(NULL, VEC_HDR + 8 * c->n);
+            if (c->flat == NULL) {
+                Py_DECREF(r);
+                return -1;
+            }
+            char head[VEC_HDR] = {VEC_TAG, c->kind};
+            uint64_t count = (uint64_t)c->n;
+            memcpy(head + 8, &count, 8);
+            memcpy(PyBytes_AS_STRING(c->flat), head, VEC_HDR);
+        }
+        if (c->flat != NULL &&
+            number_dump(r, c->kind, PyBytes_AS_STRING(c->flat) + VEC_HDR + 8 * c->i) ==
+                0) {
+            Py_DECREF(r);
+            c->i++;
+            return 0;
+        }
+        if (results_unflatten(c) < 0) {
+            Py_DECREF(r);
+            return -1;
+        }
+    }
+    PyList_SET_ITEM(c->list, c->i++, r);
+    return 0;
+}
+
+PyObject *cp_results_done(cp_results *c, int *flat)
+{
+    *flat = c->flat != NULL;
+    PyObject *r = c->flat != NULL ? c->flat : c->list;
+    *c = (cp_results){0};
+    return r;
+}
+
+void cp_results_clear(cp_results *c)
+{
+    Py_CLEAR(c->flat);
+    Py_CLEAR(c->list);
+}
+
+/* The list a vector holds: a new reference, or NULL.  With func and
+ * results (a list of rows): func called on each row's values as its
+ * arguments, what it returned put into *results (cp_results_init'ed here),
+ * and None (NULL with the exception of the first call that raised,
+ * *results cleared). */
+static PyObject *vector_load(const char *p, size_t len, PyObject *func,
+                             cp_results *results)
 {
     uint64_t count;
     memcpy(&count, p + 8, 8);
@@ -512,13 +590,17 @@ static PyObject *vector_load(const char *p, size_t len, PyObject *func)
         kind == 'q' || kind == 'd' || (kind == 't' && width >= 1 && width <= ROW_MAX);
     for (size_t j = 0; ok && kind == 't' && j < ROW_MAX; j++)
         ok = j < width ? p[3 + j] == 'q' || p[3 + j] == 'd' : p[3 + j] == 0;
-    if (!ok || (func != NULL && kind != 't') || count > (len - VEC_HDR) / 8 / width ||
+    if (!ok || (results != NULL && kind != 't') || count > (len - VEC_HDR) / 8 / width ||
         VEC_HDR + 8 * width * count != len) {
         PyErr_SetString(PyExc_ValueError, "cpool: a malformed list of numbers");
         return NULL;
     }
-    PyObject *list = PyList_New((Py_ssize_t)count);
-    if (list == NULL) return NULL;
+    PyObject *list = results != NULL ? Py_NewRef(Py_None) : PyList_New((Py_ssize_t)count);
+    if (list == NULL ||
+        (results != NULL && cp_results_init(results, (Py_ssize_t)count) < 0)) {
+        Py_XDECREF(list);
+        return NULL;
+    }
     const char *v = p + VEC_HDR;
     for (uint64_t i = 0; i < count; i++) {
         PyObject *o = NULL, *args[ROW_MAX];
@@ -529,7 +611,7 @@ static PyObject *vector_load(const char *p, size_t len, PyObject *func)
             size_t j = 0;
             for (; j < width; j++, v += 8)
                 if ((args[j] = number_load(v, p[3 + j])) == NULL) break;
-            if (j == width && func != NULL)
+            if (j == width && results != NULL)
                 o = PyObject_Vectorcall(func, args, width, NULL);
             else if (j == width && (o = PyTuple_New((Py_ssize_t)width)) != NULL) {
                 for (j = 0; j < width; j++) PyTuple_SET_ITEM(o, (Py_ssize_t)j, args[j]);
@@ -538,21 +620,33 @@ static PyObject *vector_load(const char *p, size_t len, PyObject *func)
                  * first collection). */
                 PyObject_GC_UnTrack(o);
             }
-            if (o == NULL || func != NULL)
+            if (o == NULL || results != NULL)
                 while (j > 0) Py_DECREF(args[--j]);
         }
-        if (o == NULL) {
+        if (o == NULL || (results != NULL && cp_results_put(results, o) < 0)) {
+            if (results != NULL) cp_results_clear(results);
             Py_DECREF(list);
             return NULL;
         }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, o);
+        if (func == NULL) PyList_SET_ITEM(list, (Py_ssize_t)i, o);
     }
     return list;
 }
 
-PyObject *cp_rows_call(PyObject *func, PyObject *rows)
+PyObject *cp_rows_call(PyObject *func, PyObject *rows, int *flat)
 {
-    return vector_load(PyBytes_AS_STRING(rows), (size_t)PyBytes_GET_SIZE(rows), func);
+    cp_results out;
+    PyObject *none =
+        vector_load(PyBytes_AS_STRING(rows), (size_t)PyBytes_GET_SIZE(rows), func, &out);
+    if (none == NULL) return NULL;
+    Py_DECREF(none);
+    return cp_results_done(&out, flat);
+}
+
+PyObject *cp_flat_list(PyObject *flat)
+{
+    return vector_load(PyBytes_AS_STRING(flat), (size_t)PyBytes_GET_SIZE(flat), NULL,
+                       NULL);
 }
 
 /* marshal for plain data (what plain() said), else a protocol-5 pickle:
@@ -576,7 +670,7 @@ static PyObject *deserialize(cpool_state *st, const char *p, size_t n, PyObject 
 {
     if (n >= VEC_HDR && p[0] == VEC_TAG)
         return raw_rows && p[1] == 't' ? PyBytes_FromStringAndSize(p, (Py_ssize_t)n)
-                                       : vector_load(p, n, NULL);
+                                       : vector_load(p, n, NULL, NULL);
     if (n > 0 && (unsigned char)p[0] != PICKLE_PROTO) {
         /* Pure C, no Python code, the GIL held throughout: pausing the GC
          * here cannot undo another thread's gc.disable(). */

@@ -393,10 +393,58 @@ static int run_timed(worker *w, const cp_rechdr *h, PyObject *seq, PyObject *out
 
 /* ---- running a task ------------------------------------------------------ */
 
+/* Run an untimed chunk (items: stolen): its results (cp_results_done),
+ * or NULL with the exception of the item that raised.  A range (the
+ * commonest map's input) is walked, never made into a list. */
+static PyObject *run_chunk(worker *w, const cp_rechdr *h, PyObject *items, int *flat)
+{
+    int ranged = PyRange_Check(items);
+    PyObject *seq = ranged ? PyObject_GetIter(items)
+                           : PySequence_Fast(items, "chunk is not a sequence");
+    Py_ssize_t n = ranged ? PyObject_Size(items)
+                   : seq  ? PySequence_Fast_GET_SIZE(seq)
+                          : 0;
+    Py_DECREF(items);
+    cp_results out;
+    if (seq == NULL || n < 0 || cp_results_init(&out, n) < 0) {
+        Py_XDECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x =
+            ranged ? PyIter_Next(seq) : Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+        PyObject *r = x != NULL ? call_item(w, h, x) : NULL;
+        Py_XDECREF(x);
+        if (r == NULL || cp_results_put(&out, r) < 0) {
+            if (r == NULL && !PyErr_Occurred())
+                PyErr_SetString(PyExc_SystemError, "cpool: a range chunk ran short");
+            cp_results_clear(&out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    return cp_results_done(&out, flat);
+}
+
+/* The list that flat results (cp_results_done; res, stolen) hold, the
+ * raised exception kept: what an error about sending them shows (res
+ * itself if the list cannot be made). */
+static PyObject *unflatten(PyObject *res)
+{
+    PyObject *exc = cp_fetch_exc();
+    PyObject *list = cp_flat_list(res);
+    if (list != NULL) Py_SETREF(res, list);
+    PyErr_Clear();
+    if (exc != NULL) cp_restore_exc(exc);
+    return res;
+}
+
 /* Run one task record: a new reference to the result, or NULL with the
  * task's exception set.  *mixed: the result is (results, errors) of a
- * chunk whose items did not all finish (CP_F_MIXED). */
-static PyObject *run(worker *w, const cp_rechdr *h, int *mixed)
+ * chunk whose items did not all finish (CP_F_MIXED).  *flat: the result
+ * is a chunk's results already written flat (cp_results_done). */
+static PyObject *run(worker *w, const cp_rechdr *h, int *mixed, int *flat)
 {
     cpool_state *st = w->cfg->st;
     if (h->kind == CP_K_CALL) {
@@ -436,33 +484,24 @@ static PyObject *run(worker *w, const cp_rechdr *h, int *mixed)
         /* A starmap's rows of numbers: called straight from the record,
          * or (timed: item by item) made into tuples. */
         if (!w->timed) {
-            Py_SETREF(items, cp_rows_call(w->func, items));
+            Py_SETREF(items, cp_rows_call(w->func, items, flat));
             return items;
         }
-        Py_SETREF(items, cp_rows_call(NULL, items));
+        Py_SETREF(items, cp_flat_list(items));
     }
     if (items == NULL) return NULL;
+    if (!w->timed) return run_chunk(w, h, items, flat);
     PyObject *seq = PySequence_Fast(items, "chunk is not a sequence");
     Py_DECREF(items);
     if (seq == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject *out = PyList_New(n);
-    if (out != NULL && w->timed) {
-        PyObject *errors = NULL;
-        if (run_timed(w, h, seq, out, &errors) < 0) Py_CLEAR(out);
-        if (out != NULL && errors != NULL) {
-            *mixed = 1;
-            Py_SETREF(out, PyTuple_Pack(2, out, errors));
-        }
-        Py_XDECREF(errors);
-        Py_DECREF(seq);
-        return out;
+    PyObject *out = PyList_New(PySequence_Fast_GET_SIZE(seq));
+    PyObject *errors = NULL;
+    if (out != NULL && run_timed(w, h, seq, out, &errors) < 0) Py_CLEAR(out);
+    if (out != NULL && errors != NULL) {
+        *mixed = 1;
+        Py_SETREF(out, PyTuple_Pack(2, out, errors));
     }
-    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
-        PyObject *r = call_item(w, h, PySequence_Fast_GET_ITEM(seq, i));
-        if (r == NULL) Py_CLEAR(out);
-        else PyList_SET_ITEM(out, i, r);
-    }
+    Py_XDECREF(errors);
     Py_DECREF(seq);
     return out;
 }
@@ -548,16 +587,20 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
             set_func(&w, h);
             continue;
         }
-        int mixed = 0;
-        PyObject *res = run(&w, h, &mixed);
+        int mixed = 0, flat = 0;
+        PyObject *res = run(&w, h, &mixed, &flat);
         if (res == NULL) {
             post_error(&w, CP_K_ERR, h->job, h->idx, NULL);
         } else {
             cp_packed pk;
-            if (cp_pack(cfg->st, res, cp_ring_inline_max(w.results), next_dest(&w), &pk) <
-                    0 ||
-                post_packed(&w, CP_K_OK, mixed ? CP_F_MIXED : 0, h->job, h->idx, &pk) < 0)
+            size_t most = cp_ring_inline_max(w.results);
+            if ((flat ? cp_pack_pickled(res, most, next_dest(&w), &pk)
+                      : cp_pack(cfg->st, res, most, next_dest(&w), &pk)) < 0 ||
+                post_packed(&w, CP_K_OK, mixed ? CP_F_MIXED : 0, h->job, h->idx, &pk) <
+                    0) {
+                if (flat) res = unflatten(res);
                 post_error(&w, CP_K_ERR, h->job, h->idx, res);
+            }
             Py_DECREF(res);
         }
         atomic_store(&w.slot->current_job, 0);

@@ -89,6 +89,84 @@ def test_lists_of_numbers_cross_unchanged(pool, values):
         assert repr(got) == repr(values)
 
 
+SWITCHES = ["s", None, 1.5, 7, I64, -I64 - 1, True, MyInt(3), [1]]
+
+
+def switch_at(i, at, value, first):
+    """first(i) for the items of a chunk, value at item `at`."""
+    return value if i == at else first(i)
+
+
+@pytest.mark.parametrize("value", SWITCHES, ids=repr)
+@pytest.mark.parametrize("at", [0, 1, 50, 99])
+@pytest.mark.parametrize("first", [int, float], ids=["ints", "floats"])
+def test_a_chunk_whose_results_change_kind_comes_back_whole(pool, first, at, value):
+    """A worker writes a chunk's results flat as they come while they are
+    numbers of the first one's kind; one that is not turns what it wrote
+    back into objects, anywhere in the chunk: every result comes back, in
+    order, of its type, from a range or a list, and through a starmap's
+    rows."""
+    import functools
+    f = functools.partial(switch_at, at=at, value=value, first=first)
+    want = [f(i) for i in range(100)]
+    for items in (range(100), list(range(100))):
+        got = pool.map(f, items, chunksize=100)
+        assert repr(got) == repr(want)
+        assert [type(x) for x in got] == [type(x) for x in want]
+    got = pool.starmap(f, [(i,) for i in range(100)], chunksize=100)
+    assert repr(got) == repr(want)
+
+
+def raise_at_50(i):
+    if i == 50:
+        raise ValueError(f"item {i}")
+    return i
+
+
+def test_an_item_that_raises_mid_chunk_fails_the_map_and_the_pool_goes_on(pool):
+    for items in (range(100), list(range(100))):
+        with pytest.raises(ValueError, match="item 50"):
+            pool.map(raise_at_50, items, chunksize=100)
+    with pytest.raises(ValueError, match="item 50"):
+        pool.starmap(raise_at_50, [(i,) for i in range(100)], chunksize=100)
+    assert pool.map(raise_at_50, range(10, 20)) == list(range(10, 20))
+
+
+_blocks_peak = 0
+
+
+def note_blocks(i, *_):
+    global _blocks_peak
+    if i % 1000 == 0:
+        import sys
+        _blocks_peak = max(_blocks_peak, sys.getallocatedblocks())
+    return i
+
+
+def blocks_peak(reset):
+    global _blocks_peak
+    import sys
+    peak, _blocks_peak = _blocks_peak, 0
+    return sys.getallocatedblocks() if reset else peak
+
+
+@pytest.mark.parametrize("how", ["range", "rows"])
+def test_a_chunk_of_numbers_keeps_no_result_alive(how):
+    """A chunk of 200,000 items whose results are numbers: the worker never
+    holds all of them, nor a list of a range's items (it used to: 200,000
+    ints at once, in memory the allocator had to fault in for each chunk).
+    Counted in the worker, with sys.getallocatedblocks()."""
+    n = 200_000
+    with cpool.Pool(1) as p:
+        base = p.apply(blocks_peak, (True,))
+        if how == "range":
+            got = p.map(note_blocks, range(n), chunksize=n)
+        else:
+            got = p.starmap(note_blocks, [(i, 0.5) for i in range(n)], chunksize=n)
+        assert got == list(range(n))
+        assert p.apply(blocks_peak, (False,)) - base < n // 10
+
+
 @pytest.mark.parametrize("values", NUMBER_LISTS, ids=lambda v: repr(v[-3:]))
 def test_only_lists_of_exact_numbers_go_flat(values):
     flat = all(type(x) is type(values[0]) and type(x) in (int, float) for x in values) \
