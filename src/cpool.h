@@ -491,6 +491,7 @@ typedef struct cp_task {
     uint32_t idx;
     uint16_t kind;
     uint16_t has_seg;  /* sent through a segment (seg; a one-shot's seg.fd is ours) */
+    uint32_t items;    /* MAP/STARMAP: the chunk's items (0: an apply) */
     cp_blob *func;     /* MAP/STARMAP: the job's pickled function (shared) */
     uint64_t pos;      /* task-ring position of this record */
     uint64_t end_pos;  /* task-ring position just past this record */

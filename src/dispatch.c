@@ -26,6 +26,13 @@
  * SHORT_TASK_NS (it is not short, whatever the average says). */
 #define DEPTH_SHORT 4
 #define SHORT_TASK_NS 1000000 /* 1 ms */
+/* A chunk this large keeps the collector long enough, turning its results
+ * into objects (~20 ns an item), that a worker done with its own chunk
+ * meanwhile would idle until the collector came round to refill it: 125,000
+ * tiny items, ~2.5 ms.  So a worker running one may hold the job's next
+ * chunk too.  That chunk waits behind a busy worker only while no other is
+ * free: then it is taken back (STEAL_AFTER_NS). */
+#define DEEP_CHUNK_ITEMS 8192
 /* A task left waiting in a worker's ring this long while another worker is
  * free is taken back and given to the free one (work stealing): it waits
  * behind a long task, a stopped worker, or a worker still starting. */
@@ -296,7 +303,8 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head, const cp_tkill 
 
 /* ---- dispatch ----------------------------------------------------------- */
 
-static int slot_accepts(cp_sched *s, int i, int64_t now)
+/* Whether slot i's worker may take task t (NULL: any task) now. */
+static int slot_accepts(cp_sched *s, int i, const cp_task *t, int64_t now)
 {
     cp_slot *sl = &s->ctl->slots[i];
     uint32_t st = atomic_load(&sl->state);
@@ -304,6 +312,9 @@ static int slot_accepts(cp_sched *s, int i, int64_t now)
     cp_wstate *w = &s->ws[i];
     if (s->maxtasks != 0 && w->sent >= s->maxtasks) return 0;
     if (w->n == 0) return 1;
+    if (w->n == 1 && t != NULL && w->head->items >= DEEP_CHUNK_ITEMS &&
+        t->items >= DEEP_CHUNK_ITEMS && t->job == w->head->job)
+        return 1;
     if (s->task_ns < 0 || s->task_ns >= SHORT_TASK_NS || w->n >= DEPTH_SHORT) return 0;
     int64_t started = atomic_load(&sl->started_ns);
     return started == 0 || now - started < SHORT_TASK_NS;
@@ -346,7 +357,7 @@ static int someone_idle(cp_sched *s, int64_t now)
 {
     for (int i = 0; i < s->n; i++)
         if (s->ws[i].n == 0 && !is_stalled(s, i) && slot_ready(s, i) && !s->full[i] &&
-            slot_accepts(s, i, now))
+            slot_accepts(s, i, NULL, now))
             return 1;
     return 0;
 }
@@ -511,7 +522,7 @@ static int dispatch_pending(cp_sched *s, int64_t now)
         cp_task *t = s->pend_head;
         int best = -1;
         for (int i = 0; i < s->n; i++) {
-            if (s->full[i] || !slot_accepts(s, i, now)) continue;
+            if (s->full[i] || !slot_accepts(s, i, t, now)) continue;
             if (best < 0 || better(s, i, best)) best = i;
         }
         if (best < 0) break;

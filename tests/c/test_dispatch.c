@@ -511,6 +511,74 @@ TEST(only_live_slots_get_tasks)
     }
 }
 
+/* Chunks of `items` items each, of job `job`, from..to. */
+static void push_chunks(fx *f, uint64_t job, uint32_t from, uint32_t to, uint32_t items)
+{
+    for (uint32_t k = from; k < to; k++) {
+        cp_task *t = task_new(job, k, 32, NULL);
+        t->items = items;
+        push(f, t);
+    }
+}
+
+#define DEEP 8192 /* dispatch.c's DEEP_CHUNK_ITEMS */
+
+TEST(a_worker_running_a_large_chunk_holds_the_jobs_next_one)
+{
+    /* Long tasks, one each; but a worker running a chunk of DEEP items or
+     * more may hold the same job's next one as well. */
+    fx f;
+    fx_open(&f, 2, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    push_chunks(&f, 1, 0, 6, DEEP);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_EQ(f.s.ws[0].n, 2);
+    CHECK_EQ(f.s.ws[1].n, 2);
+    CHECK_PENDING(&f, "1.4 1.5"); /* not a third */
+    fx_close(&f);
+
+    /* Not another job's chunk behind it. */
+    fx_open(&f, 2, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    push_chunks(&f, 1, 0, 2, DEEP);
+    push_chunks(&f, 2, 0, 2, DEEP);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_EQ(f.s.ws[0].n, 1);
+    CHECK_EQ(f.s.ws[1].n, 1);
+    CHECK_PENDING(&f, "2.0 2.1");
+    fx_close(&f);
+
+    /* Smaller chunks, or an apply: one each, as before. */
+    fx_open(&f, 2, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    push_chunks(&f, 1, 0, 4, DEEP - 1);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_EQ(f.s.ws[0].n + f.s.ws[1].n, 2);
+    fx_close(&f);
+    fx_open(&f, 1, 4096, 0);
+    push_range(&f, 1, 0, 3, 32, NULL); /* items 0: applies */
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_EQ(f.s.ws[0].n, 1);
+    fx_close(&f);
+
+    /* The chunk held behind a running one goes to a worker that frees up
+     * (the queue empty), once it has waited STEAL_AFTER_NS. */
+    fx_open(&f, 2, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    set_state(&f, 1, CP_S_FREE);
+    push_chunks(&f, 1, 0, 2, DEEP);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0 1.1");
+    CHECK_TAKE(&f, 0, 1, "1.0");
+    set_state(&f, 1, CP_S_READY);
+    age(&f, 0, 1000 * MS);
+    CHECK_EQ(cp_sched_dispatch(&f.s), 0);
+    CHECK_FLIGHT(&f, 0, "1.0");
+    CHECK_FLIGHT(&f, 1, "1.1");
+    CHECK_EQ(f.s.steals, 1);
+    fx_close(&f);
+}
+
 TEST(one_in_flight_until_tasks_prove_short)
 {
     fx f;
