@@ -30,8 +30,9 @@
  * into objects (~20 ns an item), that a worker done with its own chunk
  * meanwhile would idle until the collector came round to refill it: 125,000
  * tiny items, ~2.5 ms.  So a worker running one may hold the job's next
- * chunk too.  That chunk waits behind a busy worker only while no other is
- * free: then it is taken back (STEAL_AFTER_NS). */
+ * chunk too (hold_next).  The held chunk can wait behind a chunk that turns
+ * out long: once that one has run twice the usual time, it is taken back
+ * (unhold) for the next worker free. */
 #define DEEP_CHUNK_ITEMS 8192
 /* A task left waiting in a worker's ring this long while another worker is
  * free is taken back and given to the free one (work stealing): it waits
@@ -303,6 +304,19 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head, const cp_tkill 
 
 /* ---- dispatch ----------------------------------------------------------- */
 
+/* Whether slot i's worker, running one large chunk, may hold t, the same
+ * job's next large chunk: not when its tasks were stolen (it may be
+ * stopped), nor behind a chunk that has run twice the usual time. */
+static int hold_next(cp_sched *s, int i, const cp_task *t, int64_t now)
+{
+    const cp_wstate *w = &s->ws[i];
+    if (w->n != 1 || t == NULL || w->stalled || t->job != w->head->job ||
+        t->items < DEEP_CHUNK_ITEMS || w->head->items < DEEP_CHUNK_ITEMS)
+        return 0;
+    int64_t started = atomic_load(&s->ctl->slots[i].started_ns);
+    return started == 0 || s->task_ns < 0 || now - started < 2 * s->task_ns;
+}
+
 /* Whether slot i's worker may take task t (NULL: any task) now. */
 static int slot_accepts(cp_sched *s, int i, const cp_task *t, int64_t now)
 {
@@ -312,9 +326,7 @@ static int slot_accepts(cp_sched *s, int i, const cp_task *t, int64_t now)
     cp_wstate *w = &s->ws[i];
     if (s->maxtasks != 0 && w->sent >= s->maxtasks) return 0;
     if (w->n == 0) return 1;
-    if (w->n == 1 && t != NULL && w->head->items >= DEEP_CHUNK_ITEMS &&
-        t->items >= DEEP_CHUNK_ITEMS && t->job == w->head->job)
-        return 1;
+    if (hold_next(s, i, t, now)) return 1;
     if (s->task_ns < 0 || s->task_ns >= SHORT_TASK_NS || w->n >= DEPTH_SHORT) return 0;
     int64_t started = atomic_load(&sl->started_ns);
     return started == 0 || now - started < SHORT_TASK_NS;
@@ -377,15 +389,12 @@ static cp_task *oldest_untaken(cp_sched *s, int *from)
     return best;
 }
 
-/* Take back the task that has waited longest in a worker's ring, if it has
- * waited STEAL_AFTER_NS, and queue it first: 1 if one was taken back. */
-static int steal_one(cp_sched *s, int64_t now)
+/* Take task `best`, untaken, back from slot from's ring and queue it
+ * first: 1, or 0 if its worker took it meanwhile. */
+static int take_back(cp_sched *s, int from, cp_task *best)
 {
-    int from = -1;
-    cp_task *best = oldest_untaken(s, &from);
-    if (best == NULL || now - best->sent_ns < STEAL_AFTER_NS) return 0;
     if (!cp_claim(cp_ring_at(cp_task_ring(s->ctl, from), best->pos), CP_CLAIM_REVOKED))
-        return 1; /* its worker took it meanwhile: look again */
+        return 0;
     cp_wstate *w = &s->ws[from];
     cp_task **pp = &w->head, *prev = NULL;
     while (*pp != best) {
@@ -401,6 +410,33 @@ static int steal_one(cp_sched *s, int64_t now)
     push_front(s, best, best, 1);
     s->steals++;
     return 1;
+}
+
+/* Take back the task that has waited longest in a worker's ring, if it has
+ * waited STEAL_AFTER_NS, and queue it first: 1 if one was taken back (or
+ * its worker took it meanwhile: look again). */
+static int steal_one(cp_sched *s, int64_t now)
+{
+    int from = -1;
+    cp_task *best = oldest_untaken(s, &from);
+    if (best == NULL || now - best->sent_ns < STEAL_AFTER_NS) return 0;
+    (void)take_back(s, from, best);
+    return 1;
+}
+
+/* A large chunk held behind one that has now run twice the usual time
+ * (hold_next) is taken back and queued first, for the next worker free:
+ * it does not wait for that one to end while the others take the job's
+ * later chunks. */
+static void unhold(cp_sched *s, int64_t now)
+{
+    for (int i = 0; i < s->n && s->task_ns >= 0; i++) {
+        cp_wstate *w = &s->ws[i];
+        if (w->n != 2 || w->head->items < DEEP_CHUNK_ITEMS) continue;
+        int64_t started = atomic_load(&s->ctl->slots[i].started_ns);
+        if (started == 0 || now - started < 2 * s->task_ns) continue;
+        if (first_untaken(s, i) == w->tail) (void)take_back(s, i, w->tail);
+    }
 }
 
 int64_t cp_sched_wake_at(cp_sched *s)
@@ -571,6 +607,7 @@ static int dispatch_pending(cp_sched *s, int64_t now)
 int cp_sched_dispatch(cp_sched *s)
 {
     int64_t now = cp_now_ns();
+    unhold(s, now);
     int failed = dispatch_pending(s, now);
     /* Nobody waits behind a busy worker while another is free: a task left
      * in a ring goes to the free worker (at most one steal per worker). */

@@ -235,7 +235,7 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
                                encoded, progressive, &o);
         Py_DECREF(chunk);
         if (t == NULL) goto error;
-        t->items = (uint32_t)(hi - lo);
+        t->items = (uint32_t)(hi - lo < UINT32_MAX ? hi - lo : UINT32_MAX);
         if (tail) tail->next = t;
         else head = t;
         tail = t;

@@ -67,6 +67,35 @@ def test_work_submitted_behind_a_long_task_runs_while_it_runs(call):
     assert out.strip() == "ok"
 
 
+def test_a_large_chunk_held_behind_a_long_one_goes_to_another_worker():
+    """A worker running a large chunk may hold the job's next one (its
+    results take the parent a while); when the running chunk turns out
+    long, the held one is taken back and run by another worker, long before
+    the job's later chunks are all done."""
+    out = scenario("""
+    def first_holds(x):
+        return hold(flag) and 0 if x == 0 else x
+
+    if __name__ == "__main__":
+        flag = cpool.Value("i", 0)
+        n, size = 400_000, 10_000
+        with cpool.Pool(2) as p:
+            got, chunk2_at = [], None
+            for x in p.imap_unordered(first_holds, range(n), chunksize=size):
+                if chunk2_at is None and 2 * size <= x < 3 * size:
+                    chunk2_at = len(got)
+                got.append(x)
+                if len(got) == n - size:
+                    assert 0 not in got
+                    flag.value = 1
+            assert sorted(got) == list(range(n))
+            # chunks 1 and 3 on, one worker: chunk 2 before half of them
+            assert chunk2_at < n // 2, chunk2_at
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
 def test_a_task_waiting_for_what_the_program_does_after_a_map_does_not_deadlock():
     """The issue's deadlock: the long task waits for something the program
     does only after a short map has returned."""

@@ -561,6 +561,58 @@ TEST(a_worker_running_a_large_chunk_holds_the_jobs_next_one)
     CHECK_EQ(f.s.ws[0].n, 1);
     fx_close(&f);
 
+    /* Not behind a chunk that has run twice the usual time (dated ahead
+     * for the other case: a slow run cannot age it), nor on a worker whose
+     * tasks were stolen. */
+    fx_open(&f, 1, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    push_chunks(&f, 1, 0, 3, DEEP);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0 1.1");
+    CHECK_TAKE(&f, 0, 1, "1.0");
+    answer(&f, 0);
+    f.s.task_ns = 5 * MS;
+    _Atomic int64_t *started = &f.ctl->slots[0].started_ns;
+    atomic_store(started, cp_now_ns() - 11 * MS);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.1");
+    atomic_store(started, cp_now_ns() + 1000 * MS);
+    f.s.ws[0].stalled = 1;
+    f.s.ws[0].stall_end = UINT64_MAX;
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.1");
+    f.s.ws[0].stalled = 0;
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.1 1.2");
+    fx_close(&f);
+
+    /* Held behind a chunk that has since run twice the usual time: taken
+     * back, and the next worker to answer gets it before the job's later
+     * chunks. */
+    fx_open(&f, 2, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    push_chunks(&f, 1, 0, 5, DEEP);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0 1.2");
+    CHECK_FLIGHT(&f, 1, "1.1 1.3");
+    CHECK_TAKE(&f, 0, 1, "1.0");
+    CHECK_TAKE(&f, 1, 1, "1.1");
+    atomic_store(&f.ctl->slots[1].started_ns, cp_now_ns() + 1000 * MS);
+    atomic_store(&f.ctl->slots[0].started_ns, cp_now_ns() - 9 * MS);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0 1.2"); /* not yet twice */
+    atomic_store(&f.ctl->slots[0].started_ns, cp_now_ns() - 11 * MS);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0");
+    CHECK_PENDING(&f, "1.2 1.4");
+    CHECK_EQ(f.s.steals, 1);
+    CHECK_ANSWER(&f, 1, "1.1");
+    f.s.task_ns = 5 * MS;
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 1, "1.3 1.2");
+    CHECK_PENDING(&f, "1.4");
+    fx_close(&f);
+
     /* The chunk held behind a running one goes to a worker that frees up
      * (the queue empty), once it has waited STEAL_AFTER_NS. */
     fx_open(&f, 2, 4096, 0);
