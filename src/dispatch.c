@@ -304,14 +304,16 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head, const cp_tkill 
 
 /* ---- dispatch ----------------------------------------------------------- */
 
+static int is_stalled(cp_sched *s, int i);
+
 /* Whether slot i's worker, running one large chunk, may hold t, the same
  * job's next large chunk: not when its tasks were stolen (it may be
  * stopped), nor behind a chunk that has run twice the usual time. */
 static int hold_next(cp_sched *s, int i, const cp_task *t, int64_t now)
 {
     const cp_wstate *w = &s->ws[i];
-    if (w->n != 1 || t == NULL || w->stalled || t->job != w->head->job ||
-        t->items < DEEP_CHUNK_ITEMS || w->head->items < DEEP_CHUNK_ITEMS)
+    if (w->n != 1 || t == NULL || t->job != w->head->job || t->items < DEEP_CHUNK_ITEMS ||
+        w->head->items < DEEP_CHUNK_ITEMS || is_stalled(s, i))
         return 0;
     int64_t started = atomic_load(&s->ctl->slots[i].started_ns);
     return started == 0 || s->task_ns < 0 || now - started < 2 * s->task_ns;

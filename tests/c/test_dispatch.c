@@ -1539,6 +1539,18 @@ typedef struct {
 
 static uint32_t m_rand(model *m, uint32_t n) { return (uint32_t)(ct_rand(&m->rng) % n); }
 
+/* The most tasks slot i may hold (dispatch.c's rule): 4 while tasks are
+ * short, else 1, or 2 when the second is the next large chunk of the
+ * first's job (started_ns stays 0 in the model: never running long). */
+static int m_depth(const cp_sched *s, int i, const cp_task *first, const cp_task *second)
+{
+    if (s->task_ns >= 0 && s->task_ns < 1 * MS) return 4;
+    return first != NULL && second != NULL && !s->ws[i].stalled && first->items >= DEEP &&
+                   second->items >= DEEP && second->job == first->job
+               ? 2
+               : 1;
+}
+
 static cp_task *m_task(model *m, uint32_t id) { return m->t[id]; }
 
 static void m_new_job(model *m, int slot)
@@ -1570,6 +1582,7 @@ static void m_push(model *m)
         cp_task *t = m_rand(m, 5) == 0
                          ? seg_task_new(job, id, 300 + m_rand(m, 2000), m->blob[job])
                          : task_new(job, id, 16 + m_rand(m, 240), m->blob[job]);
+        if (m->blob[job] != NULL && job % 2 == 0) t->items = DEEP; /* large chunks */
         m->t[id] = t;
         m->job[id] = job;
         m->state[id] = M_PEND;
@@ -1685,7 +1698,7 @@ static void m_dispatch(model *m)
         if (m->nfl[i] > nfl0[i]) CHECK(put);
         /* Only to a live slot, within its depth and its maxtasks. */
         if (m->nfl[i] > nfl0[i]) {
-            int depth = s->task_ns >= 0 && s->task_ns < 1 * MS ? 4 : 1;
+            int depth = m_depth(s, i, s->ws[i].head, s->ws[i].head->next);
             CHECK(m_accepting(m->st[i]));
             CHECK(m->nfl[i] <= depth);
             CHECK(m->maxtasks == 0 || m->sent[i] <= m->maxtasks);
@@ -1714,8 +1727,8 @@ static void m_dispatch(model *m)
      * record it was asked to take (this task's or a taken one's; a ring
      * only fills during a dispatch). */
     if (left > 0) {
-        int depth = s->task_ns >= 0 && s->task_ns < 1 * MS ? 4 : 1;
         for (int i = 0; i < M_SLOTS; i++) {
+            int depth = m_depth(s, i, s->ws[i].head, m_task(m, m->pend[0]));
             if (!m_accepting(m->st[i]) || m->nfl[i] >= depth) continue;
             if (m->maxtasks && m->sent[i] >= m->maxtasks) continue;
             cp_ring *r = ring(f, i);
