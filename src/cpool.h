@@ -391,7 +391,9 @@ typedef struct {
     cp_recy res_recy[CP_RECY_RESULTS]; /* this worker's result segments */
     _Atomic int32_t loading_recy;      /* task recycler entry being loaded, or -1 */
     char pad[4];
-    _Atomic int64_t started_ns; /* when the worker took its current task; 0: none */
+    /* When the worker took its current task; 0: none; CP_STARTED_KILLED:
+     * limits.c is killing it for its memory. */
+    _Atomic int64_t started_ns;
     /* The parent's messages to this slot up to this tag were for a dead
      * worker: its successor drops them before it starts (a socket left
      * full of them would refuse every segment sent to the slot). */
@@ -421,6 +423,11 @@ typedef struct {
  * compare-and-swap from the deadline: the worker, ending that item, waits
  * for the kill instead of going on to the next). */
 #define CP_DEADLINE_KILLED (-1)
+/* started_ns once limits.c has decided to kill the worker for its memory
+ * (a compare-and-swap from the start of the task it measured: the worker,
+ * ending that task, posts its result and waits for the kill instead of
+ * taking the next, which the kill would blame). */
+#define CP_STARTED_KILLED (-1)
 
 #define CP_MAGIC 0x63706f6f6cu
 enum { CP_CMD_NONE = 0, CP_CMD_EXIT, CP_CMD_TERMINATE };
@@ -1029,6 +1036,8 @@ CP_HIDDEN int cp_spawn_add_functions(PyObject *module);
 /* worker.c: _stop_requested() and STOP_SIGNAL, for a worker's stop-signal
  * handler.  0, or -1 with the exception. */
 CP_HIDDEN int cp_worker_add_functions(PyObject *module);
+/* limits.c: _pause_memory_check(), for the tests. */
+CP_HIDDEN int cp_limits_add_functions(PyObject *module);
 
 /* floor.c: the benchmark's physical limits. */
 CP_HIDDEN int cp_floor_add_functions(PyObject *module);

@@ -14,7 +14,9 @@
  * before its next one.  During a task the parent looks at the busy workers
  * every LIMITS_POLL_NS and kills one whose resident memory passed twice the
  * cap, noting why; the task it held then fails with a WorkerLostError that
- * says so (death.c), or runs again (retries=).
+ * says so (death.c), or runs again (retries=).  The kill claims the task
+ * it measured first (started_ns, CP_STARTED_KILLED), so that it never
+ * fails the next one.
  *
  * Whoever sleeps for results (the collector thread, or a waiter holding the
  * token) looks, one at a time, and sleeps no longer than the next deadline.
@@ -26,8 +28,25 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <time.h>
 
 #define LIMITS_POLL_NS 100000000 /* 0.1 s */
+
+/* For the tests (_cpool._pause_memory_check): how long to wait after
+ * finding a worker past twice the cap [0], and after claiming it for the
+ * kill [1], so that the worker can end its task in either window; and how
+ * many such waits there were. */
+static _Atomic int64_t test_pause_ns[2];
+static _Atomic uint64_t test_pauses;
+
+static void test_pause(int k)
+{
+    int64_t ns = atomic_load(&test_pause_ns[k]);
+    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    if (ns <= 0) return;
+    atomic_fetch_add(&test_pauses, 1);
+    (void)nanosleep(&ts, NULL);
+}
 
 /* When slot i's timed item next needs a look (cp_now_ns time), or 0: no
  * timed item runs there. */
@@ -124,11 +143,19 @@ void cp_check_limits(CoreObject *c)
             atomic_load(&c->kills[i].pid) == pid)
             continue;
         if (timed) check_time(c, i, pid, now);
-        if (!mem || atomic_load(&s->started_ns) == 0 ||
-            atomic_load(&c->kills[i].pid) == pid)
-            continue;
+        if (!mem) continue;
+        int64_t started = atomic_load(&s->started_ns);
+        if (started <= 0 || atomic_load(&c->kills[i].pid) == pid) continue;
         int64_t rss = cp_proc_rss(pid);
         if (rss < 0 || (uint64_t)rss <= 2 * cap) continue;
+        test_pause(0);
+        /* Still the task it was running, taken for the kill in one step: a
+         * worker that ended it first goes on (the CAS fails; it looks at its
+         * own memory after each task); one that ends it now posts its
+         * result and waits for the kill, which then fails nothing. */
+        if (!atomic_compare_exchange_strong(&s->started_ns, &started, CP_STARTED_KILLED))
+            continue;
+        test_pause(1);
         CP_DEBUG("slot %d: worker %d has %lld bytes resident, over twice the cap: killed",
                  i, (int)pid, (long long)rss);
         kill_noted(c, i, pid, &(struct cp_kill){.why = CP_KILL_MEMORY, .rss = rss});
@@ -164,4 +191,27 @@ PyObject *cp_kill_words(CoreObject *c, const struct cp_kill *k)
                  (double)k->tk.item.elapsed_ns / 1e9, (double)k->timeout_ns / 1e9);
     else return Py_NewRef(Py_None);
     return PyUnicode_FromString(why);
+}
+
+static PyObject *pause_memory_check(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    double secs[2];
+    if (!PyArg_ParseTuple(args, "dd", &secs[0], &secs[1])) return NULL;
+    for (int k = 0; k < 2; k++)
+        atomic_store(&test_pause_ns[k], secs[k] > 0 ? (int64_t)(secs[k] * 1e9) : 0);
+    return PyLong_FromUnsignedLongLong(atomic_exchange(&test_pauses, 0));
+}
+
+int cp_limits_add_functions(PyObject *m)
+{
+    static PyMethodDef fns[] = {
+        {"_pause_memory_check", pause_memory_check, METH_VARARGS,
+         PyDoc_STR("_pause_memory_check($module, found, claimed, /)\n--\n\n"
+                   "Seconds the parent waits after finding a worker past twice its\n"
+                   "memory cap, and after claiming it for the kill (for the tests: the\n"
+                   "worker may end its task in either window); how many times it waited\n"
+                   "since the last call.")},
+        {NULL, NULL, 0, NULL},
+    };
+    return PyModule_AddFunctions(m, fns);
 }

@@ -605,6 +605,8 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
         }
         atomic_store(&w.slot->current_job, 0);
         int64_t started = atomic_exchange(&w.slot->started_ns, 0);
+        if (started == CP_STARTED_KILLED) /* limits.c's kill is on its way */
+            for (;;) pause();
         atomic_fetch_add(&w.slot->busy_ns, (uint64_t)(cp_now_ns() - started));
         atomic_fetch_add(&w.slot->tasks_done, 1);
         if (cfg->maxtasks && ++done >= cfg->maxtasks) break;

@@ -50,10 +50,10 @@ def fresh_rss(method):
 # scenarios run in fresh interpreters, whose workers start small whatever
 # the size of the test process.  BASE: a fresh worker's; CAP: 100 MiB more.
 SCENARIO_HEAD = """
-import os, sys
+import os, sys, time
 sys.path.insert(0, %r)
 import cpool
-from test_memory_cap import MiB, balloon, fresh_rss, keep
+from test_memory_cap import MiB, balloon, fresh_rss, grow_and_drop, keep
 if __name__ == "__main__":
     BASE = fresh_rss({method})
     CAP = BASE + 100 * MiB
@@ -121,3 +121,40 @@ def test_bad_caps_are_clear_errors(bad, error):
         cpool.Pool(1, max_memory_per_child=bad)
     with cpool.Pool(1, max_memory_per_child=None) as pool:
         assert pool.apply(abs, (-2,)) == 2
+
+
+def grow_and_drop(mib):
+    """Pass `mib` MiB, stay there 0.3 s (the parent looks every 0.1 s), and
+    give it all back before returning; the pid."""
+    balloon(mib, hold=0.3)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("window", ["found", "claimed"])
+def test_a_kill_for_memory_never_hits_the_next_task(window, tmp_path):
+    """The parent reads a worker's memory while one task runs and kills it
+    a moment later: a worker that ended that task and took the next one in
+    that moment must not lose the next one for its predecessor's memory.
+    The parent is held 1 s in each window (after reading the memory, after
+    claiming the worker for the kill) while the task ends and the worker,
+    back under the cap, takes the next ones, already in its ring.  Before
+    the compare-and-swap, the third task failed with "killed by cpool"."""
+    scenario("""
+        found, claimed = WINDOW == "found", WINDOW == "claimed"
+        cpool._cpool._pause_memory_check(1.0 * found, 1.0 * claimed)
+        with cpool.Pool(1, max_memory_per_child=CAP) as pool:
+            for i in range(50):     # short tasks: the next ones are sent at once,
+                pool.apply(abs, (i,))   # to wait in the worker's ring
+            first = pool.apply_async(grow_and_drop, (PAST_TWICE,))
+            second = pool.apply_async(os.getpid)
+            third = pool.apply_async(time.sleep, (1.5,))
+            pid = first.get(timeout=20)
+            # Found: the worker went on, and is left alone; claimed: it
+            # waited for its kill, and the next tasks went to its successor.
+            assert (second.get(timeout=20) == pid) == found
+            assert third.get(timeout=20) is None      # not "killed by cpool"
+            s = pool.stats()
+            assert s.lost == 0 and s.failed == 0, s
+            assert s.workers[0].respawns == claimed, s
+        assert cpool._cpool._pause_memory_check(0, 0) >= 1   # the window was held
+    """.replace("WINDOW", repr(window)), "fork", tmp_path)
