@@ -531,6 +531,7 @@ typedef struct {
     } *funcs;
     int nfuncs, capfuncs;
     uint64_t sent;        /* tasks sent to the current incarnation */
+    int64_t answered_ns;  /* when its last answer was taken (cp_sched_answered) */
     /* A task was stolen from it, and it has neither answered one nor
      * consumed the revoked record (ring position stall_end) since: it may
      * be stopped or slow to start. */

@@ -151,7 +151,12 @@ cp_task *cp_sched_answered(cp_sched *s, int i)
     w->stalled = 0;
     t->next = NULL;
     cp_forget_funcs(w, t->end_pos); /* the worker has loaded them */
-    int64_t took = cp_now_ns() - t->sent_ns;
+    /* A task sent while another ran there (a short one four deep, a held
+     * chunk) started when that one ended, not when it was sent: counted
+     * from its sending, the wait would read as its own time. */
+    int64_t now = cp_now_ns();
+    int64_t took = now - (t->sent_ns > w->answered_ns ? t->sent_ns : w->answered_ns);
+    w->answered_ns = now;
     s->task_ns = s->task_ns < 0 ? took : (7 * s->task_ns + took) / 8;
     return t;
 }

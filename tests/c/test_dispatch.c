@@ -679,6 +679,25 @@ TEST(one_in_flight_until_tasks_prove_short)
     CHECK(quick >= 5); /* 3 ms * (7/8)^k < 1 ms: k >= 9; an average, not the last */
     fx_close(&f);
 
+    /* A task that waited in the ring behind another counts from that one's
+     * answer, not from its sending: four sent together 8 ms ago and
+     * answered one after the other are 8 ms of work, not 32. */
+    fx_open(&f, 1, 4096, 0);
+    push_range(&f, 1, 0, 8, 32, NULL);
+    f.s.task_ns = 1000;
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_TAKE(&f, 0, -1, "1.0 1.1 1.2 1.3");
+    age(&f, 0, 8 * MS);
+    f.s.task_ns = -1;
+    CHECK_ANSWER(&f, 0, "1.0");
+    int64_t first = f.s.task_ns;
+    CHECK(first >= 8 * MS);
+    CHECK_ANSWER(&f, 0, "1.1");
+    CHECK_ANSWER(&f, 0, "1.2");
+    CHECK_ANSWER(&f, 0, "1.3");
+    CHECK(f.s.task_ns < first * 3 / 4); /* (7/8)^3 of it, and the answers' moments */
+    fx_close(&f);
+
     /* Short tasks, but the worker's current one has run past 1 ms: it is
      * given no more than the one it runs. */
     fx_open(&f, 1, 4096, 0);
