@@ -124,9 +124,20 @@ def test_bad_caps_are_clear_errors(bad, error):
 
 
 def grow_and_drop(mib):
-    """Pass `mib` MiB, stay there 0.3 s (the parent looks every 0.1 s), and
-    give it all back before returning; the pid."""
-    balloon(mib, hold=0.3)
+    """Grow by `mib` MiB at once, stay there 0.3 s (the parent looks every
+    0.1 s), and give it all back before returning; the pid.  The memory is
+    an anonymous mapping, not malloc's: unmapped, it leaves the resident set
+    at once under any allocator (ASan's keeps freed blocks in quarantine,
+    and its realloc copies, which made balloon()'s growth take seconds)."""
+    import mmap
+    m = mmap.mmap(-1, mib * MiB)
+    try:
+        page = bytes(MiB)
+        for _ in range(mib):
+            m.write(page)               # touched: resident
+        time.sleep(0.3)
+    finally:
+        m.close()
     return os.getpid()
 
 
@@ -135,19 +146,21 @@ def test_a_kill_for_memory_never_hits_the_next_task(window, tmp_path):
     """The parent reads a worker's memory while one task runs and kills it
     a moment later: a worker that ended that task and took the next one in
     that moment must not lose the next one for its predecessor's memory.
-    The parent is held 1 s in each window (after reading the memory, after
+    The parent is held 2 s in each window (after reading the memory, after
     claiming the worker for the kill) while the task ends and the worker,
-    back under the cap, takes the next ones, already in its ring.  Before
-    the compare-and-swap, the third task failed with "killed by cpool"."""
+    back under the cap, takes the next ones, already in its ring (the
+    first task ends within 0.5 s of passing twice the cap, the third runs
+    past the window).  Before the compare-and-swap, the third task failed
+    with "killed by cpool"."""
     scenario("""
         found, claimed = WINDOW == "found", WINDOW == "claimed"
-        cpool._cpool._pause_memory_check(1.0 * found, 1.0 * claimed)
+        cpool._cpool._pause_memory_check(2.0 * found, 2.0 * claimed)
         with cpool.Pool(1, max_memory_per_child=CAP) as pool:
             for i in range(50):     # short tasks: the next ones are sent at once,
                 pool.apply(abs, (i,))   # to wait in the worker's ring
             first = pool.apply_async(grow_and_drop, (PAST_TWICE,))
             second = pool.apply_async(os.getpid)
-            third = pool.apply_async(time.sleep, (1.5,))
+            third = pool.apply_async(time.sleep, (3.0,))
             pid = first.get(timeout=20)
             # Found: the worker went on, and is left alone; claimed: it
             # waited for its kill, and the next tasks went to its successor.
