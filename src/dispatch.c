@@ -26,13 +26,21 @@
  * SHORT_TASK_NS (it is not short, whatever the average says). */
 #define DEPTH_SHORT 4
 #define SHORT_TASK_NS 1000000 /* 1 ms */
-/* A chunk this large keeps the collector long enough, turning its results
- * into objects (~20 ns an item), that a worker done with its own chunk
- * meanwhile would idle until the collector came round to refill it: 125,000
- * tiny items, ~2.5 ms.  So a worker running one may hold the job's next
- * chunk too (hold_next).  The held chunk can wait behind a chunk that turns
- * out long: once that one has run twice the usual time, it is taken back
- * (unhold) for the next worker free. */
+/* A worker running a chunk may hold its job's next chunk too (hold_next),
+ * so that it does not idle between them for the collector's round trip:
+ * - a chunk this large keeps the collector long enough, turning its results
+ *   into objects (~20 ns an item), that a worker done with its own chunk
+ *   meanwhile would idle until the collector came round to refill it:
+ *   125,000 tiny items, ~2.5 ms;
+ * - chunks of 1 ms or more (one in flight) wait for the round trip between
+ *   them, a wake-up of the token holder and one of the worker: 0.1-0.5 ms
+ *   each on a VM whose two CPUs the workers keep busy (a CPU-bound map's
+ *   workers were busy 84-89% of its time; held, 93-97%).  Held only while
+ *   the job has more chunks queued than there are workers, so a worker
+ *   that comes free finds one queued, not held by another.
+ * The held chunk can wait behind a chunk that turns out long: once that one
+ * has run twice the usual time, it is taken back (unhold) for the next
+ * worker free. */
 #define DEEP_CHUNK_ITEMS 8192
 /* A task left waiting in a worker's ring this long while another worker is
  * free is taken back and given to the free one (work stealing): it waits
@@ -311,15 +319,23 @@ cp_task *cp_sched_worker_lost(cp_sched *s, int i, uint64_t head, const cp_tkill 
 
 static int is_stalled(cp_sched *s, int i);
 
-/* Whether slot i's worker, running one large chunk, may hold t, the same
- * job's next large chunk: not when its tasks were stolen (it may be
- * stopped), nor behind a chunk that has run twice the usual time. */
+/* Whether the chunk a worker runs, head, may have t held behind it: both
+ * large, or chunks measured long (one in flight) with more of them queued
+ * than there are workers (t, the first queued, counts). */
+static int holds(const cp_sched *s, const cp_task *head, const cp_task *t)
+{
+    if (t->job != head->job || head->items == 0) return 0;
+    if (t->items >= DEEP_CHUNK_ITEMS && head->items >= DEEP_CHUNK_ITEMS) return 1;
+    return s->task_ns >= SHORT_TASK_NS && s->npend > (size_t)s->n;
+}
+
+/* Whether slot i's worker, running one chunk, may hold t, the same job's
+ * next chunk (holds): not when its tasks were stolen (it may be stopped),
+ * nor behind a chunk that has run twice the usual time. */
 static int hold_next(cp_sched *s, int i, const cp_task *t, int64_t now)
 {
     const cp_wstate *w = &s->ws[i];
-    if (w->n != 1 || t == NULL || t->job != w->head->job || t->items < DEEP_CHUNK_ITEMS ||
-        w->head->items < DEEP_CHUNK_ITEMS || is_stalled(s, i))
-        return 0;
+    if (w->n != 1 || t == NULL || !holds(s, w->head, t) || is_stalled(s, i)) return 0;
     int64_t started = atomic_load(&s->ctl->slots[i].started_ns);
     return started == 0 || s->task_ns < 0 || now - started < 2 * s->task_ns;
 }
@@ -439,7 +455,9 @@ static void unhold(cp_sched *s, int64_t now)
 {
     for (int i = 0; i < s->n && s->task_ns >= 0; i++) {
         cp_wstate *w = &s->ws[i];
-        if (w->n != 2 || w->head->items < DEEP_CHUNK_ITEMS) continue;
+        if (w->n != 2 || w->head->items == 0 ||
+            (w->head->items < DEEP_CHUNK_ITEMS && s->task_ns < SHORT_TASK_NS))
+            continue;
         int64_t started = atomic_load(&s->ctl->slots[i].started_ns);
         if (started == 0 || now - started < 2 * s->task_ns) continue;
         if (first_untaken(s, i) == w->tail) (void)take_back(s, i, w->tail);

@@ -548,7 +548,8 @@ TEST(a_worker_running_a_large_chunk_holds_the_jobs_next_one)
     CHECK_PENDING(&f, "2.0 2.1");
     fx_close(&f);
 
-    /* Smaller chunks, or an apply: one each, as before. */
+    /* Smaller chunks, with no more queued than workers once each has one
+     * (long_chunks_hold_...), or an apply: one each. */
     fx_open(&f, 2, 4096, 0);
     f.s.task_ns = 5 * MS;
     push_chunks(&f, 1, 0, 4, DEEP - 1);
@@ -628,6 +629,79 @@ TEST(a_worker_running_a_large_chunk_holds_the_jobs_next_one)
     CHECK_FLIGHT(&f, 0, "1.0");
     CHECK_FLIGHT(&f, 1, "1.1");
     CHECK_EQ(f.s.steals, 1);
+    fx_close(&f);
+}
+
+TEST(long_chunks_hold_the_next_while_the_queue_has_one_for_every_worker)
+{
+    /* Chunks measured long (one in flight each): a worker running one holds
+     * the job's next as well, so it does not wait between them for the
+     * collector's round trip, while more are queued than there are workers
+     * (the held one counted); the last ones go one at a time, to whoever
+     * comes free. */
+    fx f;
+    fx_open(&f, 2, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    push_chunks(&f, 1, 0, 8, 100);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0 1.2");
+    CHECK_FLIGHT(&f, 1, "1.1 1.3");
+    CHECK_PENDING(&f, "1.4 1.5 1.6 1.7");
+    CHECK_TAKE(&f, 0, 1, "1.0");
+    CHECK_ANSWER(&f, 0, "1.0");
+    f.s.task_ns = 5 * MS;
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.2 1.4");
+    CHECK_TAKE(&f, 1, 1, "1.1");
+    CHECK_ANSWER(&f, 1, "1.1");
+    f.s.task_ns = 5 * MS;
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 1, "1.3 1.5");
+    CHECK_PENDING(&f, "1.6 1.7"); /* no more than the workers: */
+    CHECK_TAKE(&f, 0, 1, "1.2");
+    CHECK_ANSWER(&f, 0, "1.2");
+    f.s.task_ns = 5 * MS;
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.4"); /* one at a time */
+    CHECK_PENDING(&f, "1.6 1.7");
+    fx_close(&f);
+
+    /* Not while tasks are unmeasured, nor another job's chunk, nor an
+     * apply behind an apply. */
+    fx_open(&f, 2, 4096, 0);
+    push_chunks(&f, 1, 0, 8, 100);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_EQ(f.s.ws[0].n + f.s.ws[1].n, 2);
+    fx_close(&f);
+    fx_open(&f, 1, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    push_chunks(&f, 1, 0, 1, 100);
+    push_chunks(&f, 2, 0, 4, 100);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0");
+    fx_close(&f);
+    fx_open(&f, 1, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    push_range(&f, 1, 0, 4, 32, NULL); /* items 0: applies */
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_EQ(f.s.ws[0].n, 1);
+    fx_close(&f);
+
+    /* Held behind a chunk that has since run twice the usual time: taken
+     * back and queued first. */
+    fx_open(&f, 1, 4096, 0);
+    f.s.task_ns = 5 * MS;
+    push_chunks(&f, 1, 0, 4, 100);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0 1.1");
+    CHECK_TAKE(&f, 0, 1, "1.0");
+    atomic_store(&f.ctl->slots[0].started_ns, cp_now_ns() - 9 * MS);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0 1.1"); /* not yet twice */
+    atomic_store(&f.ctl->slots[0].started_ns, cp_now_ns() - 11 * MS);
+    CHECK_EQ(dispatch_now(&f), 0);
+    CHECK_FLIGHT(&f, 0, "1.0");
+    CHECK_PENDING(&f, "1.1 1.2 1.3");
     fx_close(&f);
 }
 
@@ -1559,15 +1633,19 @@ typedef struct {
 static uint32_t m_rand(model *m, uint32_t n) { return (uint32_t)(ct_rand(&m->rng) % n); }
 
 /* The most tasks slot i may hold (dispatch.c's rule): 4 while tasks are
- * short, else 1, or 2 when the second is the next large chunk of the
- * first's job (started_ns stays 0 in the model: never running long). */
-static int m_depth(const cp_sched *s, int i, const cp_task *first, const cp_task *second)
+ * short, else 1, or 2 when the second is the next chunk of the first's job,
+ * both large, or tasks measured long and npend queued (the second among
+ * them) more than the workers (started_ns stays 0 in the model: never
+ * running long). */
+static int m_depth(const cp_sched *s, int i, const cp_task *first, const cp_task *second,
+                   int npend)
 {
     if (s->task_ns >= 0 && s->task_ns < 1 * MS) return 4;
-    return first != NULL && second != NULL && !s->ws[i].stalled && first->items >= DEEP &&
-                   second->items >= DEEP && second->job == first->job
-               ? 2
-               : 1;
+    if (first == NULL || second == NULL || s->ws[i].stalled ||
+        second->job != first->job || first->items == 0)
+        return 1;
+    if (first->items >= DEEP && second->items >= DEEP) return 2;
+    return s->task_ns >= 1 * MS && npend > M_SLOTS ? 2 : 1;
 }
 
 static cp_task *m_task(model *m, uint32_t id) { return m->t[id]; }
@@ -1717,7 +1795,13 @@ static void m_dispatch(model *m)
         if (m->nfl[i] > nfl0[i]) CHECK(put);
         /* Only to a live slot, within its depth and its maxtasks. */
         if (m->nfl[i] > nfl0[i]) {
-            int depth = m_depth(s, i, s->ws[i].head, s->ws[i].head->next);
+            /* The queue when the second was its head (taken now, or before
+             * this dispatch: then the whole queue is an upper bound). */
+            const cp_task *second = s->ws[i].head->next;
+            int p2 = 0;
+            while (second != NULL && p2 < ntaken && prefix[p2] != second->idx) p2++;
+            if (p2 == ntaken) p2 = 0;
+            int depth = m_depth(s, i, s->ws[i].head, second, ntaken + left - p2);
             CHECK(m_accepting(m->st[i]));
             CHECK(m->nfl[i] <= depth);
             CHECK(m->maxtasks == 0 || m->sent[i] <= m->maxtasks);
@@ -1747,7 +1831,7 @@ static void m_dispatch(model *m)
      * only fills during a dispatch). */
     if (left > 0) {
         for (int i = 0; i < M_SLOTS; i++) {
-            int depth = m_depth(s, i, s->ws[i].head, m_task(m, m->pend[0]));
+            int depth = m_depth(s, i, s->ws[i].head, m_task(m, m->pend[0]), left);
             if (!m_accepting(m->st[i]) || m->nfl[i] >= depth) continue;
             if (m->maxtasks && m->sent[i] >= m->maxtasks) continue;
             cp_ring *r = ring(f, i);
