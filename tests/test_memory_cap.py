@@ -2,6 +2,7 @@
 normally and is replaced before its next one; one that grows past twice the
 cap during a task is killed, and that task fails with a WorkerLostError that
 names the cap (or runs again, with retries=)."""
+import mmap
 import os
 import time
 
@@ -129,7 +130,6 @@ def grow_and_drop(mib):
     an anonymous mapping, not malloc's: unmapped, it leaves the resident set
     at once under any allocator (ASan's keeps freed blocks in quarantine,
     and its realloc copies, which made balloon()'s growth take seconds)."""
-    import mmap
     m = mmap.mmap(-1, mib * MiB)
     try:
         page = bytes(MiB)
