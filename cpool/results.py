@@ -18,6 +18,7 @@ from time import monotonic as _monotonic
 import multiprocessing.pool as _mp_pool
 
 from . import _aio
+from ._cpool import _place
 from .errors import ST_ERR, ST_MIXED, ST_OK, ST_TERMINATED, TimeoutError, _outcome
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult"]
@@ -182,9 +183,8 @@ class MapResult(ApplyResult, _mp_pool.MapResult):
         if idx != self._last:
             if status == ST_MIXED:  # items that ran out of time: the first fails it
                 status, value = ST_ERR, value[1][min(value[1])]
-            if status == ST_OK:
-                lo = idx * self._chunksize
-                self._value[lo:lo + self._chunksize] = value
+            if status == ST_OK:  # moved in: a repeat changes nothing
+                _place(self._value, idx * self._chunksize, value)
             else:
                 ok, err = _outcome(self._job, idx, status, value)
                 self._success, self._value = ok, err

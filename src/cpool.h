@@ -876,6 +876,8 @@ CP_HIDDEN void cp_deliver(CoreObject *c, uint64_t job, uint32_t idx, int status,
                           PyObject *value, size_t nbytes);
 /* The collector thread: deliver what waiters left for it. */
 CP_HIDDEN void cp_deliver_deferred(CoreObject *c);
+/* _place(dst, lo, src): a chunk's results moved into a map's list. */
+CP_HIDDEN int cp_deliver_add_functions(PyObject *module);
 /* Take and fail the pending queue (and, if `inflight`, everything sent). */
 CP_HIDDEN void cp_fail_all(CoreObject *c, int status, PyObject *value, int inflight);
 /* Deliver `status` to every task of the list and free them. */

@@ -137,6 +137,56 @@ void cp_deliver_deferred(CoreObject *c)
     }
 }
 
+/* A chunk's results into a map's list.  The chunk's list is the collector's
+ * own (nothing else holds it), so its items move instead of being copied:
+ * the slice assignment's reference counting and the chunk list's freeing
+ * cost about a tenth of the parent's time on a map of tiny items. */
+PyDoc_STRVAR(place_doc,
+             "_place($module, dst, lo, src, /)\n--\n\n"
+             "dst[lo:lo + len(src)] = src.  When dst and src are lists, the slots\n"
+             "fit and hold None, src's items move and src is left empty (a second\n"
+             "call with it changes nothing); else a plain slice assignment.");
+
+static PyObject *place(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_place takes 3 arguments");
+        return NULL;
+    }
+    PyObject *dst = args[0], *src = args[2];
+    Py_ssize_t lo = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (lo == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n = PyObject_Length(src);
+    if (n < 0) return NULL;
+    if (PyList_CheckExact(dst) && PyList_CheckExact(src) && lo >= 0 &&
+        n <= PyList_GET_SIZE(dst) - lo) {
+        PyObject **d = ((PyListObject *)dst)->ob_item + lo;
+        Py_ssize_t i = 0;
+        while (i < n && d[i] == Py_None) i++;
+        if (i == n) { /* None is never freed: no code runs while this moves */
+            PyObject **s = ((PyListObject *)src)->ob_item;
+            for (i = 0; i < n; i++) {
+                d[i] = s[i];
+                s[i] = NULL;
+                Py_DECREF(Py_None);
+            }
+            Py_SET_SIZE(src, 0);
+            Py_RETURN_NONE;
+        }
+    }
+    if (PySequence_SetSlice(dst, lo, lo + n, src) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+int cp_deliver_add_functions(PyObject *module)
+{
+    static PyMethodDef fns[] = {
+        {"_place", (PyCFunction)(void (*)(void))place, METH_FASTCALL, place_doc},
+        {NULL, NULL, 0, NULL},
+    };
+    return PyModule_AddFunctions(module, fns);
+}
+
 /* Deliver `status` to every task of the list and free them. */
 void cp_fail_list(CoreObject *c, cp_task *t, int status, PyObject *value)
 {

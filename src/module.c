@@ -115,7 +115,8 @@ static int module_exec(PyObject *m)
     if (cp_core_add_type(m, st) < 0 || cp_arena_add_type(m, st) < 0 ||
         cp_lock_add_type(m, st) < 0 || cp_floor_add_functions(m) < 0 ||
         cp_pack_add_types(m, st) < 0 || cp_spawn_add_functions(m) < 0 ||
-        cp_worker_add_functions(m) < 0 || cp_limits_add_functions(m) < 0)
+        cp_worker_add_functions(m) < 0 || cp_limits_add_functions(m) < 0 ||
+        cp_deliver_add_functions(m) < 0)
         return -1;
     return cp_value_add_type(m, st);
 }

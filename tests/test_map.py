@@ -115,3 +115,25 @@ def test_the_chunks_a_map_runs_in():
             before = pool.stats().done
             assert pool.map(square, range(100_000)) == [x * x for x in range(100_000)]
             assert pool.stats().done - before == chunks
+
+
+def test_a_chunk_moves_into_the_map_list_once():
+    """MapResult._set moves a chunk's items (_cpool._place): no copy, and a
+    repeated delivery (after a Ctrl-C in _set) changes nothing."""
+    from cpool._cpool import _place
+    items = [object(), object(), object()]
+    dst, src = [None] * 5, list(items)
+    _place(dst, 1, src)
+    assert src == [] and dst[1:4] == items and all(a is b for a, b in zip(dst[1:4], items))
+    assert dst[0] is None and dst[4] is None
+    _place(dst, 1, src)   # the repeat: an emptied chunk
+    assert dst[1:4] == items and len(dst) == 5
+    # A slot already filled, a tuple, a short last chunk: a slice assignment.
+    dst, src = [None, 0, None], [7, 8]
+    _place(dst, 1, src)
+    assert dst == [None, 7, 8] and src == [7, 8]
+    dst = [None] * 3
+    _place(dst, 1, (5, 6))
+    assert dst == [None, 5, 6]
+    with pytest.raises(TypeError):
+        _place(dst, 0, None)
