@@ -19,9 +19,6 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
 #define PREFAULT_MIN (1u << 20)
 #define SPLIT_MIN (2u << 20)
 #define PAGE ((uintptr_t)4096)

@@ -15,8 +15,15 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+
+/* Linux 5.14's; older kernels say EINVAL to it (every use is best effort). */
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#define MADV_POPULATE_WRITE 23
+#endif
 
 #define CP_HIDDEN __attribute__((visibility("hidden")))
 
@@ -219,7 +226,8 @@ typedef struct {
 typedef struct {
     uint64_t ino;
     size_t len;
-    char *addr; /* NULL: none */
+    size_t ready; /* written through: bytes from 0 allocated and faulted in */
+    char *addr;   /* NULL: none */
 } cp_segmap;
 
 /* Where a producer puts large records: one-shot segments, or the entries

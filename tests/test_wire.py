@@ -631,3 +631,28 @@ def test_records_past_16_mib_reuse_their_segments_and_give_them_back():
         assert p.map(identity, small, chunksize=1) == small
         assert sum(_segment_sizes(worker)) + sum(_segment_sizes("self")) < held
         assert p.apply(len, (items[0],)) == size   # and the pool goes on
+
+
+def test_a_grown_segment_holds_only_the_pages_records_used():
+    """A segment grown past 16 MiB gets an eighth more than its record, for
+    the next, larger ones; nobody faults that headroom in before a record
+    needs it (the reader's mapping used to populate the whole file: 8 MiB
+    more held, and zeroed, for a 64 MiB record).  Checked after the first
+    record (written with pwrite) and after later ones (through the writers'
+    kept mappings)."""
+    size = 64 << 20
+    item = bytes(range(256)) * (size // 256)
+    with cpool.Pool(1) as p:
+        [worker] = [w.pid for w in p._pool]
+        for _ in range(3):
+            assert p.map(identity, [item]) == [item]
+            held = {}
+            for pid in (worker, "self"):
+                for fd in segment_fds(pid):
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                    if st.st_size > size:
+                        held[st.st_ino] = (st.st_size, st.st_blocks * 512)
+            assert len(held) == 2, held    # the task segment and the result segment
+            for st_size, allocated in held.values():
+                assert st_size >= size + size // 8
+                assert allocated < size + (1 << 20), (st_size, allocated)
