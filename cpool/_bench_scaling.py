@@ -14,7 +14,9 @@ result checked against the in-process reference:
   (one item when the size is above it); map with its default chunksize.  To
   workers: the worker returns len(); from workers: the worker makes the bytes;
   echo: both.  The serial figure is one in-process copy, bytes(memoryview(b)),
-  of the same items.
+  of the same items, after an untimed one; a pool's, its third map of them
+  (a pool in use), and the table adds cpool's first (a fresh pool's, which
+  pays for the shared memory it touches first).
 - workers_cpu, workers_tiny: throughput as workers grow from 1 to the CPU
   count (powers of two, then the count itself) for the CPU-bound prime test
   (work in proportion to the workers, so every point lasts about as long) and
@@ -154,7 +156,11 @@ def _measure_items(name, subject, n, cfg, processes):
 
 
 def _measure_size(key, name, subject, payloads, processes):
-    """(seconds, bytes of payload) for one size point."""
+    """(seconds, bytes of payload, ok, first) for one size point.  A pool
+    runs the map three times: the third call is the figure (a pool in use:
+    by then both ends have mapped the segments they reuse; the serial copy
+    has its warm pass too), first the fresh pool's first call, which pays
+    for memory no one has touched yet (None for serial)."""
     from cpool import bench
     size, count = payloads.size, payloads.count
     if name == "serial":
@@ -167,19 +173,30 @@ def _measure_size(key, name, subject, payloads, processes):
         del warm
         dt, copies = _timed(lambda: [bytes(memoryview(b)) for b in items])
         ok = copies == items and all(c is not b for c, b in zip(copies, items))
-        return dt, size * count, ok
+        return dt, size * count, ok, None
     if key == "from_workers":
-        def body(pool):
-            return _timed(lambda: pool.map(bench.make_bytes, [size] * count))
-        dt, r = _with_pool(subject, processes, body)
+        fn, args = bench.make_bytes, [size] * count
         ref = b"\x5a" * size
-        ok = len(r) == count and all(x == ref for x in r)
-        return dt, size * count, ok
-    items = payloads.get()
-    fn = bench.nbytes if key == "to_workers" else bench.identity
-    dt, r = _with_pool(subject, processes, lambda pool: _timed(lambda: pool.map(fn, items)))
-    ok = r == ([size] * count if key == "to_workers" else items)
-    return dt, size * count, ok
+
+        def check(r):
+            return len(r) == count and all(x == ref for x in r)
+    else:
+        fn = bench.nbytes if key == "to_workers" else bench.identity
+        args = payloads.get()
+        want = [size] * count if key == "to_workers" else args
+
+        def check(r):
+            return r == want
+
+    def body(pool):
+        first, r = _timed(lambda: pool.map(fn, args))
+        ok = check(r)
+        del r
+        ok = check(pool.map(fn, args)) and ok
+        dt, r = _timed(lambda: pool.map(fn, args))
+        return dt, ok and check(r), first
+    dt, ok, first = _with_pool(subject, processes, body)
+    return dt, size * count, ok, first
 
 
 class _CpuRef:
@@ -241,6 +258,7 @@ def run(keys, mode, repeat, processes, subjects, progress):
         for x in plan.xs(key):
             payloads = _Payloads(x, cfg["total"]) if key in SIZE_KEYS else None
             runs = {name: [] for name in plan.names}
+            firsts = {name: [] for name in plan.names if name != "serial"}
             checked = {}
             amount = None
             for _ in range(repeat):
@@ -252,8 +270,10 @@ def run(keys, mode, repeat, processes, subjects, progress):
                     if key == "items":
                         dt, amount, ok = _measure_items(name, subject, x, cfg, processes)
                     elif key in SIZE_KEYS:
-                        dt, amount, ok = _measure_size(key, name, subject, payloads,
-                                                       processes)
+                        dt, amount, ok, first = _measure_size(key, name, subject,
+                                                              payloads, processes)
+                        if first is not None:
+                            firsts[name].append(amount / first / 1e6)
                     else:
                         dt, amount, ok = _measure_workers(key, name, subject, x, cfg,
                                                           cpu_ref)
@@ -267,6 +287,8 @@ def run(keys, mode, repeat, processes, subjects, progress):
             point = {"x": x, "n": amount if key not in SIZE_KEYS else payloads.count,
                      "by": {name: statistics.median(v) for name, v in runs.items()},
                      "checked": checked}
+            if key in SIZE_KEYS:
+                point["first"] = {name: statistics.median(v) for name, v in firsts.items()}
             if key.startswith("workers_"):
                 point["ideal"] = point["by"]["serial"] * x
             points.append(point)
@@ -282,8 +304,9 @@ def table(scaling, fmt):
     for c in scaling["curves"]:
         workers = c["key"].startswith("workers_")
         names = list(c["points"][0]["by"]) if c["points"] else []
+        sizes = c["key"] in SIZE_KEYS
         head = [c["x"]] + names + (["ideal", "cpool/ideal"] if workers else []) + \
-            ["cpool/mp", "cpool/serial"]
+            ["cpool/mp", "cpool/serial"] + (["cpool 1st call"] if sizes else [])
         rows = [head]
         for p in c["points"]:
             by = p["by"]
@@ -296,6 +319,8 @@ def table(scaling, fmt):
                 row += [fmt(p["ideal"]), f"{by['cpool'] / p['ideal']:.2f}x"]
             row += [f"{by['cpool'] / by['multiprocessing']:.2f}x",
                     f"{by['cpool'] / by['serial']:.2f}x"]
+            if sizes:
+                row.append(fmt(p["first"]["cpool"]))
             rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines += ["", f"{c['title']}: {c['unit']}"]

@@ -117,6 +117,12 @@ def test_scaling_json_has_every_curve_checked_and_positive(scaling_report):
                 assert pt["ideal"] == pt["by"]["serial"] * pt["x"]
             else:
                 assert "ideal" not in pt
+            # The size curves: each pool's first call on its fresh pool too.
+            if c["key"] in sc.SIZE_KEYS:
+                assert sorted(pt["first"]) == ["cpool", "multiprocessing"], pt
+                assert all(v > 0 for v in pt["first"].values()), pt
+            else:
+                assert "first" not in pt
     sizes = {c["key"]: c for c in scaling["curves"]}["echo"]["points"]
     assert [pt["n"] for pt in sizes] == [tiny["total"] // s for s in tiny["sizes"]]
     # The text table has them too (same run, without --json: the header
@@ -139,6 +145,7 @@ def test_scaling_text_table_and_curve_choice():
     assert "bytes echoed (to workers and back): MB/s" in p.stdout
     assert "prime test" not in p.stdout and "bytes to workers" not in p.stdout
     assert "1 KiB x2048" in p.stdout and "cpool/serial" in p.stdout
+    assert "cpool 1st call" in p.stdout
     bad = run_python(module="cpool.bench", args=["--scaling", "--only", "items,nope"],
                      timeout=60)
     assert bad.returncode != 0 and "unknown curve(s) nope" in bad.stderr
