@@ -307,9 +307,9 @@ void cp_drop_fds_upto(int sock, uint64_t upto)
  * new page that a write fills whole, where fallocate or a fault would; then
  * its size is sealed.  A recycled segment is written through the
  * producer's kept mapping (cp_segmap), its space allocated as records reach
- * it, and grows (never shrinks) as records need; the record that makes it or grows it
- * is written with pwrite, as a one-shot's.  The consumer maps the segment, or
- * reads it through its own kept mapping (pack.c). */
+ * it, and grows (never shrinks) as records need; the record that makes it
+ * or grows it is written with pwrite, as a one-shot's.  The consumer maps
+ * the segment, or reads it through its own kept mapping (pack.c). */
 
 /* How long a producer waits for a recycled segment to come back before it
  * makes a one-shot one: a fresh segment's pages cost the kernel more than
