@@ -158,7 +158,7 @@ static PyObject *place(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t
     if (lo == -1 && PyErr_Occurred()) return NULL;
     Py_ssize_t n = PyObject_Length(src);
     if (n < 0) return NULL;
-    if (PyList_CheckExact(dst) && PyList_CheckExact(src) && lo >= 0 &&
+    if (PyList_CheckExact(dst) && PyList_CheckExact(src) && dst != src && lo >= 0 &&
         n <= PyList_GET_SIZE(dst) - lo) {
         PyObject **d = ((PyListObject *)dst)->ob_item + lo;
         Py_ssize_t i = 0;

@@ -496,6 +496,7 @@ void cp_segmap_drop(cp_segmap *m)
 {
     if (m->addr != NULL) munmap(m->addr, m->len);
     m->addr = NULL;
+    m->ready = 0;
 }
 
 /* pwrite all of it: 0, or -1 with errno (ENOSPC when /dev/shm is full). */

@@ -137,3 +137,6 @@ def test_a_chunk_moves_into_the_map_list_once():
     assert dst == [None, 5, 6]
     with pytest.raises(TypeError):
         _place(dst, 0, None)
+    same = [None, None]   # a list into itself: what the slice assignment does
+    _place(same, 0, same)
+    assert same == [None, None]
