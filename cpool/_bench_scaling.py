@@ -176,25 +176,19 @@ def _measure_size(key, name, subject, payloads, processes):
         return dt, size * count, ok, None
     if key == "from_workers":
         fn, args = bench.make_bytes, [size] * count
-        ref = b"\x5a" * size
-
-        def check(r):
-            return len(r) == count and all(x == ref for x in r)
+        want = [b"\x5a" * size] * count
     else:
         fn = bench.nbytes if key == "to_workers" else bench.identity
         args = payloads.get()
         want = [size] * count if key == "to_workers" else args
 
-        def check(r):
-            return r == want
-
     def body(pool):
         first, r = _timed(lambda: pool.map(fn, args))
-        ok = check(r)
+        ok = r == want
         del r
-        ok = check(pool.map(fn, args)) and ok
+        ok = pool.map(fn, args) == want and ok
         dt, r = _timed(lambda: pool.map(fn, args))
-        return dt, ok and check(r), first
+        return dt, ok and r == want, first
     dt, ok, first = _with_pool(subject, processes, body)
     return dt, size * count, ok, first
 
