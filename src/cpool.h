@@ -153,7 +153,7 @@ typedef struct {
 } cp_skip;
 typedef struct {
     uint64_t timeout_ns;
-    uint32_t chunksize; /* the job's: a chunk's first item is idx * chunksize */
+    uint64_t first_item; /* the index of the chunk's first item in the input */
     uint32_t nskips;
     cp_skip skips[];
 } cp_timing;
@@ -852,11 +852,12 @@ CP_HIDDEN int cp_enqueue(CoreObject *c, cp_task *first, cp_task *last, size_t n)
 CP_HIDDEN void cp_seal(CoreObject *c, int gil);
 /* A call's options for its tasks: how often one may run again after its
  * worker died (retries=), how long one item may run (task_timeout=; 0:
- * no limit), and the call's chunk size (set by cp_submit_chunks). */
+ * no limit), and where a chunk's items start in the input (set for each
+ * chunk by cp_submit_chunks). */
 typedef struct {
     uint32_t retries;
-    uint32_t chunksize;
     uint64_t timeout_ns;
+    uint64_t first_item;
 } cp_taskopts;
 /* apply_async: pickle (func, args, kwds) as task 0 of `job` and queue it
  * with options o.  0, or -1 with the exception (a pickling error raises
@@ -865,13 +866,15 @@ CP_HIDDEN int cp_submit_call(CoreObject *c, uint64_t job, PyObject *func, PyObje
                              PyObject *kwds, const cp_taskopts *o);
 /* A map-like job's function, pickled once: a capsule for cp_submit_chunks. */
 CP_HIDDEN PyObject *cp_func_blob(CoreObject *c, PyObject *func);
-/* Cut the sequence `items` into chunks, pickle each, and queue them as
- * tasks first, first+1, ... of `job` (progressive: a batch at a time, as
- * they are packed; else all or nothing).  The number of chunks, or -1 with
- * the exception. */
+/* Cut the sequence `items` into chunks of chunksize items (or, nchunks > 0,
+ * into nchunks chunks whose sizes differ by one item at most), pickle each,
+ * and queue them as tasks first, first+1, ... of `job` (progressive: a
+ * batch at a time, as they are packed; else all or nothing).  The number
+ * of chunks, or -1 with the exception. */
 CP_HIDDEN Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob,
-                                      PyObject *items, Py_ssize_t chunksize, int star,
-                                      uint32_t first, int progressive, cp_taskopts o);
+                                      PyObject *items, Py_ssize_t chunksize,
+                                      Py_ssize_t nchunks, int star, uint32_t first,
+                                      int progressive, cp_taskopts o);
 
 /* deliver.c */
 /* Hand one outcome to the job's result object: job._set(idx, status, value,

@@ -344,8 +344,10 @@ static PyObject *Core_func_blob(CoreObject *c, PyObject *func)
 PyDoc_STRVAR(
     submit_chunks_doc,
     "submit_chunks($self, job, func_blob, items, chunksize, star, first_idx, "
-    "progressive, retries=0, timeout_ns=0)\n--\n\n"
-    "Cut the sequence `items` into chunks of `chunksize`, pickle each once, and\n"
+    "progressive, retries=0, timeout_ns=0, nchunks=0)\n--\n\n"
+    "Cut the sequence `items` into chunks of `chunksize` (nchunks > 0: into\n"
+    "nchunks chunks, the first len(items) % nchunks of them one item longer\n"
+    "than the others; first_idx 0), pickle each once, and\n"
     "queue them as tasks first_idx, first_idx+1, ... of `job` (each run again\n"
     "up to `retries` times if its worker dies, each item stopped past\n"
     "timeout_ns, 0: never).  A chunk that\n"
@@ -356,20 +358,20 @@ PyDoc_STRVAR(
 static PyObject *Core_submit_chunks(CoreObject *c, PyObject *args)
 {
     PyObject *jobo, *blob, *items;
-    Py_ssize_t chunksize;
+    Py_ssize_t chunksize, nchunks = 0;
     int star, progressive;
     unsigned int first;
     cp_taskopts o = {0};
     unsigned long long timeout = 0;
-    if (!PyArg_ParseTuple(args, "OOOnpIp|IK", &jobo, &blob, &items, &chunksize, &star,
-                          &first, &progressive, &o.retries, &timeout))
+    if (!PyArg_ParseTuple(args, "OOOnpIp|IKn", &jobo, &blob, &items, &chunksize, &star,
+                          &first, &progressive, &o.retries, &timeout, &nchunks))
         return NULL;
     o.timeout_ns = timeout;
     if (check_owner(c) < 0) return NULL;
     uint64_t job = job_arg(jobo);
     if (PyErr_Occurred()) return NULL;
-    Py_ssize_t n =
-        cp_submit_chunks(c, job, blob, items, chunksize, star, first, progressive, o);
+    Py_ssize_t n = cp_submit_chunks(c, job, blob, items, chunksize, nchunks, star, first,
+                                    progressive, o);
     return n < 0 ? NULL : PyLong_FromSsize_t(n);
 }
 

@@ -92,7 +92,8 @@ static cp_task *task_pack(CoreObject *c, uint64_t job, uint32_t idx, uint16_t ki
             cp_free_list(c->ctl, t);
             return (cp_task *)PyErr_NoMemory();
         }
-        *t->timing = (cp_timing){.timeout_ns = o->timeout_ns, .chunksize = o->chunksize};
+        *t->timing =
+            (cp_timing){.timeout_ns = o->timeout_ns, .first_item = o->first_item};
     }
     return t;
 }
@@ -182,13 +183,17 @@ PyObject *cp_func_blob(CoreObject *c, PyObject *func)
 }
 
 Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObject *items,
-                            Py_ssize_t chunksize, int star, uint32_t first,
-                            int progressive, cp_taskopts o)
+                            Py_ssize_t chunksize, Py_ssize_t nchunks, int star,
+                            uint32_t first, int progressive, cp_taskopts o)
 {
     cp_blob *func = PyCapsule_GetPointer(blob, "cpool.func");
     if (func == NULL) return -1;
     if (chunksize < 1) {
         PyErr_SetString(PyExc_ValueError, "chunksize must be at least 1");
+        return -1;
+    }
+    if (nchunks < 0 || (nchunks > 0 && first != 0)) {
+        PyErr_SetString(PyExc_ValueError, "nchunks cuts a whole map: first must be 0");
         return -1;
     }
     /* A range travels as range slices: a chunk pickles in a few bytes,
@@ -202,12 +207,20 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
         Py_DECREF(seq);
         return -1;
     }
-    o.chunksize = (uint32_t)(chunksize < UINT32_MAX ? chunksize : UINT32_MAX);
+    /* nchunks: that many chunks, the first n % nchunks of them one item
+     * longer than the rest (MapResult places them so); else chunksize
+     * items each, the last one shorter. */
+    Py_ssize_t size = chunksize, longer = 0;
+    if (nchunks > 0) {
+        size = n / nchunks;
+        longer = n % nchunks;
+    }
     cp_task *head = NULL, *tail = NULL;
     size_t count = 0, queued = 0, batch = 0;
     uint16_t kind = star ? CP_K_STARMAP : CP_K_MAP;
-    for (Py_ssize_t lo = 0; lo < n; lo += chunksize) {
-        Py_ssize_t hi = lo + chunksize < n ? lo + chunksize : n;
+    for (Py_ssize_t lo = 0, hi; lo < n; lo = hi) {
+        Py_ssize_t len = size + ((Py_ssize_t)count < longer);
+        hi = len < n - lo ? lo + len : n;
         /* Pickling the last chunk ran Python code, and writing it let
          * other threads run: the input list may have shrunk since. */
         if (!ranged && PySequence_Fast_GET_SIZE(seq) < hi) {
@@ -231,6 +244,7 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
                 PyList_SET_ITEM(chunk, k - lo,
                                 Py_NewRef(PySequence_Fast_GET_ITEM(seq, k)));
         if (chunk == NULL) goto error;
+        o.first_item = (uint64_t)first * (uint64_t)chunksize + (uint64_t)lo;
         cp_task *t = task_pack(c, job, first + (uint32_t)count, kind, func, chunk,
                                encoded, progressive, &o);
         Py_DECREF(chunk);

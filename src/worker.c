@@ -275,13 +275,12 @@ static int item_end(worker *w)
     return d != 0 && d == w->stopped;
 }
 
-/* The index in the whole input of item i of chunk idx, or None (an apply);
- * a new reference. */
-static PyObject *input_index(worker *w, uint32_t idx, uint32_t i)
+/* The index in the whole input of item i of the running chunk, or None (an
+ * apply); a new reference. */
+static PyObject *input_index(worker *w, uint32_t i)
 {
     if (i == UINT32_MAX) return Py_NewRef(Py_None);
-    return PyLong_FromUnsignedLongLong((unsigned long long)idx * w->timing->chunksize +
-                                       i);
+    return PyLong_FromUnsignedLongLong((unsigned long long)(w->timing->first_item + i));
 }
 
 /* _cpool._stop_requested(): called by the stop signal's Python handler in
@@ -296,10 +295,9 @@ static PyObject *stop_requested(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(args
     if (d == 0 || d == w->stopped || atomic_load(&w->slot->stop_for) != d) Py_RETURN_NONE;
     w->stopped = d;
     int64_t began = atomic_load(&w->slot->item_ns);
-    return Py_BuildValue(
-        "(iNdd)", (int)getpid(),
-        input_index(w, atomic_load(&w->slot->current_idx), atomic_load(&w->slot->item)),
-        (double)(cp_now_ns() - began) / 1e9, (double)(d - began) / 1e9);
+    return Py_BuildValue("(iNdd)", (int)getpid(),
+                         input_index(w, atomic_load(&w->slot->item)),
+                         (double)(cp_now_ns() - began) / 1e9, (double)(d - began) / 1e9);
 }
 
 int cp_worker_add_functions(PyObject *m)
@@ -317,21 +315,20 @@ int cp_worker_add_functions(PyObject *m)
                : 0;
 }
 
-/* Item i of chunk h ran out of time: note its TaskTimeoutError (exc, the
- * one raised in it; NULL: it was killed before, per `sk`) in *errors, a
- * dict made on first use.  0, or -1 with the exception. */
-static int note_timeout(worker *w, const cp_rechdr *h, uint32_t i, PyObject *exc,
-                        const cp_skip *sk, PyObject **errors)
+/* Item i of the running chunk ran out of time: note its TaskTimeoutError
+ * (exc, the one raised in it; NULL: it was killed before, per `sk`) in
+ * *errors, a dict made on first use.  0, or -1 with the exception. */
+static int note_timeout(worker *w, uint32_t i, PyObject *exc, const cp_skip *sk,
+                        PyObject **errors)
 {
     PyObject *hook = cp_hook(w->cfg->st->timed_out, "timed_out");
     if (hook == NULL) return -1;
     if (*errors == NULL && (*errors = PyDict_New()) == NULL) return -1;
     int64_t began = atomic_load(&w->slot->item_ns);
-    PyObject *err =
-        PyObject_CallFunction(hook, "OiNdd", exc ? exc : Py_None,
-                              sk ? sk->pid : (int)getpid(), input_index(w, h->idx, i),
-                              (double)(sk ? sk->elapsed_ns : cp_now_ns() - began) / 1e9,
-                              (double)w->timing->timeout_ns / 1e9);
+    PyObject *err = PyObject_CallFunction(
+        hook, "OiNdd", exc ? exc : Py_None, sk ? sk->pid : (int)getpid(),
+        input_index(w, i), (double)(sk ? sk->elapsed_ns : cp_now_ns() - began) / 1e9,
+        (double)w->timing->timeout_ns / 1e9);
     if (err == NULL) return -1;
     PyObject *key = PyLong_FromUnsignedLong(i);
     int rc = key ? PyDict_SetItem(*errors, key, err) : -1;
@@ -372,14 +369,14 @@ static int run_timed(worker *w, const cp_rechdr *h, PyObject *seq, PyObject *out
         const cp_skip *sk = skipped(w, (uint32_t)i);
         PyObject *r = NULL;
         if (sk != NULL) {
-            if (note_timeout(w, h, (uint32_t)i, NULL, sk, errors) < 0) return -1;
+            if (note_timeout(w, (uint32_t)i, NULL, sk, errors) < 0) return -1;
             r = Py_NewRef(Py_None);
         } else {
             item_begin(w, (uint32_t)i, !begun++);
             r = call_item(w, h, PySequence_Fast_GET_ITEM(seq, i));
             if (item_end(w) && r == NULL && PyErr_ExceptionMatches(PyExc_TimeoutError)) {
                 PyObject *exc = cp_fetch_exc();
-                int rc = note_timeout(w, h, (uint32_t)i, exc, NULL, errors);
+                int rc = note_timeout(w, (uint32_t)i, exc, NULL, errors);
                 Py_XDECREF(exc);
                 if (rc < 0) return -1;
                 r = Py_NewRef(Py_None);

@@ -1,6 +1,7 @@
 """map, map_async, starmap and starmap_async: chunk sizes, any iterable,
 empty input, callbacks, a task's exception, get with a timeout."""
 import multiprocessing
+import operator
 
 import pytest
 
@@ -93,18 +94,50 @@ def test_map_async_get_timeout(pool):
 
 
 @pytest.mark.parametrize("n, processes, mp_size, ours", [
-    (0, 2, 0, 0), (1, 2, 1, 1), (100, 2, 13, 13), (1000, 4, 63, 63),
-    (8192, 2, 1024, 256), (10_000, 2, 1250, 313), (1_000_000, 2, 125_000, 31_250),
-    (1_000_000, 64, 3907, 977), (5000, 64, 20, 20),
+    (0, 2, 0, (0, None)), (1, 2, 1, (1, 1)), (100, 2, 13, (13, 8)),
+    (1000, 4, 63, (63, 16)), (8192, 2, 1024, (256, 32)), (10_000, 2, 1250, (313, 32)),
+    (1_000_000, 2, 125_000, (31_250, 32)), (1_000_000, 64, 3907, (977, 1024)),
+    (5000, 64, 20, (20, 256)), (3, 4, 1, (1, 3)),
+    # a 256-item floor would leave a short last chunk: 16 chunks of 250
+    (4000, 2, 500, (250, 16)),
+    # 391 chunks of 256 would leave 57 of 64 workers idle for the last ones
+    (100_000, 64, 391, (224, 448)),
+    # 25 chunks of 4 would run in 4 rounds of 8 workers, the last of one chunk
+    (100, 8, 4, (4, 32)),
 ])
-def test_default_chunksize(n, processes, mp_size, ours):
-    """Without chunksize, a local pool cuts a long map into 16 chunks a
-    worker (multiprocessing: 4), of 256 items at least (or multiprocessing's
-    size, when smaller); with maxtasksperchild, and on a cluster, it is
-    multiprocessing's."""
-    from cpool.pool import _default_chunksize
-    assert _default_chunksize(n, processes) == mp_size
-    assert _default_chunksize(n, processes, fine=True) == ours
+def test_default_chunks(n, processes, mp_size, ours):
+    """Without chunksize, a local pool cuts a long map into about 16 chunks
+    a worker (multiprocessing: 4), of 256 items at least (or
+    multiprocessing's size, when smaller), as many as a multiple of the
+    workers, of sizes within one item of each other; with
+    maxtasksperchild, and on a cluster, it is multiprocessing's."""
+    from cpool.pool import _default_chunks
+    assert _default_chunks(n, processes) == (mp_size, None)
+    assert _default_chunks(n, processes, fine=True) == ours
+
+
+def test_a_map_cut_into_uneven_chunks_places_every_item():
+    """A map cut into chunks of sizes one item apart (100 items on 2
+    workers: 4 chunks of 13, then 4 of 12) puts every result in its place,
+    and progress= counts each chunk's own items, also a failing one's."""
+    from cpool.pool import _default_chunks
+    with cpool.Pool(2) as pool:
+        for n in (100, 4000, 4001, 7):
+            chunks = _default_chunks(n, 2, fine=True)[1]
+            before = pool.stats().done
+            assert pool.map(square, range(n)) == [x * x for x in range(n)]
+            assert pool.starmap(pow, [(x, 2) for x in range(n)]) == [x * x for x in range(n)]
+            assert pool.stats().done - before == 2 * chunks
+    # One worker runs 101 items as chunks of 26, 25, 25, 25, in order; the
+    # last one fails (1 / 0 at item 100), and still counts its 25 items.
+    assert _default_chunks(101, 1, fine=True) == (26, 4)
+    with cpool.Pool(1) as pool:
+        seen = []
+        with pytest.raises(ZeroDivisionError):
+            pool.starmap(operator.truediv, [(1, 100 - x) for x in range(101)],
+                         progress=lambda done, total: seen.append(done))
+        assert seen == [26, 51, 76, 101], seen
+        assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
 
 
 def test_the_chunks_a_map_runs_in():

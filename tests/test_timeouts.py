@@ -202,6 +202,28 @@ def test_killed_in_the_middle_of_a_chunk_the_rest_is_sent_again(method, tmp_path
     """, method, tmp_path)
 
 
+def test_the_index_of_an_item_past_its_limit_in_a_map_of_uneven_chunks(tmp_path):
+    """A map given no chunksize cuts 100 items on 2 workers into 8 chunks,
+    the first 4 of 13 items, the others of 12: item 70 is item 6 of chunk 5,
+    which starts at 64 (not at 5 * 13).  Its TaskTimeoutError names 70,
+    whether it stopped itself or its worker was killed."""
+    scenario("""
+        from functools import partial
+        from cpool.pool import _default_chunks
+        assert _default_chunks(100, 2, fine=True) == (13, 8)
+        with cpool.Pool(2, context={method}) as pool:
+            for f, killed in ((partial(sleeper, at=(70,)), False),
+                              (partial(stubborn, at=(70,)), True)):
+                try:
+                    pool.map(f, range(100), task_timeout=0.3)
+                except cpool.TaskTimeoutError as e:
+                    assert (e.item, e.killed) == (70, killed), vars(e)
+                else:
+                    raise AssertionError("no TaskTimeoutError")
+            assert pool.map(sleeper, range(100)) == [x * 10 for x in range(100)]
+    """, "fork", tmp_path)
+
+
 def test_two_items_of_one_chunk_killed(tmp_path):
     scenario("""
         from functools import partial

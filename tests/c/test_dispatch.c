@@ -1371,11 +1371,11 @@ TEST(a_task_that_may_run_again_goes_first_until_its_retries_are_spent)
 }
 
 /* Give task t a time limit (task_timeout=), as submit.c does. */
-static cp_task *timed(cp_task *t, uint64_t timeout_ns, uint32_t chunksize)
+static cp_task *timed(cp_task *t, uint64_t timeout_ns, uint64_t first_item)
 {
     t->timing = malloc(sizeof *t->timing);
     CHECK(t->timing != NULL);
-    *t->timing = (cp_timing){.timeout_ns = timeout_ns, .chunksize = chunksize};
+    *t->timing = (cp_timing){.timeout_ns = timeout_ns, .first_item = first_item};
     return t;
 }
 
