@@ -80,7 +80,8 @@ START_METHODS = ("fork", "spawn", "forkserver")
 
 # A local pool's map, given no chunksize, cuts a long input into about this
 # many chunks per worker (multiprocessing: 4), of FINE_CHUNK_MIN items at least
-# (or of multiprocessing's size, if that is smaller).  Results then come back while the
+# (or of multiprocessing's size, if that is smaller), before _default_chunks
+# rounds their count up to a multiple of the workers.  Results then come back while the
 # workers go on, not in four large lumps at the end: a 1M-item map of tiny
 # items on 2 workers ran 16% faster than with 4, a CPU-bound map 6% (8 and
 # 32 gained less; a chunk costs the parent a few microseconds, which the
@@ -95,8 +96,9 @@ def _default_chunks(n, processes, fine=False):
     Not fine: multiprocessing's chunks of ceil(n / (4 * processes)) items,
     the last one shorter (chunks None).  Fine: about FINE_CHUNKS chunks a
     worker, of FINE_CHUNK_MIN items at least (or multiprocessing's size, if
-    smaller), as many as a multiple of the workers (n at most), the sizes of
-    any two differing by one item at most (chunksize: the largest).  So
+    smaller); then as many as a multiple of the workers (n at most: where
+    the floor applies, chunks at most a fifth smaller), the sizes of any two
+    differing by one item at most (chunksize: the largest).  So
     items that take the same time leave no worker idle while another runs
     the last chunks: 4,000 items of 50 us on 2 workers, cut in chunks of 256
     (16 of them, the last of 160), ran at 95.5% of the ideal rate."""

@@ -203,7 +203,8 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
         ranged ? Py_NewRef(items) : PySequence_Fast(items, "items must be a sequence");
     if (seq == NULL) return -1;
     Py_ssize_t n = ranged ? PyObject_Size(seq) : PySequence_Fast_GET_SIZE(seq);
-    if (n < 0) {
+    if (n < 0 || nchunks > n) {
+        if (n >= 0) PyErr_SetString(PyExc_ValueError, "nchunks is more than the items");
         Py_DECREF(seq);
         return -1;
     }

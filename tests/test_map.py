@@ -150,6 +150,20 @@ def test_the_chunks_a_map_runs_in():
             assert pool.stats().done - before == chunks
 
 
+def test_submit_chunks_refuses_a_cut_it_cannot_make(pool):
+    """nchunks (the core's even cut, which MapResult must match) more than
+    the items, or for a part of a map (first_idx not 0): a ValueError, and
+    nothing queued."""
+    core, blob = pool._core, pool._func_blob(square)
+    before = pool.stats().done
+    for items, first, nchunks in (([1, 2], 0, 3), ([1, 2, 3], 1, 2)):
+        with pytest.raises(ValueError):
+            core.submit_chunks(1 << 40, blob, items, 2, False, first, True, 0, 0, nchunks)
+    from cpool.pool import _default_chunks
+    assert pool.map(square, range(10)) == [x * x for x in range(10)]
+    assert pool.stats().done - before == _default_chunks(10, pool._processes, True)[1]
+
+
 def test_a_chunk_moves_into_the_map_list_once():
     """MapResult._set moves a chunk's items (_cpool._place): no copy, and a
     repeated delivery (after a Ctrl-C in _set) changes nothing."""
