@@ -192,10 +192,6 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
         PyErr_SetString(PyExc_ValueError, "chunksize must be at least 1");
         return -1;
     }
-    if (nchunks < 0 || (nchunks > 0 && first != 0)) {
-        PyErr_SetString(PyExc_ValueError, "nchunks cuts a whole map: first must be 0");
-        return -1;
-    }
     /* A range travels as range slices: a chunk pickles in a few bytes,
      * whatever its size (pool.map(f, range(n)) is the commonest map). */
     int ranged = PyRange_Check(items);
@@ -203,8 +199,12 @@ Py_ssize_t cp_submit_chunks(CoreObject *c, uint64_t job, PyObject *blob, PyObjec
         ranged ? Py_NewRef(items) : PySequence_Fast(items, "items must be a sequence");
     if (seq == NULL) return -1;
     Py_ssize_t n = ranged ? PyObject_Size(seq) : PySequence_Fast_GET_SIZE(seq);
-    if (n < 0 || nchunks > n) {
-        if (n >= 0) PyErr_SetString(PyExc_ValueError, "nchunks is more than the items");
+    int bad_cut = n >= 0 && (nchunks < 0 || (nchunks > 0 && (first != 0 || nchunks > n)));
+    if (bad_cut)
+        PyErr_SetString(
+            PyExc_ValueError,
+            "nchunks cuts a whole map (first_idx 0) into 1 to len(items) chunks");
+    if (n < 0 || bad_cut) {
         Py_DECREF(seq);
         return -1;
     }
