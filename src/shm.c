@@ -174,6 +174,13 @@ int cp_open_proc_fd(pid_t pid, int fd, int flags)
     return nfd;
 }
 
+/* The page size (sysconf's; 4096 should it ever fail). */
+static uintptr_t page_size(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    return page > 0 ? (uintptr_t)page : 4096;
+}
+
 int64_t cp_proc_rss(pid_t pid)
 {
     char path[64], buf[128];
@@ -192,8 +199,7 @@ int64_t cp_proc_rss(pid_t pid)
     buf[n] = '\0';
     unsigned long long size, resident;
     if (sscanf(buf, "%llu %llu", &size, &resident) != 2) return -1;
-    long page = sysconf(_SC_PAGESIZE);
-    return (int64_t)resident * (page > 0 ? page : 4096);
+    return (int64_t)resident * (int64_t)page_size();
 }
 
 /* ---- handing segments over ------------------------------------------------- */
@@ -449,8 +455,7 @@ static int segmap_reserve(cp_segmap *m, int fd, uint64_t need)
         rc = fallocate(fd, 0, (off_t)m->ready, (off_t)(need - m->ready));
     } while (rc != 0 && errno == EINTR);
     if (rc != 0) return -1;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)m->addr + m->ready) & ~(page - 1);
+    uintptr_t lo = ((uintptr_t)m->addr + m->ready) & ~(page_size() - 1);
     uintptr_t hi = (uintptr_t)m->addr + need;
     /* Best effort: kernels before 5.14 say EINVAL, and the copy faults. */
     (void)madvise((void *)lo, hi - lo, MADV_POPULATE_READ);
