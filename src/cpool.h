@@ -391,7 +391,6 @@ typedef struct {
     _Atomic uint32_t state;
     _Atomic int32_t wstatus;   /* waitpid status once DEAD */
     uint32_t pad1;
-    _Atomic uint64_t tasks_done; /* by this worker (pool.stats() reads these) */
     _Atomic uint64_t current_job;
     _Atomic uint32_t inited;   /* the worker's initializer succeeded */
     _Atomic uint32_t current_idx; /* the chunk index of current_job's task */
@@ -1050,7 +1049,12 @@ CP_HIDDEN int cp_spawn_add_functions(PyObject *module);
 /* worker.c: _stop_requested() and STOP_SIGNAL, for a worker's stop-signal
  * handler.  0, or -1 with the exception. */
 CP_HIDDEN int cp_worker_add_functions(PyObject *module);
-/* limits.c: _pause_memory_check(), for the tests. */
+/* limits.c: _pause_memory_check() and _pause_after_result(), for the
+ * tests: windows held open by cp_test_pause(k), where the parent found a
+ * worker past twice its memory cap, where it claimed it for the kill, and
+ * where a worker posted a result and has yet to note its task finished. */
+enum { CP_PAUSE_FOUND, CP_PAUSE_CLAIMED, CP_PAUSE_POSTED, CP_PAUSES };
+CP_HIDDEN void cp_test_pause(int k);
 CP_HIDDEN int cp_limits_add_functions(PyObject *module);
 
 /* floor.c: the benchmark's physical limits. */

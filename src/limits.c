@@ -26,26 +26,27 @@
 #define CP_NEED_PYTHON
 #include "cpool.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <time.h>
 
 #define LIMITS_POLL_NS 100000000 /* 0.1 s */
 
-/* For the tests (_cpool._pause_memory_check): how long to wait after
- * finding a worker past twice the cap [0], and after claiming it for the
- * kill [1], so that the worker can end its task in either window; and how
- * many such waits there were. */
-static _Atomic int64_t test_pause_ns[2];
+/* For the tests, windows held open (see cpool.h's CP_PAUSE_*): how long
+ * to wait at each, and how many such waits there were in this process.  A
+ * fork pool's workers inherit the values set before the pool was made. */
+static _Atomic int64_t test_pause_ns[CP_PAUSES];
 static _Atomic uint64_t test_pauses;
 
-static void test_pause(int k)
+void cp_test_pause(int k)
 {
     int64_t ns = atomic_load(&test_pause_ns[k]);
     struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
     if (ns <= 0) return;
     atomic_fetch_add(&test_pauses, 1);
-    (void)nanosleep(&ts, NULL);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
 }
 
 /* When slot i's timed item next needs a look (cp_now_ns time), or 0: no
@@ -148,14 +149,14 @@ void cp_check_limits(CoreObject *c)
         if (started <= 0 || atomic_load(&c->kills[i].pid) == pid) continue;
         int64_t rss = cp_proc_rss(pid);
         if (rss < 0 || (uint64_t)rss <= 2 * cap) continue;
-        test_pause(0);
+        cp_test_pause(CP_PAUSE_FOUND);
         /* Still the task it was running, taken for the kill in one step: a
          * worker that ended it first goes on (the CAS fails; it looks at its
          * own memory after each task); one that ends it now posts its
          * result and waits for the kill, which then fails nothing. */
         if (!atomic_compare_exchange_strong(&s->started_ns, &started, CP_STARTED_KILLED))
             continue;
-        test_pause(1);
+        cp_test_pause(CP_PAUSE_CLAIMED);
         CP_DEBUG("slot %d: worker %d has %lld bytes resident, over twice the cap: killed",
                  i, (int)pid, (long long)rss);
         kill_noted(c, i, pid, &(struct cp_kill){.why = CP_KILL_MEMORY, .rss = rss});
@@ -193,13 +194,26 @@ PyObject *cp_kill_words(CoreObject *c, const struct cp_kill *k)
     return PyUnicode_FromString(why);
 }
 
+static void set_pause(int k, double secs)
+{
+    atomic_store(&test_pause_ns[k], secs > 0 ? (int64_t)(secs * 1e9) : 0);
+}
+
 static PyObject *pause_memory_check(PyObject *Py_UNUSED(m), PyObject *args)
 {
-    double secs[2];
-    if (!PyArg_ParseTuple(args, "dd", &secs[0], &secs[1])) return NULL;
-    for (int k = 0; k < 2; k++)
-        atomic_store(&test_pause_ns[k], secs[k] > 0 ? (int64_t)(secs[k] * 1e9) : 0);
+    double found, claimed;
+    if (!PyArg_ParseTuple(args, "dd", &found, &claimed)) return NULL;
+    set_pause(CP_PAUSE_FOUND, found);
+    set_pause(CP_PAUSE_CLAIMED, claimed);
     return PyLong_FromUnsignedLongLong(atomic_exchange(&test_pauses, 0));
+}
+
+static PyObject *pause_after_result(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    double secs = PyFloat_AsDouble(arg);
+    if (secs == -1.0 && PyErr_Occurred()) return NULL;
+    set_pause(CP_PAUSE_POSTED, secs);
+    Py_RETURN_NONE;
 }
 
 int cp_limits_add_functions(PyObject *m)
@@ -211,6 +225,11 @@ int cp_limits_add_functions(PyObject *m)
                    "memory cap, and after claiming it for the kill (for the tests: the\n"
                    "worker may end its task in either window); how many times it waited\n"
                    "since the last call.")},
+        {"_pause_after_result", pause_after_result, METH_O,
+         PyDoc_STR("_pause_after_result($module, seconds, /)\n--\n\n"
+                   "Seconds each worker of a fork pool made after this call waits\n"
+                   "after posting a result, before it notes the task finished (for\n"
+                   "the tests: the parent may take the result in that window).")},
         {NULL, NULL, 0, NULL},
     };
     return PyModule_AddFunctions(m, fns);

@@ -1,10 +1,12 @@
 /* stats.c: a snapshot of a pool's counters, for pool.stats().
  *
  * The counters cost nothing worth measuring where they are kept: a worker
- * adds to its slot in the control segment as it finishes each task (tasks
- * done, time busy), the template counts the workers it forks for a slot,
- * and the parent's queue (cp_sched, under its mutex) counts what it
- * queued, sent again and failed.  Nothing polls: a snapshot reads them, and
+ * adds to its slot in the control segment the time it was busy as it
+ * finishes each task, the template counts the workers it forks for a slot,
+ * and the parent's queue (cp_sched, under its mutex) counts what it sent to
+ * each worker, what each answered, what it sent again and what failed.
+ * What a task is (queued, running, answered) is the queue's word, so that
+ * the counts of one snapshot agree.  Nothing polls: a snapshot reads them, and
  * each live worker's resident memory from /proc.
  */
 #define CP_NEED_PYTHON
@@ -23,15 +25,28 @@ static const char *state_name(uint32_t st)
 
 static double seconds(int64_t ns) { return ns > 0 ? (double)ns / 1e9 : 0.0; }
 
-/* One worker slot as a dict (see cpool.WorkerStats). */
-static PyObject *slot_stats(CoreObject *c, int i, int64_t now, int *running)
+/* What the snapshot knows of one slot: when its worker took its current
+ * task (the worker's clock), and, from the parent's queue, the tasks sent
+ * to it and not answered, and the tasks it answered. */
+typedef struct {
+    int64_t started;
+    int inflight;
+    uint64_t answered;
+} slot_view;
+
+/* One worker slot as a dict (see cpool.WorkerStats); *running counts it if
+ * it runs a task. */
+static PyObject *slot_stats(CoreObject *c, int i, int64_t now, const slot_view *v,
+                            int *running)
 {
     cp_slot *s = &c->ctl->slots[i];
     uint32_t st = atomic_load(&s->state);
     pid_t pid = atomic_load(&s->pid);
     uint32_t spawns = atomic_load(&s->spawns);
     int ready = st == CP_S_READY;
-    int64_t started = ready ? atomic_load(&s->started_ns) : 0;
+    /* A worker notes its task finished just after posting the result: one
+     * the parent has taken is answered, whatever the clock still says. */
+    int64_t started = ready && v->inflight > 0 ? v->started : 0;
     int64_t born = ready ? atomic_load(&s->ready_ns) : 0;
     int64_t busy = ready ? (int64_t)atomic_load(&s->busy_ns) : 0;
     int64_t current = started > 0 && now > started ? now - started : 0;
@@ -50,36 +65,42 @@ static PyObject *slot_stats(CoreObject *c, int i, int64_t now, int *running)
     }
     return Py_BuildValue("{s:i,s:N,s:s,s:K,s:d,s:d,s:N,s:N,s:I}", "slot", i, "pid", pido,
                          "state", state_name(st), "tasks_done",
-                         (unsigned long long)(ready ? atomic_load(&s->tasks_done) : 0),
-                         "busy", seconds(busy), "idle", seconds(idle > 0 ? idle : 0),
-                         "current", cur, "rss", mem, "respawns",
-                         spawns > 0 ? spawns - 1 : 0);
+                         (unsigned long long)(ready ? v->answered : 0), "busy",
+                         seconds(busy), "idle", seconds(idle > 0 ? idle : 0), "current",
+                         cur, "rss", mem, "respawns", spawns > 0 ? spawns - 1 : 0);
 }
 
 PyObject *cp_core_stats(CoreObject *c)
 {
     int64_t now = cp_now_ns();
-    PyObject *workers = PyList_New(c->n);
-    if (workers == NULL) return NULL;
-    int running = 0;
-    for (int i = 0; i < c->n; i++) {
-        PyObject *w = slot_stats(c, i, now, &running);
-        if (w == NULL) {
-            Py_DECREF(workers);
-            return NULL;
-        }
-        PyList_SET_ITEM(workers, i, w);
-    }
+    slot_view *v = PyMem_Calloc((size_t)c->n, sizeof *v);
+    if (v == NULL) return PyErr_NoMemory();
+    /* The workers' clocks before the queue: a task whose result the parent
+     * takes in between is answered by then, not running (slot_stats). */
+    for (int i = 0; i < c->n; i++)
+        v[i].started = atomic_load(&c->ctl->slots[i].started_ns);
     cp_lock_with_gil(c);
     cp_sched *s = &c->sd;
     unsigned long long sent = 0;
-    for (int i = 0; i < s->n; i++) sent += (unsigned)s->ws[i].n;
-    /* queued: not yet started, in the parent's queue or in a worker's ring */
-    unsigned long long queued =
-                           s->npend + (sent > (unsigned)running ? sent - running : 0),
-                       done = s->n_done, failed = s->n_failed, lost = s->lost,
-                       retried = s->retried, steals = s->steals;
+    for (int i = 0; i < c->n; i++) {
+        v[i].inflight = s->ws[i].n;
+        v[i].answered = s->ws[i].sent - (uint64_t)s->ws[i].n;
+        sent += (unsigned)s->ws[i].n;
+    }
+    unsigned long long npend = s->npend, done = s->n_done, failed = s->n_failed,
+                       lost = s->lost, retried = s->retried, steals = s->steals;
     pthread_mutex_unlock(&c->mu);
+    PyObject *workers = PyList_New(c->n);
+    int running = 0;
+    for (int i = 0; workers != NULL && i < c->n; i++) {
+        PyObject *w = slot_stats(c, i, now, &v[i], &running);
+        if (w == NULL) Py_CLEAR(workers);
+        else PyList_SET_ITEM(workers, i, w);
+    }
+    PyMem_Free(v);
+    if (workers == NULL) return NULL;
+    /* queued: not yet started, in the parent's queue or in a worker's ring */
+    unsigned long long queued = npend + sent - (unsigned)running;
     unsigned long long timed_out = atomic_load(&c->ctl->timed_out);
     return Py_BuildValue("{s:K,s:i,s:K,s:K,s:K,s:K,s:K,s:K,s:N}", "queued", queued,
                          "running", running, "done", done, "failed", failed, "lost", lost,

@@ -569,7 +569,6 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
     }
     cp_drop_fds_upto(w.sock, atomic_load(&w.slot->stale_tag)); /* a predecessor's */
     atomic_store(&w.slot->inited, 1);
-    atomic_store(&w.slot->tasks_done, 0);
     atomic_store(&w.slot->busy_ns, 0);
     atomic_store(&w.slot->deadline_ns, 0); /* a killed predecessor's task */
     atomic_store(&w.slot->started_ns, 0);
@@ -600,12 +599,12 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
             }
             Py_DECREF(res);
         }
+        cp_test_pause(CP_PAUSE_POSTED);
         atomic_store(&w.slot->current_job, 0);
         int64_t started = atomic_exchange(&w.slot->started_ns, 0);
         if (started == CP_STARTED_KILLED) /* limits.c's kill is on its way */
             for (;;) pause();
         atomic_fetch_add(&w.slot->busy_ns, (uint64_t)(cp_now_ns() - started));
-        atomic_fetch_add(&w.slot->tasks_done, 1);
         if (cfg->maxtasks && ++done >= cfg->maxtasks) break;
         /* Over the memory cap: that task's result is posted; leave before
          * the next (the parent sends what we never took to another). */

@@ -70,6 +70,27 @@ def test_running_queued_done_and_failed():
         assert all(w.current is None for w in s.workers)
 
 
+def test_a_task_answered_counts_as_done_while_its_worker_notes_it_finished():
+    # A worker posts its result, then notes the task finished in its slot.
+    # Held open here, that window once read as a task still running, after
+    # map() had returned (seen under ASan, where the window is wider).
+    cpool._cpool._pause_after_result(1.0)
+    try:
+        pool = cpool.Pool(1)
+    finally:
+        cpool._cpool._pause_after_result(0)
+    with pool:
+        assert pool.apply(abs, (-5,)) == 5
+        s = pool.stats()
+        assert (s.queued, s.running, s.done, s.failed) == (0, 0, 1, 0), s
+        (w,) = s.workers
+        assert w.current is None and w.tasks_done == 1, w
+        busy = pool.apply_async(nap, (0.5,))
+        wait_for(lambda: pool.stats().running == 1)
+        assert pool.stats().workers[0].current is not None
+        assert busy.get(10) == w.pid
+
+
 def test_a_worker_killed_counts_as_lost_and_its_slot_as_respawned():
     with cpool.Pool(2) as pool:
         with pytest.raises(cpool.WorkerLostError):
