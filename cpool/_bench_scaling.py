@@ -21,8 +21,14 @@ result checked against the in-process reference:
   count (powers of two, then the count itself) for the CPU-bound prime test
   (work in proportion to the workers, so every point lasts about as long) and
   for tiny items (a fixed n); the ideal is the serial rate times the workers.
+  The prime test also has the machine's own figure ("processes"): the serial
+  loop run in as many forked processes at once, with no pool and nothing
+  between them, so that the ideal's distance from it is the machine's (CPU
+  steal, cores that share a cache or a clock, this process's own threads),
+  and cpool's distance from it the pool's.
 """
 import math
+import os
 import statistics
 import time
 
@@ -81,6 +87,9 @@ class _Plan:
         self.names = ["serial"] + [s.name for s in subjects]
         self.most = min(processes, cfg.get("max_workers", processes))
 
+    def names_for(self, key):
+        return self.names + (["processes"] if key == "workers_cpu" else [])
+
     def xs(self, key):
         if key == "items":
             return self.cfg["items"]
@@ -89,7 +98,7 @@ class _Plan:
         return worker_counts(self.most)
 
     def steps(self, repeat):
-        return sum(len(self.xs(k)) for k in self.keys) * len(self.names) * repeat
+        return sum(len(self.xs(k)) * len(self.names_for(k)) for k in self.keys) * repeat
 
 
 def _timed(fn):
@@ -209,6 +218,52 @@ class _CpuRef:
         return self.answers[:n]
 
 
+def _forked_processes(numbers, w):
+    """(seconds, answers): w forked processes at once, each running the
+    serial figure's loop (the prime test over `numbers`, one worker's
+    share) with no pool, and writing its answers to a pipe of its own.  The
+    same work in each, so that nothing is lost to uneven shares.  Timed from
+    the start signal to the last answer; each process runs the test once on
+    a few numbers first, as a pool's workers are warm (a fresh fork's first
+    pass pays for its page faults), and its exit is not timed."""
+    from cpool import bench
+    go_r, go_w = os.pipe()
+    kids = []
+    try:
+        for _ in range(w):
+            r, wr = os.pipe()
+            pid = os.fork()
+            if pid == 0:    # pragma: no cover (a child)
+                try:
+                    os.close(go_w)
+                    for x in numbers[:8]:
+                        bench.is_prime(x)
+                    os.read(go_r, 1)
+                    out = bytes(bench.is_prime(x) for x in numbers)
+                    while out:
+                        out = out[os.write(wr, out):]
+                finally:
+                    os._exit(0)
+            os.close(wr)
+            kids.append((pid, r))
+        t0 = time.perf_counter()
+        os.write(go_w, b"go" * w)
+        parts = []
+        for _, r in kids:
+            part = b""
+            while len(part) < len(numbers) and (chunk := os.read(r, len(numbers) - len(part))):
+                part += chunk
+            parts.append([bool(b) for b in part])
+        dt = time.perf_counter() - t0
+    finally:
+        os.close(go_r)
+        os.close(go_w)
+        for pid, r in kids:
+            os.close(r)
+            os.waitpid(pid, 0)
+    return dt, parts
+
+
 def _measure_workers(key, name, subject, w, cfg, cpu_ref):
     from cpool import bench
     if key == "workers_tiny":
@@ -225,6 +280,11 @@ def _measure_workers(key, name, subject, w, cfg, cpu_ref):
         n = cpu_ref.per_worker
         dt, r = _timed(lambda: [bench.is_prime(x) for x in cpu_ref.numbers[:n]])
         return dt, n, r == cpu_ref.reference(n)
+    if name == "processes":
+        # That loop in w processes at once.
+        n = cpu_ref.per_worker
+        dt, parts = _forked_processes(cpu_ref.numbers[:n], w)
+        return dt, n * w, parts == [cpu_ref.reference(n)] * w
     n = cpu_ref.per_worker * w
     numbers = cpu_ref.numbers[:n]
     dt, r = _with_pool(subject, w, lambda pool: _timed(lambda: pool.map(bench.is_prime,
@@ -251,12 +311,13 @@ def run(keys, mode, repeat, processes, subjects, progress):
         points = []
         for x in plan.xs(key):
             payloads = _Payloads(x, cfg["total"]) if key in SIZE_KEYS else None
-            runs = {name: [] for name in plan.names}
-            firsts = {name: [] for name in plan.names if name != "serial"}
+            names = plan.names_for(key)
+            runs = {name: [] for name in names}
+            firsts = {name: [] for name in names if name != "serial"}
             checked = {}
             amount = None
             for _ in range(repeat):
-                for name in plan.names:     # interleaved, as in the table
+                for name in names:          # interleaved, as in the table
                     label = size_label(x) if key in SIZE_KEYS else f"{x:,}"
                     progress(done, total, f"{key} {label} ({name})")
                     done += 1
@@ -299,7 +360,9 @@ def table(scaling, fmt):
         workers = c["key"].startswith("workers_")
         names = list(c["points"][0]["by"]) if c["points"] else []
         sizes = c["key"] in SIZE_KEYS
+        forked = "processes" in names
         head = [c["x"]] + names + (["ideal", "cpool/ideal"] if workers else []) + \
+            (["cpool/processes", "processes/ideal"] if forked else []) + \
             ["cpool/mp", "cpool/serial"] + (["cpool 1st call"] if sizes else [])
         rows = [head]
         for p in c["points"]:
@@ -311,6 +374,9 @@ def table(scaling, fmt):
             row = [x] + [fmt(by[n]) for n in names]
             if workers:
                 row += [fmt(p["ideal"]), f"{by['cpool'] / p['ideal']:.2f}x"]
+            if forked:
+                row += [f"{by['cpool'] / by['processes']:.2f}x",
+                        f"{by['processes'] / p['ideal']:.2f}x"]
             row += [f"{by['cpool'] / by['multiprocessing']:.2f}x",
                     f"{by['cpool'] / by['serial']:.2f}x"]
             if sizes:
@@ -380,6 +446,9 @@ def plot(report, path, plt):
                     label=f"{name}, {what}", **_STYLE[name])
         ax.plot(xs, [p["ideal"] for p in c["points"]], linestyle=ls, color="grey",
                 label=f"ideal (serial x workers), {what}")
+        if "processes" in c["points"][0]["by"]:
+            ax.plot(xs, [p["by"]["processes"] for p in c["points"]], linestyle=ls,
+                    marker="x", color="tab:green", label=f"forked processes, no pool, {what}")
         ax.set_xticks(xs)
         ax.set_xticklabels([str(x) for x in xs])
     ax.set(yscale="log", xlabel="workers", ylabel="items (numbers) per second",

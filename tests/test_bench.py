@@ -109,6 +109,8 @@ def test_scaling_json_has_every_curve_checked_and_positive(scaling_report):
         assert [pt["x"] for pt in c["points"]] == want_x[c["key"]], c["key"]
         for pt in c["points"]:
             names = ("serial", "multiprocessing", "cpool")
+            if c["key"] == "workers_cpu":   # the machine's figure: no pool
+                names += ("processes",)
             assert sorted(pt["by"]) == sorted(names), pt
             assert all(pt["by"][n] > 0 for n in names), (c["key"], pt)
             assert pt["checked"] == {n: True for n in names}, (c["key"], pt)
@@ -168,6 +170,19 @@ def test_scaling_rejects_a_wrong_result():
     for key in ("items", "from_workers", "workers_cpu"):
         with pytest.raises(AssertionError, match=f"cpool: wrong result in scaling {key}"):
             _bench_scaling.run([key], "tiny", 1, 2, [liar], lambda *a: None)
+
+
+def test_scaling_forked_processes_each_run_the_whole_loop():
+    # The machine's figure on the workers curve: w processes, no pool, each
+    # the serial loop over the same numbers; their answers come back whole.
+    from cpool import _bench_scaling, bench
+    numbers = list(range(2**61 + 1, 2**61 + 1 + 2 * 50, 2))
+    dt, parts = _bench_scaling._forked_processes(numbers, 3)
+    assert dt > 0 and parts == [[bench.is_prime(x) for x in numbers]] * 3
+    # A process whose loop raises answers nothing, so the check fails: it
+    # does not hang the section.
+    dt, parts = _bench_scaling._forked_processes([2**61 + 1, "not a number"], 2)
+    assert parts == [[], []]
 
 
 def test_scaling_times_the_calls_not_the_checks():
