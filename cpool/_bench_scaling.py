@@ -29,6 +29,7 @@ result checked against the in-process reference:
 """
 import math
 import os
+import signal
 import statistics
 import time
 
@@ -222,30 +223,40 @@ def _forked_processes(numbers, w):
     """(seconds, answers): w forked processes at once, each running the
     serial figure's loop (the prime test over `numbers`, one worker's
     share) with no pool, and writing its answers to a pipe of its own.  The
-    same work in each, so that nothing is lost to uneven shares.  Timed from
-    the start signal to the last answer; each process runs the test once on
-    a few numbers first, as a pool's workers are warm (a fresh fork's first
-    pass pays for its page faults), and its exit is not timed."""
+    same work in each, so that nothing is lost to uneven shares.  Each
+    process runs the test on a few numbers and says it is ready before the
+    start signal, as a pool's workers are warm (a fresh fork's first pass
+    pays for its page faults); timed from the signal to the last answer,
+    not the exits.  A process that fails answers short: the check fails."""
     from cpool import bench
     go_r, go_w = os.pipe()
-    kids = []
+    kids, done = [], False
     try:
         for _ in range(w):
             r, wr = os.pipe()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except BaseException:
+                os.close(r)
+                os.close(wr)
+                raise
             if pid == 0:    # pragma: no cover (a child)
                 try:
                     os.close(go_w)
                     for x in numbers[:8]:
                         bench.is_prime(x)
+                    os.write(wr, b"r")
                     os.read(go_r, 1)
                     out = bytes(bench.is_prime(x) for x in numbers)
                     while out:
                         out = out[os.write(wr, out):]
-                finally:
-                    os._exit(0)
-            os.close(wr)
+                except BaseException:
+                    os._exit(1)
+                os._exit(0)
             kids.append((pid, r))
+            os.close(wr)
+        for _, r in kids:
+            os.read(r, 1)   # ready (or gone)
         t0 = time.perf_counter()
         os.write(go_w, b"go" * w)
         parts = []
@@ -255,11 +266,14 @@ def _forked_processes(numbers, w):
                 part += chunk
             parts.append([bool(b) for b in part])
         dt = time.perf_counter() - t0
+        done = True
     finally:
         os.close(go_r)
         os.close(go_w)
         for pid, r in kids:
             os.close(r)
+            if not done:
+                os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     return dt, parts
 

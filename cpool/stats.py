@@ -25,7 +25,7 @@ class WorkerStats:
     slot: int
     pid: Optional[int]       # None while there is none
     state: str               # "starting", "ready", "dead" (being replaced), "none"
-    tasks_done: int          # by this worker
+    tasks_done: int          # by this worker, as the parent has taken them
     busy: float              # seconds this worker ran tasks (finished ones)
     idle: float              # seconds it waited for tasks since it was ready
     current: Optional[float]  # seconds its current task has run; None: idle
@@ -37,7 +37,8 @@ class WorkerStats:
 class PoolStats:
     """A pool's tasks and workers at one moment."""
 
-    queued: int    # not started: in the parent's queue or a worker's ring
+    queued: int    # not started: in the parent's queue or a worker's ring (and,
+                   # for a moment, one answered whose result is not taken yet)
     running: int   # started by a worker, not answered
     done: int      # answered with a result
     failed: int    # answered with an exception (the task raised)

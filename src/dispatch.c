@@ -188,6 +188,7 @@ cp_task *cp_sched_take_all(cp_sched *s, int inflight)
         cp_wstate *w = &s->ws[i];
         tp = append(tp, w->head);
         w->head = w->tail = NULL;
+        w->sent -= (uint64_t)w->n; /* taken, not answered */
         w->n = 0;
     }
     return all;

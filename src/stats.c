@@ -25,14 +25,28 @@ static const char *state_name(uint32_t st)
 
 static double seconds(int64_t ns) { return ns > 0 ? (double)ns / 1e9 : 0.0; }
 
-/* What the snapshot knows of one slot: when its worker took its current
- * task (the worker's clock), and, from the parent's queue, the tasks sent
- * to it and not answered, and the tasks it answered. */
+/* What the snapshot knows of one slot: from the worker, when it took its
+ * current task and which one it is (0: not named yet, or no more); from
+ * the parent's queue, the tasks sent to it and not answered, the first of
+ * them (the one it runs, if any: it takes them in order), and the tasks it
+ * answered. */
 typedef struct {
     int64_t started;
+    uint64_t job, head_job;
+    uint32_t idx, head_idx;
     int inflight;
     uint64_t answered;
 } slot_view;
+
+/* A worker notes its task finished just after posting the result, and the
+ * parent may have taken it, and sent the next, by then: the slot runs a
+ * task only while the queue has one there, and the worker's clock is that
+ * task's, not the last one's. */
+static int runs(const slot_view *v)
+{
+    return v->started > 0 && v->inflight > 0 &&
+           (v->job == 0 || (v->job == v->head_job && v->idx == v->head_idx));
+}
 
 /* One worker slot as a dict (see cpool.WorkerStats); *running counts it if
  * it runs a task. */
@@ -44,9 +58,7 @@ static PyObject *slot_stats(CoreObject *c, int i, int64_t now, const slot_view *
     pid_t pid = atomic_load(&s->pid);
     uint32_t spawns = atomic_load(&s->spawns);
     int ready = st == CP_S_READY;
-    /* A worker notes its task finished just after posting the result: one
-     * the parent has taken is answered, whatever the clock still says. */
-    int64_t started = ready && v->inflight > 0 ? v->started : 0;
+    int64_t started = ready && runs(v) ? v->started : 0;
     int64_t born = ready ? atomic_load(&s->ready_ns) : 0;
     int64_t busy = ready ? (int64_t)atomic_load(&s->busy_ns) : 0;
     int64_t current = started > 0 && now > started ? now - started : 0;
@@ -75,14 +87,23 @@ PyObject *cp_core_stats(CoreObject *c)
     int64_t now = cp_now_ns();
     slot_view *v = PyMem_Calloc((size_t)c->n, sizeof *v);
     if (v == NULL) return PyErr_NoMemory();
-    /* The workers' clocks before the queue: a task whose result the parent
-     * takes in between is answered by then, not running (slot_stats). */
-    for (int i = 0; i < c->n; i++)
-        v[i].started = atomic_load(&c->ctl->slots[i].started_ns);
+    /* The workers' side before the queue: a task whose result the parent
+     * takes in between is answered by then, not running (runs()). */
+    for (int i = 0; i < c->n; i++) {
+        cp_slot *sl = &c->ctl->slots[i];
+        v[i].started = atomic_load(&sl->started_ns);
+        v[i].job = atomic_load(&sl->current_job); /* first: see worker.c's next_task */
+        v[i].idx = atomic_load(&sl->current_idx);
+    }
     cp_lock_with_gil(c);
     cp_sched *s = &c->sd;
     unsigned long long sent = 0;
     for (int i = 0; i < c->n; i++) {
+        const cp_task *head = s->ws[i].head;
+        if (head != NULL) {
+            v[i].head_job = head->job;
+            v[i].head_idx = head->idx;
+        }
         v[i].inflight = s->ws[i].n;
         v[i].answered = s->ws[i].sent - (uint64_t)s->ws[i].n;
         sent += (unsigned)s->ws[i].n;

@@ -600,10 +600,12 @@ void cp_worker_main(const cp_wconfig *cfg, int slot, pid_t tmpl)
             Py_DECREF(res);
         }
         cp_test_pause(CP_PAUSE_POSTED);
-        atomic_store(&w.slot->current_job, 0);
+        /* The clock first: a slot with a clock and no task named is taking
+         * one (stats.c). */
         int64_t started = atomic_exchange(&w.slot->started_ns, 0);
         if (started == CP_STARTED_KILLED) /* limits.c's kill is on its way */
             for (;;) pause();
+        atomic_store(&w.slot->current_job, 0);
         atomic_fetch_add(&w.slot->busy_ns, (uint64_t)(cp_now_ns() - started));
         if (cfg->maxtasks && ++done >= cfg->maxtasks) break;
         /* Over the memory cap: that task's result is posted; leave before

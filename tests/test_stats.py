@@ -81,13 +81,21 @@ def test_a_task_answered_counts_as_done_while_its_worker_notes_it_finished():
         cpool._cpool._pause_after_result(0)
     with pool:
         assert pool.apply(abs, (-5,)) == 5
+        answered = time.monotonic()
         s = pool.stats()
         assert (s.queued, s.running, s.done, s.failed) == (0, 0, 1, 0), s
         (w,) = s.workers
         assert w.current is None and w.tasks_done == 1, w
+        # The next task, sent while the worker is still in that window, is
+        # queued until it takes it, after its 1 s pause; then running, on
+        # its own clock, not the last task's (which started before
+        # `answered`, and would read more than the time since).
         busy = pool.apply_async(nap, (0.5,))
+        s = pool.stats()
+        assert (s.queued, s.running) == (1, 0), s
         wait_for(lambda: pool.stats().running == 1)
-        assert pool.stats().workers[0].current is not None
+        current = pool.stats().workers[0].current
+        assert current is not None and current < time.monotonic() - answered - 0.5
         assert busy.get(10) == w.pid
 
 
