@@ -25,13 +25,14 @@ static const char *state_name(uint32_t st)
 
 static double seconds(int64_t ns) { return ns > 0 ? (double)ns / 1e9 : 0.0; }
 
-/* What the snapshot knows of one slot: from the worker, when it took its
- * current task and which one it is (0: not named yet, or no more); from
+/* What the snapshot knows of one slot: from the worker, the time it was
+ * busy, when it took its current task and which one it is (0: not named
+ * yet, or no more); from
  * the parent's queue, the tasks sent to it and not answered, the first of
  * them (the one it runs, if any: it takes them in order), and the tasks it
  * answered. */
 typedef struct {
-    int64_t started;
+    int64_t busy, started;
     uint64_t job, head_job;
     uint32_t idx, head_idx;
     int inflight;
@@ -60,7 +61,11 @@ static PyObject *slot_stats(CoreObject *c, int i, int64_t now, const slot_view *
     int ready = st == CP_S_READY;
     int64_t started = ready && runs(v) ? v->started : 0;
     int64_t born = ready ? atomic_load(&s->ready_ns) : 0;
-    int64_t busy = ready ? (int64_t)atomic_load(&s->busy_ns) : 0;
+    int64_t busy = ready ? v->busy : 0;
+    /* A task answered whose worker has yet to add its time: busy, not idle
+     * (busy was read before the clock, so it is not in it yet). */
+    if (ready && started == 0 && v->started > 0 && now > v->started)
+        busy += now - v->started;
     int64_t current = started > 0 && now > started ? now - started : 0;
     int64_t idle = born > 0 ? now - born - busy - current : 0;
     int64_t rss = pid > 0 && st != CP_S_DEAD ? cp_proc_rss(pid) : -1;
@@ -91,6 +96,7 @@ PyObject *cp_core_stats(CoreObject *c)
      * takes in between is answered by then, not running (runs()). */
     for (int i = 0; i < c->n; i++) {
         cp_slot *sl = &c->ctl->slots[i];
+        v[i].busy = (int64_t)atomic_load(&sl->busy_ns); /* before the clock: above */
         v[i].started = atomic_load(&sl->started_ns);
         v[i].job = atomic_load(&sl->current_job); /* first: see worker.c's next_task */
         v[i].idx = atomic_load(&sl->current_idx);
