@@ -27,10 +27,9 @@ static double seconds(int64_t ns) { return ns > 0 ? (double)ns / 1e9 : 0.0; }
 
 /* What the snapshot knows of one slot: from the worker, the time it was
  * busy, when it took its current task and which one it is (0: not named
- * yet, or no more); from
- * the parent's queue, the tasks sent to it and not answered, the first of
- * them (the one it runs, if any: it takes them in order), and the tasks it
- * answered. */
+ * yet, or no more); from the parent's queue, the tasks sent to it and not
+ * answered, the first of them (the one it runs, if any: it takes them in
+ * order), and the tasks it answered. */
 typedef struct {
     int64_t busy, started;
     uint64_t job, head_job;
